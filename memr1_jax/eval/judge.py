@@ -1,0 +1,249 @@
+"""LLM-as-a-judge (the "J" metric): is a generated answer CORRECT or WRONG against the gold one?
+
+One prompt, one never-raising parser, and one `Judge` over a pluggable backend. A backend maps a
+batch of chat conversations to completions:
+
+- `generate_fn_backend(generate_fn, render)`: a local model through the rollout engine;
+  `generate_fn(list[str]) -> list[str]`, with `render` turning chat messages into a prompt string
+  (the tokenizer's chat template, or `agents.prompts.render_plain_text`).
+- `HttpChatBackend(HttpJudgeConfig(...))`: an OpenAI-compatible `/chat/completions` endpoint over
+  urllib. The API key is read from the environment variable NAMED in the config at request time;
+  it is never stored on an object, logged, or written anywhere.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import http.client
+import json
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+
+from memr1_jax.agents.prompts import ChatMessage, render_plain_text
+
+_log = logging.getLogger(__name__)
+
+Backend = Callable[[list[list[ChatMessage]]], list[str]]
+
+JUDGE_SYSTEM_PROMPT = (
+    "You grade answers to questions about a long conversation between two people. You are "
+    "fair and generous: meaning matters, wording does not.")
+
+JUDGE_USER_TEMPLATE = """\
+Decide whether the generated answer below is CORRECT or WRONG, using the gold answer as the truth.
+
+How to grade:
+- The gold answer is usually short. The generated answer may be longer or phrased differently; it is
+  CORRECT when it refers to the same thing as the gold answer (a paraphrase, a synonym, a more or
+  less detailed version of the same fact).
+- For questions about time, it is CORRECT when it points to the same date or period, whatever the
+  format ("7 May 2023", "May 7th", "2023-05-07") and even when it uses a relative expression that
+  resolves to the same time.
+- It is WRONG when it names a different thing, a different time, contradicts the gold answer, or
+  does not answer.
+
+Question: {question}
+Gold answer: {gold}
+Generated answer: {pred}
+
+Reply with a JSON object and nothing else: {{"label": "CORRECT"}} or {{"label": "WRONG"}}."""
+
+# Work on at most this many characters of a judge's reply.
+_MAX_REPLY_CHARS = 20_000
+_JSON_LABEL_RE = re.compile(r'"label"\s*:\s*"\s*([A-Za-z]{1,16})\s*"', re.IGNORECASE)
+_BARE_LABEL_RE = re.compile(r"\b(CORRECT|WRONG)\b")
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeVerdict:
+  """A parsed judge reply: `correct`, and `format_error` (None when the reply followed the format)."""
+
+  correct: bool
+  format_error: str | None = None
+
+
+def judge_messages(question: str, gold: str, pred: str) -> list[ChatMessage]:
+  """Chat messages asking the judge to grade `pred` against `gold` for `question`."""
+  user = JUDGE_USER_TEMPLATE.format(question=question, gold=gold, pred=pred)
+  return [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def parse_judge_output(text: object) -> JudgeVerdict:
+  """Reads a judge reply; never raises.
+
+  `{"label": "CORRECT"|"WRONG"}` (case-insensitive) is the format. Without it, the last bare
+  upper-case CORRECT / WRONG is used and a format error recorded; with neither, WRONG plus an error.
+  """
+  if not isinstance(text, str):
+    return JudgeVerdict(False, f"reply is {type(text).__name__}, not str")
+  text = text[:_MAX_REPLY_CHARS]
+  labels = [m.group(1).upper() for m in _JSON_LABEL_RE.finditer(text)]
+  labels = [label for label in labels if label in ("CORRECT", "WRONG")]
+  if labels:
+    error = None if len(set(labels)) == 1 else "several different JSON labels; used the last"
+    return JudgeVerdict(labels[-1] == "CORRECT", error)
+  bare = _BARE_LABEL_RE.findall(text)
+  if bare:
+    return JudgeVerdict(bare[-1] == "CORRECT", "no JSON label; used the last bare label")
+  return JudgeVerdict(False, "no label found" if text.strip() else "empty reply")
+
+
+def generate_fn_backend(
+    generate_fn: Callable[[list[str]], list[str]],
+    render: Callable[[list[ChatMessage]], str] = render_plain_text,
+) -> Backend:
+  """A backend that renders each conversation with `render` and calls `generate_fn` once."""
+
+  def complete(conversations: list[list[ChatMessage]]) -> list[str]:
+    return list(generate_fn([render(messages) for messages in conversations]))
+
+  return complete
+
+
+class JudgeHTTPError(RuntimeError):
+  """The judge endpoint failed after all retries (the message never contains the API key)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpJudgeConfig:
+  """Where and how to call an OpenAI-compatible chat-completions endpoint.
+
+  Attributes:
+    base_url: e.g. "https://api.openai.com/v1" or "http://127.0.0.1:8000/v1"; "/chat/completions"
+      is appended.
+    model: the model name sent in the request.
+    api_key_env: NAME of the environment variable holding the key ("" for endpoints without one).
+      Only the name is kept here, so saving or printing a config never leaks the key.
+    timeout_s: per-request timeout.
+    max_retries: extra attempts after a failed request (HTTP 429 / 5xx / connection errors).
+    backoff_s: wait before retry i is backoff_s * 2**i.
+    max_concurrency: requests in flight at once.
+    max_tokens: completion budget per reply.
+    json_mode: send `response_format={"type": "json_object"}` (not every server supports it).
+  """
+
+  base_url: str
+  model: str
+  api_key_env: str = "OPENAI_API_KEY"
+  timeout_s: float = 60.0
+  max_retries: int = 3
+  backoff_s: float = 1.0
+  max_concurrency: int = 8
+  max_tokens: int = 64
+  json_mode: bool = False
+
+  def __post_init__(self):
+    scheme = urllib.parse.urlparse(self.base_url).scheme
+    if scheme not in ("http", "https"):
+      raise ValueError(f"HttpJudgeConfig.base_url must be http(s), got {self.base_url!r}")
+    if not self.model:
+      raise ValueError("HttpJudgeConfig.model is empty")
+
+
+_RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class HttpChatBackend:
+  """A backend that posts each conversation to `{base_url}/chat/completions`."""
+
+  def __init__(self, config: HttpJudgeConfig):
+    """Checks that the key variable is set (when one is named); does not read or keep its value."""
+    if config.api_key_env and not os.environ.get(config.api_key_env):
+      raise ValueError(
+          f"HttpJudgeConfig.api_key_env names {config.api_key_env!r}, but that environment "
+          "variable is not set")
+    self.config = config
+    self._url = config.base_url.rstrip("/") + "/chat/completions"
+
+  def __repr__(self) -> str:
+    return f"HttpChatBackend(url={self._url!r}, model={self.config.model!r})"
+
+  def __call__(self, conversations: list[list[ChatMessage]]) -> list[str]:
+    """Returns the reply text of each conversation, in order; raises JudgeHTTPError on failure."""
+    workers = max(1, min(self.config.max_concurrency, len(conversations)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+      return list(pool.map(self._complete_one, conversations))
+
+  def _complete_one(self, messages: list[ChatMessage]) -> str:
+    body = {"model": self.config.model, "messages": messages, "temperature": 0.0,
+            "max_tokens": self.config.max_tokens}
+    if self.config.json_mode:
+      body["response_format"] = {"type": "json_object"}
+    data = json.dumps(body).encode("utf-8")
+    last_error = ""
+    for attempt in range(self.config.max_retries + 1):
+      if attempt:
+        time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
+      request = urllib.request.Request(self._url, data=data, headers=self._headers(), method="POST")
+      try:
+        with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+          payload = json.loads(response.read().decode("utf-8"))
+        return _reply_text(payload)
+      except urllib.error.HTTPError as e:
+        last_error = f"HTTP {e.code}"
+        if e.code not in _RETRYABLE_STATUS:
+          break
+      except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
+        last_error = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+      except (ValueError, UnicodeDecodeError) as e:
+        last_error = f"unreadable response: {type(e).__name__}"
+      _log.warning("judge request to %s failed (%s), attempt %d of %d", self._url,
+                   self._scrub(last_error), attempt + 1, self.config.max_retries + 1)
+    raise JudgeHTTPError(f"judge request to {self._url} failed: {self._scrub(last_error)}")
+
+  def _headers(self) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if self.config.api_key_env:
+      headers["Authorization"] = "Bearer " + os.environ.get(self.config.api_key_env, "")
+    return headers
+
+  def _scrub(self, message: str) -> str:
+    key = os.environ.get(self.config.api_key_env, "") if self.config.api_key_env else ""
+    return message.replace(key, "***") if key else message
+
+
+def _reply_text(payload: object) -> str:
+  """The first choice's message content of a chat-completions response ("" when absent)."""
+  try:
+    content = payload["choices"][0]["message"]["content"]  # type: ignore[index]
+  except (KeyError, IndexError, TypeError):
+    return ""
+  return content if isinstance(content, str) else ""
+
+
+class Judge:
+  """Grades (question, gold, prediction) triples with an LLM behind `backend`."""
+
+  def __init__(self, backend: Backend):
+    """`backend` maps a batch of chat conversations to reply strings (see module doc)."""
+    self.backend = backend
+
+  def __repr__(self) -> str:
+    return f"Judge(backend={self.backend!r})"
+
+  def verdicts(self, questions: Sequence[str], golds: Sequence[str],
+               preds: Sequence[str]) -> list[JudgeVerdict]:
+    """One `JudgeVerdict` per triple; a reply list of the wrong length is an error per item."""
+    if not len(questions) == len(golds) == len(preds):
+      raise ValueError(f"Judge: got {len(questions)} questions, {len(golds)} golds and "
+                       f"{len(preds)} preds; they must be equal")
+    if not questions:
+      return []
+    conversations = [judge_messages(q, g, p) for q, g, p in zip(questions, golds, preds)]
+    replies = self.backend(conversations)
+    if len(replies) != len(conversations):
+      return [JudgeVerdict(False, f"backend returned {len(replies)} replies for "
+                                  f"{len(conversations)} prompts")] * len(conversations)
+    return [parse_judge_output(reply) for reply in replies]
+
+  def judge(self, questions: Sequence[str], golds: Sequence[str],
+            preds: Sequence[str]) -> list[bool]:
+    """True where the judge labelled the prediction CORRECT (unparseable replies count WRONG)."""
+    return [v.correct for v in self.verdicts(questions, golds, preds)]
