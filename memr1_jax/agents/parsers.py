@@ -147,7 +147,7 @@ def _operations_items(region: str, max_ops: int, errors: _Errors) -> list[object
   """The raw operation items in `region`, or None when it holds no operations JSON."""
   key = region.find('"operations"')
   if key >= 0:
-    for start in (region.find("{"), region.rfind("{", 0, key)):
+    for start in dict.fromkeys((region.find("{"), region.rfind("{", 0, key))):
       value, ok = _try_decode(region, start) if 0 <= start < key else (None, False)
       if ok and isinstance(value, dict) and "operations" in value:
         if isinstance(value["operations"], list):
@@ -159,7 +159,7 @@ def _operations_items(region: str, max_ops: int, errors: _Errors) -> list[object
       bracket = _WS_RE.match(region, colon + 1).end()
       if region.startswith("[", bracket):
         items, closed = _array_head(region, bracket, max_ops + 1)
-        errors.add(("malformed JSON around the operations list" if closed else
+        errors.add(("JSON malformed or unclosed after the operations list" if closed else
                     "truncated JSON") + f"; kept {min(len(items), max_ops)} complete operations")
         return items
   for start in _value_starts(region, "{["):

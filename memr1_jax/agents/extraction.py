@@ -1,0 +1,100 @@
+"""Fact extraction per dialogue turn: what the Memory Manager is asked to store.
+
+Two modes:
+- simple: the fact is the turn itself, "[<session date>] <speaker>: <text>";
+- LLM: a frozen model reads `prompts.extraction_messages` and replies with a JSON list of facts
+  (`parsers.parse_fact_list`); a reply with no usable fact and a format error falls back to the
+  simple fact, so a turn is never lost to a bad reply. A well-formed "[]" means nothing to store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from memr1_jax.agents.parsers import MAX_FACTS, parse_fact_list
+from memr1_jax.agents.prompts import ChatMessage, extraction_messages, render_plain_text
+from memr1_jax.data.schema import Session, Turn
+
+
+@dataclasses.dataclass(frozen=True)
+class Fact:
+  """A piece of information from a turn: its text, who said it, when, and the turn ids it came from."""
+
+  text: str
+  speaker: str
+  timestamp: str
+  source_turn_ids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Extraction:
+  """The facts of one turn, the extractor's format problem (None if none), and whether the simple
+  fact replaced an unusable reply."""
+
+  facts: list[Fact]
+  format_error: str | None = None
+  fell_back: bool = False
+
+
+def simple_fact(session: Session, turn: Turn) -> Fact:
+  """The turn as a fact: "[<session date>] <speaker>: <text>"."""
+  return Fact(text=f"[{session.date_time}] {turn.speaker}: {turn.text}", speaker=turn.speaker,
+              timestamp=session.date_time, source_turn_ids=(turn.dia_id,))
+
+
+def extract_facts_simple(turns: Sequence[tuple[Session, Turn]]) -> list[Extraction]:
+  """Simple mode: one `Extraction` per (session, turn), holding the turn as its only fact."""
+  return [Extraction([simple_fact(session, turn)]) for session, turn in turns]
+
+
+def _previous_turn(session: Session, turn: Turn) -> Turn | None:
+  for index, candidate in enumerate(session.turns):
+    if candidate.dia_id == turn.dia_id:
+      return session.turns[index - 1] if index > 0 else None
+  return None
+
+
+def extraction_prompt(session: Session, turn: Turn, with_previous_turn: bool = True
+                      ) -> list[ChatMessage]:
+  """The LLM extractor's messages for `turn`, with the session's preceding turn as context."""
+  previous = _previous_turn(session, turn) if with_previous_turn else None
+  return extraction_messages(
+      turn.text, speaker=turn.speaker, date=session.date_time,
+      previous_turn=f"{previous.speaker}: {previous.text}" if previous else None)
+
+
+def extract_facts_llm(turns: Sequence[tuple[Session, Turn]],
+                      generate_fn: Callable[[list[str]], list[str]], *,
+                      render: Callable[[list[ChatMessage]], str] = render_plain_text,
+                      with_previous_turn: bool = True,
+                      max_facts: int = MAX_FACTS) -> list[Extraction]:
+  """LLM mode over a batch of (session, turn) pairs with one `generate_fn` call.
+
+  Args:
+    turns: the turns to extract from.
+    generate_fn: a frozen model, prompt strings in, reply strings out (same order).
+    render: chat messages to a prompt string (a chat template, or `render_plain_text`).
+    with_previous_turn: show the preceding turn of the session as context.
+    max_facts: facts kept per turn.
+
+  Returns:
+    One `Extraction` per turn. Facts carry the turn's speaker, session date and dia_id. A reply that
+    yields no fact and breaks the format (or a reply list of the wrong length) gives the simple fact.
+  """
+  if not turns:
+    return []
+  prompts = [render(extraction_prompt(s, t, with_previous_turn)) for s, t in turns]
+  replies = list(generate_fn(prompts))
+  if len(replies) != len(prompts):
+    error = f"generate_fn returned {len(replies)} replies for {len(prompts)} prompts"
+    return [Extraction([simple_fact(s, t)], error, True) for s, t in turns]
+  results = []
+  for (session, turn), reply in zip(turns, replies):
+    parsed = parse_fact_list(reply, max_facts=max_facts)
+    if not parsed.facts and parsed.format_error is not None:
+      results.append(Extraction([simple_fact(session, turn)], parsed.format_error, True))
+      continue
+    facts = [Fact(text, turn.speaker, session.date_time, (turn.dia_id,)) for text in parsed.facts]
+    results.append(Extraction(facts, parsed.format_error))
+  return results

@@ -1,0 +1,186 @@
+"""The default configuration every `configs/*.py` starts from: the paper's Memory-R1 settings.
+
+Config files call `default_config()` and override what differs (model, algorithm, scale), big_vision style:
+one code path from the CPU demo to a TPU pod, different numbers.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+MODES = ("train", "sft", "eval", "export")
+AGENTS = ("manager", "answer")
+ALGORITHMS = ("grpo", "ppo")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Memory-R1 on LoCoMo with GRPO on the answer agent, Qwen-2.5-7B-Instruct (paper settings)."""
+  c = ml_collections.ConfigDict()
+  # What to run: train | sft | eval | export.
+  c.mode = "train"
+  # Which agent the policy plays: manager (memory operations) | answer (distil memories, answer).
+  c.agent = "answer"
+  # RL algorithm: grpo (group-normalised advantages, no critic) | ppo (value model + GAE).
+  c.algorithm = "grpo"
+  # Output directory: checkpoints, TensorBoard logs, eval reports.
+  c.workdir = "runs/default"
+  # Global seed for parameters, sampling and data order.
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  # Hugging Face checkpoint directory of the policy (config.json, *.safetensors, tokenizer files).
+  c.model.path = ""
+  # Preset name used when `path` is empty (random init; tests and benchmarks only).
+  c.model.preset = ""
+  # Compute dtype of matmuls.
+  c.model.dtype = "bfloat16"
+  # Storage dtype of the policy parameters (the optimizer keeps float32 moments regardless).
+  c.model.param_dtype = "bfloat16"
+  # Rematerialise each decoder layer in the backward pass.
+  c.model.remat = True
+  # jax.nn.dot_product_attention implementation: "" (auto), "xla" or "cudnn".
+  c.model.attention_impl = ""
+  # LoRA rank on the attention and MLP projections; 0 trains all weights.
+  c.model.lora_rank = 0
+  # LoRA scaling numerator (update = alpha / rank * B A).
+  c.model.lora_alpha = 16.0
+  # Frozen model that answers questions in manager training and judges (empty: the policy's base weights).
+  c.model.frozen_answer_path = ""
+
+  c.mesh = ml_collections.ConfigDict()
+  # Device mesh shape over (data, fsdp, tensor); one entry may be -1 (all remaining devices).
+  c.mesh.shape = (1, -1, 1)
+  # Call jax.distributed.initialize() (multi-host TPU slices and GPU nodes).
+  c.mesh.distributed = False
+  # Coordinator "host:port" for multi-host GPU runs (empty: auto-detect on TPU / SLURM).
+  c.mesh.coordinator_address = ""
+  # Number of processes and this process's id for a manual multi-host start (-1: auto-detect).
+  c.mesh.num_processes = -1
+  c.mesh.process_id = -1
+
+  c.data = ml_collections.ConfigDict()
+  # Dataset: locomo | longmemeval | msc | synthetic.
+  c.data.name = "locomo"
+  # Path of the data file (e.g. locomo10.json); empty: <data_dir>/locomo/locomo10.json.
+  c.data.path = ""
+  # Directory holding the datasets (and the tfds cache).
+  c.data.data_dir = "data"
+  # Training split (LoCoMo: conv-26 train 152 QA, conv-30 validation 81 QA, 8 test conversations 1307 QA).
+  c.data.train_split = "train"
+  # Split used for best-checkpoint selection.
+  c.data.eval_split = "validation"
+  # Include LoCoMo category 5 (adversarial) questions.
+  c.data.include_adversarial = False
+  # Synthetic task size (data.name == "synthetic"): conversations for train / held-out eval.
+  c.data.synthetic_train = 64
+  c.data.synthetic_eval = 16
+
+  c.memory = ml_collections.ConfigDict()
+  # Sentence encoder directory for memory embeddings (empty: the bundled all-MiniLM-L6-v2); "hashing" for a model-free one.
+  c.memory.encoder = ""
+  # Index: scann | brute_force.
+  c.memory.index = "scann"
+  # Related memories shown to the manager per extracted fact.
+  c.memory.related_k = 10
+  # Memories retrieved per speaker for the answer agent (the paper: 30 + 30).
+  c.memory.answer_k_per_speaker = 30
+  # Fact extraction: simple (turn text with speaker and date) | llm (a frozen model extracts facts).
+  c.memory.extraction = "simple"
+  # Maximum operations applied from one manager output.
+  c.memory.max_ops_per_output = 64
+
+  c.rollout = ml_collections.ConfigDict()
+  # Prompts per RL step (the paper: batch 128).
+  c.rollout.batch_size = 128
+  # Samples per prompt (GRPO group size G; PPO uses 1).
+  c.rollout.group_size = 8
+  # Longest prompt in tokens (longer prompts keep their end).
+  c.rollout.max_prompt_len = 4096
+  # Longest response in tokens.
+  c.rollout.max_new_tokens = 2048
+  # Sampling temperature during training (the paper: 1.0).
+  c.rollout.temperature = 1.0
+  # Nucleus sampling threshold (1.0: off).
+  c.rollout.top_p = 1.0
+  # Top-k sampling (0: off).
+  c.rollout.top_k = 0
+  # Rows per generate call on the device (micro-batch of the rollout).
+  c.rollout.max_batch = 64
+
+  c.rl = ml_collections.ConfigDict()
+  # Actor learning rate (the paper: 1e-6).
+  c.rl.actor_lr = 1e-6
+  # Critic learning rate for PPO (the paper: 1e-5).
+  c.rl.critic_lr = 1e-5
+  # Linear warmup steps of the constant schedule.
+  c.rl.warmup_steps = 0
+  # AdamW weight decay.
+  c.rl.weight_decay = 0.0
+  # Global-norm gradient clipping.
+  c.rl.max_grad_norm = 1.0
+  # Clipped-surrogate epsilon (low / high; DAPO-style asymmetric when they differ).
+  c.rl.clip_eps_low = 0.2
+  c.rl.clip_eps_high = 0.2
+  # KL coefficient to the frozen reference policy.
+  c.rl.kl_coef = 1e-3
+  # KL estimator: k1 | k2 | k3.
+  c.rl.kl_estimator = "k3"
+  # PPO: put the KL into the per-token reward instead of the loss.
+  c.rl.kl_in_reward = False
+  # Entropy bonus coefficient.
+  c.rl.entropy_coef = 0.0
+  # Loss aggregation: token_mean | seq_mean_token_mean | seq_mean_token_sum.
+  c.rl.loss_aggregation = "token_mean"
+  # GRPO: divide group-centred rewards by the group std.
+  c.rl.normalize_std = True
+  # Optimisation epochs over one rollout batch.
+  c.rl.epochs = 1
+  # Sequences per micro-batch (gradient accumulation inside the jitted step).
+  c.rl.micro_batch_size = 8
+  # PPO: GAE discount and lambda, value clip range.
+  c.rl.gamma = 1.0
+  c.rl.lam = 1.0
+  c.rl.value_clip = 0.2
+  # Reward for a response the parser could not read (format error).
+  c.rl.format_penalty = 0.0
+
+  c.sft = ml_collections.ConfigDict()
+  # JSONL trajectories ({"messages": [...], "response": "..."} per line) for supervised fine-tuning.
+  c.sft.path = ""
+  # SFT learning rate and epochs.
+  c.sft.lr = 1e-5
+  c.sft.epochs = 1
+  # Sequences per SFT step.
+  c.sft.batch_size = 16
+
+  c.train = ml_collections.ConfigDict()
+  # RL steps (one rollout batch and its update per step).
+  c.train.num_steps = 200
+  # Log every this many steps.
+  c.train.log_every = 1
+  # Evaluate on data.eval_split every this many steps (0: never).
+  c.train.eval_every = 20
+  # Save a checkpoint every this many steps.
+  c.train.checkpoint_every = 10
+  # Keep this many most recent checkpoints (plus the best by validation).
+  c.train.keep_checkpoints = 3
+  # Stop after this many consecutive non-finite updates.
+  c.train.max_nonfinite_steps = 3
+
+  c.eval = ml_collections.ConfigDict()
+  # Split to evaluate in mode=eval.
+  c.eval.split = "test"
+  # Manager checkpoint (HF directory) that builds the banks; empty: the policy itself.
+  c.eval.manager_path = ""
+  # Answer-agent checkpoint (HF directory); empty: the policy itself.
+  c.eval.answer_path = ""
+  # LLM judge: "" (off), "local" (the answer model) or an OpenAI-compatible base URL.
+  c.eval.judge = ""
+  # Judge model name at the endpoint, and the NAME of the environment variable holding its API key.
+  c.eval.judge_model = ""
+  c.eval.judge_api_key_env = "OPENAI_API_KEY"
+
+  c.export = ml_collections.ConfigDict()
+  # Where mode=export writes the Hugging Face directory.
+  c.export.path = ""
+  return c
