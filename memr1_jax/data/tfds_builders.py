@@ -183,12 +183,13 @@ BUILDERS = {builder.name: builder for builder in (Locomo, Longmemeval, Msc)}
 
 def load_conversations(name: str, data_dir: str | os.PathLike[str],
                        manual_dir: str | os.PathLike[str] | None = None,
-                       config: str | None = None) -> list[schema.Conversation]:
+                       config: str | RawFileConfig | None = None) -> list[schema.Conversation]:
   """Prepares builder `name` ("locomo" | "longmemeval" | "msc") under `data_dir` if needed and
   returns its conversations, in file order, read back through `builder.as_data_source()`.
 
   `manual_dir` holds the raw file (without it, or without the file, the builder downloads it);
-  `config` picks a builder config (default: the first, e.g. LongMemEval "s").
+  `config` picks a builder config by name (default: the first, e.g. LongMemEval "s") or is a
+  `RawFileConfig` (e.g. one with another download URL).
   """
   if name not in BUILDERS:
     raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")

@@ -76,7 +76,7 @@ def grpo_advantages(rewards_b: Array, group_size: int, *, normalize_std: bool = 
   rewards_ng = rewards_b.reshape(-1, group_size)
   advantages_ng = rewards_ng - rewards_ng.mean(axis=1, keepdims=True)
   if normalize_std:
-    advantages_ng = advantages_ng / (rewards_ng.std(axis=1, keepdims=True, ddof=1) + eps)
+    advantages_ng = advantages_ng / (rewards_ng.std(axis=1, keepdims=True) + eps)
   return advantages_ng.reshape(-1)
 
 

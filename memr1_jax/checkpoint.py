@@ -1,0 +1,88 @@
+"""Orbax checkpoints of a training run: array state + JSON metadata, keep-last-N plus best-by-validation.
+
+Every save goes through orbax's atomic commit (written to a temporary directory, renamed when complete), so a run
+killed mid-save resumes from the last complete step; half-written directories are never restored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+
+class Checkpointer:
+  """Saves and restores (state pytree, metadata dict) pairs under `directory/<step>/`.
+
+  Args:
+    directory: where the step directories live (created if absent).
+    keep_last: how many most recent steps to keep.
+    best_metric: a key of the `metrics` passed to `save`; the best step by it is kept as well (None: off).
+    best_mode: "max" or "min" for `best_metric`.
+    async_save: write in a background thread (call `wait()` before reading or exiting).
+  """
+
+  def __init__(self, directory: str, *, keep_last: int = 3, best_metric: str | None = None, best_mode: str = "max",
+               async_save: bool = False):
+    self.directory = os.path.abspath(directory)
+    policies = [checkpoint_managers.LatestN(n=keep_last)]
+    if best_metric is not None:
+      policies.append(checkpoint_managers.BestN(
+          get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=1,
+          keep_checkpoints_without_metrics=False))
+    self.best_metric, self.best_mode = best_metric, best_mode
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True,
+        # best_fn makes orbax persist the per-step metrics that BestN and `best_step` read.
+        best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode=best_mode)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+  def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:
+    """Saves `state` (a pytree of jax / numpy arrays; scalars as 0-d arrays) and JSON-able `meta` at `step`."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if metrics is not None:
+      metrics = {k: float(v) for k, v in metrics.items()}
+    self._manager.save(step, args=args, metrics=metrics, force=True)
+
+  def latest_step(self) -> int | None:
+    """The newest complete step, or None when there is none."""
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The step with the best `best_metric` so far (None when off or no metrics were saved)."""
+    if not self.best_metric:
+      return None
+    scored = [(m[self.best_metric], s) for s in self.all_steps() if (m := self._manager.metrics(s))
+              and self.best_metric in m]
+    if not scored:
+      return None
+    return (max(scored) if self.best_mode == "max" else min(scored))[1]
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
+    """Restores (state, meta, step) at `step` (default: latest) into the shapes / shardings of `abstract_state`.
+
+    `abstract_state` is a pytree of jax.ShapeDtypeStruct (with `sharding`) or arrays of the same structure.
+    Raises FileNotFoundError when there is no complete checkpoint.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{self.directory}: no complete checkpoint to restore")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    out = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return out.state, out.meta, step
+
+  def wait(self) -> None:
+    """Blocks until any background save has finished."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
