@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import logging
@@ -115,7 +116,8 @@ def test_bleu1_no_overlap_and_empty_are_zero():
 @pytest.mark.parametrize("pred, pred_tokens, gold, gold_tokens", [
     ("It's 8 May, 2023!", ["it", "'s", "8", "may", ",", "2023", "!"],
      "8 May 2023", ["8", "may", "2023"]),
-    ("She doesn't like (spicy) food.", ["she", "does", "n't", "like", "(", "spicy", ")", "food", "."],
+    ("She doesn't like (spicy) food.",
+     ["she", "does", "n't", "like", "(", "spicy", ")", "food", "."],
      "spicy food", ["spicy", "food"]),
     ("Pottery and painting", ["pottery", "and", "painting"],
      "painting, pottery, and camping", ["painting", ",", "pottery", ",", "and", "camping"]),
@@ -194,7 +196,7 @@ def test_locomo_f1_rejects_unknown_category():
     ('{"label": "MAYBE"}', False, True),
 ])
 def test_parse_judge_output(reply, correct, has_error):
-  """The JSON label wins; a bare label is used with an error; anything else is WRONG plus an error."""
+  """The JSON label wins; a bare label is used with an error; else WRONG plus an error."""
   verdict = judge_lib.parse_judge_output(reply)
   assert verdict.correct is correct
   assert (verdict.format_error is not None) is has_error
@@ -367,6 +369,12 @@ def test_category_report_hand_worked():
   assert overall.f1 == pytest.approx((1.0 + 0.8 + 0.0 + 1.0) / 4)
   assert overall.j == pytest.approx(2 / 3) and overall.j_count == 3
   assert overall.locomo_f1 is None
+
+
+def test_category_report_accepts_tuples():
+  """(category, pred, gold, judge) tuples give the same report as EvalRecords."""
+  tuples = [dataclasses.astuple(r) for r in _RECORDS]
+  assert report_lib.category_report(tuples) == report_lib.category_report(_RECORDS)
 
 
 def test_category_report_locomo_option():

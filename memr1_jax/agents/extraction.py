@@ -19,7 +19,7 @@ from memr1_jax.data.schema import Session, Turn
 
 @dataclasses.dataclass(frozen=True)
 class Fact:
-  """A piece of information from a turn: its text, who said it, when, and the turn ids it came from."""
+  """Information from a turn: its text, who said it, when, and the turn ids it came from."""
 
   text: str
   speaker: str
@@ -79,8 +79,9 @@ def extract_facts_llm(turns: Sequence[tuple[Session, Turn]],
     max_facts: facts kept per turn.
 
   Returns:
-    One `Extraction` per turn. Facts carry the turn's speaker, session date and dia_id. A reply that
-    yields no fact and breaks the format (or a reply list of the wrong length) gives the simple fact.
+    One `Extraction` per turn. Facts carry the turn's speaker, session date and dia_id. A reply
+    that yields no fact and breaks the format (or a reply list of the wrong length) gives the
+    simple fact.
   """
   if not turns:
     return []

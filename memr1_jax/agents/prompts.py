@@ -99,10 +99,11 @@ def clean_item(text: object, max_chars: int = MAX_ITEM_CHARS) -> str:
 
 
 def format_memory_line(memory: MemoryLike, with_speaker: bool = True) -> str:
-  """One memory as "[id] (timestamp, speaker) text" (speaker left out when `with_speaker` is False)."""
-  stamp = clean_item(memory.timestamp, 100)
-  if with_speaker and memory.speaker:
-    stamp = f"{stamp}, {clean_item(memory.speaker, 100)}" if stamp else clean_item(memory.speaker, 100)
+  """One memory as "[id] (timestamp, speaker) text"; the speaker only when `with_speaker`."""
+  labels = [clean_item(memory.timestamp, 100)]
+  if with_speaker:
+    labels.append(clean_item(memory.speaker, 100))
+  stamp = ", ".join(label for label in labels if label)
   prefix = f"[{int(memory.memory_id)}]" + (f" ({stamp})" if stamp else "")
   return f"{prefix} {clean_item(memory.text)}"
 

@@ -63,7 +63,7 @@ _BARE_LABEL_RE = re.compile(r"\b(CORRECT|WRONG)\b")
 
 @dataclasses.dataclass(frozen=True)
 class JudgeVerdict:
-  """A parsed judge reply: `correct`, and `format_error` (None when the reply followed the format)."""
+  """A parsed judge reply: `correct`, and `format_error` (None when the format was followed)."""
 
   correct: bool
   format_error: str | None = None

@@ -91,7 +91,7 @@ def bleu1(pred: str, gold: str) -> float:
 
 
 def locomo_normalize(text: str) -> str:
-  """LoCoMo normalisation: drop commas, lower-case, drop punctuation, a/an/the/and, squeeze spaces."""
+  """LoCoMo normalisation: drop commas, lower-case, drop punctuation and a/an/the/and, squeeze."""
   text = _strip_punctuation(str(text).replace(",", "").lower())
   text = _LOCOMO_ARTICLES_RE.sub(" ", text)
   return " ".join(text.split())

@@ -68,14 +68,18 @@ def category_name(category: int) -> str:
   return CATEGORY_NAMES.get(category, f"category {category}")
 
 
-def category_report(records: Iterable[EvalRecord], with_locomo_f1: bool = False
+def category_report(records: Iterable[EvalRecord | tuple], with_locomo_f1: bool = False
                     ) -> list[GroupScores]:
   """Scores per category (in category order), then the overall row.
+
+  Args:
+    records: `EvalRecord`s, or (category, pred, gold[, judge]) tuples.
+    with_locomo_f1: also compute LoCoMo's stemmed F1 (`metrics.locomo_f1`).
 
   Raises:
     ValueError: when `records` is empty.
   """
-  records = list(records)
+  records = [r if isinstance(r, EvalRecord) else EvalRecord(*r) for r in records]
   if not records:
     raise ValueError("category_report: no records to score")
   by_category: dict[int, list[EvalRecord]] = {}

@@ -140,6 +140,22 @@ class VectorTable:
     self._size = 0
     self._row_of: dict[int, int] = {}
 
+  @classmethod
+  def from_arrays(cls, dim: int, ids_n: np.ndarray, vecs_nd: np.ndarray) -> VectorTable:
+    """A table holding `vecs_nd` [n, dim] under the distinct `ids_n` [n], in that row order."""
+    ids_n = np.array(ids_n, np.int64).reshape(-1)
+    vecs_nd = np.array(vecs_nd, np.float32)
+    if vecs_nd.shape != (len(ids_n), dim):
+      raise ValueError(f"vectors must be [{len(ids_n)}, {dim}], got shape {vecs_nd.shape}")
+    if not np.all(np.isfinite(vecs_nd)):
+      raise ValueError("vectors have non-finite values")
+    table = cls(dim)
+    table._row_of = {memory_id: row for row, memory_id in enumerate(ids_n.tolist())}
+    if len(table._row_of) != len(ids_n):
+      raise ValueError("ids must be distinct")
+    table._ids_n, table._vecs_nd, table._size = ids_n, vecs_nd, len(ids_n)
+    return table
+
   def __len__(self) -> int:
     return self._size
 
@@ -235,18 +251,22 @@ class ExactIndex:
     ids_qn = np.broadcast_to(self.table.ids, scores_qn.shape)
     return top_k_by_score(ids_qn, scores_qn, k)
 
+  @classmethod
+  def from_vectors(cls, dim: int, ids_n: np.ndarray, vecs_nd: np.ndarray) -> ExactIndex:
+    """An index holding `vecs_nd` [n, dim] under the distinct `ids_n` [n], in that row order."""
+    index = cls(dim)
+    index.table = VectorTable.from_arrays(dim, ids_n, vecs_nd)
+    return index
+
   def save(self, directory: str) -> None:
-    """Nothing beyond the table is needed: `restore` rebuilds from the rows."""
+    """Nothing beyond the rows is needed: `restore` rebuilds from them."""
     del directory
 
   @classmethod
   def restore(cls, dim: int, ids_n: np.ndarray, vecs_nd: np.ndarray, directory: str) -> ExactIndex:
-    """An index holding `vecs_nd` [n, dim] under `ids_n` [n] in that row order."""
+    """The index that `save` wrote, given its rows `vecs_nd` [n, dim] and ids `ids_n` [n]."""
     del directory
-    index = cls(dim)
-    for memory_id, vec_d in zip(ids_n.tolist(), vecs_nd):
-      index.upsert(memory_id, vec_d)
-    return index
+    return cls.from_vectors(dim, ids_n, vecs_nd)
 
 
 class ScannIndex:
@@ -293,6 +313,16 @@ class ScannIndex:
       self._rebuild()
     else:
       self._searcher.delete([str(memory_id)])
+
+  @classmethod
+  def from_vectors(cls, dim: int, ids_n: np.ndarray, vecs_nd: np.ndarray,
+                   config: ScannConfig | None = None) -> ScannIndex:
+    """An index over `vecs_nd` [n, dim] under the distinct `ids_n` [n], built once (no replay)."""
+    index = cls(dim, config)
+    index.table = VectorTable.from_arrays(dim, ids_n, vecs_nd)
+    if len(index.table):
+      index._rebuild()
+    return index
 
   def rebuild(self) -> None:
     """Builds the searcher afresh from the stored vectors (retrains the tree in tree mode)."""
@@ -383,15 +413,11 @@ class ScannIndex:
     Raises:
       ValueError: the saved tree's docids disagree with `ids_n` (naming the file).
     """
-    index = cls(dim, config)
-    index.table = VectorTable(dim)
-    for memory_id, vec_d in zip(ids_n.tolist(), vecs_nd):
-      index.table.upsert(memory_id, _check_vector(vec_d, dim))
     state_path = os.path.join(directory, _STATE_FILE)
     if not os.path.exists(state_path):
-      if len(index.table):
-        index._rebuild()
-      return index
+      return cls.from_vectors(dim, ids_n, vecs_nd, config)
+    index = cls(dim, config)
+    index.table = VectorTable.from_arrays(dim, ids_n, vecs_nd)
     with open(state_path, encoding="utf-8") as f:
       state = json.load(f)
     docids = state.get("docids")

@@ -1,0 +1,311 @@
+"""The Python-side episode runner: memory banks, prompts, parsed outputs, rewards.
+
+Everything here is host work; every model call goes through a `ChatPolicy`, batched over many episodes.
+
+Episodes and credit assignment:
+- **Bank building** (`build_banks`): walk conversations turn by turn, all conversations in lock step (one policy
+  call per turn index for the whole batch); per turn: facts (simple or LLM extraction), related memories, manager
+  prompt, parsed operations applied to that conversation's bank.
+- **Answer episodes** (`answer_episodes`): per question, 30 memories per speaker from its conversation's bank, the
+  answer prompt, `n` sampled responses; reward = exact match of the parsed answer with the gold answer, minus
+  `format_penalty` when the reply could not be parsed cleanly. The `n` responses to one question form a GRPO group.
+- **Manager episodes** (`manager_episodes`): walk a conversation with the *policy* as the manager. At each turn
+  that is the last evidence turn of some training questions, sample `n` manager responses to the same prompt;
+  each is applied to its own fork of the bank and a frozen answer agent answers those questions from the fork:
+  the response's reward is the mean exact match (minus the format penalty). So credit goes to exactly the
+  operation that completed the evidence, and the `n` responses share a prompt (a proper GRPO group). The bank
+  then continues with the first sampled response; turns that complete no question are not trained on.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+
+from memr1_jax.agents import extraction as extraction_lib
+from memr1_jax.agents import parsers, prompts
+from memr1_jax.data.schema import QA, Conversation, Session, Turn
+from memr1_jax.episodes.policy import ChatPolicy, Sample
+from memr1_jax.eval import metrics
+from memr1_jax.memory.bank import MemoryBank, apply_to_banks, search_banks
+from memr1_jax.memory.operations import OpKind
+
+BankFactory = Callable[[], MemoryBank]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experience:
+  """One trainable response: the learner's unit.
+
+  Attributes:
+    sample: the policy's response (token ids and behaviour log-probs).
+    reward: scalar outcome reward.
+    group: responses with the same group share a prompt (GRPO normalises within a group).
+    kind: "answer" or "manager".
+    info: scalars for logging (em, f1, format_error, op counts, ...).
+  """
+
+  sample: Sample
+  reward: float
+  group: int
+  kind: str
+  info: dict
+
+
+@dataclasses.dataclass
+class RunnerConfig:
+  """Episode settings (mirrors config.memory / config.rl)."""
+
+  related_k: int = 10  # Related memories shown to the manager.
+  answer_k_per_speaker: int = 30  # Memories per speaker shown to the answer agent.
+  format_penalty: float = 0.0  # Subtracted from the reward of a response with a format error.
+  max_ops_per_output: int = 64  # Operations read from one manager reply.
+  extraction: str = "simple"  # "simple" or "llm".
+
+
+def _turn_order(conv: Conversation) -> dict[str, int]:
+  return {turn.dia_id: i for i, (_, turn) in enumerate(conv.turns)}
+
+
+_DIA_ID_RE = re.compile(r"D\d+:\d+")
+
+
+def last_evidence_turn(conv: Conversation, qa: QA, order: dict[str, int] | None = None) -> int | None:
+  """Index (in `conv.turns`) of the last turn that `qa.evidence` cites; None when no cited turn exists."""
+  order = _turn_order(conv) if order is None else order
+  found = [order[d] for ev in qa.evidence for d in _DIA_ID_RE.findall(ev) if d in order]
+  return max(found) if found else None
+
+
+def _facts_for_turns(items: Sequence[tuple[Session, Turn]], cfg: RunnerConfig,
+                     extractor: ChatPolicy | None) -> list[extraction_lib.Extraction]:
+  if cfg.extraction == "simple":
+    return extraction_lib.extract_facts_simple(items)
+  if extractor is None:
+    raise ValueError("RunnerConfig.extraction='llm' needs an extractor policy")
+
+  def generate_fn(chats):
+    return [s[0].text for s in extractor.generate(chats, n=1, greedy=True)]
+  return extraction_lib.extract_facts_llm(items, generate_fn)
+
+
+def _manager_prompt(bank: MemoryBank, facts: list[extraction_lib.Fact], session: Session, turn: Turn,
+                    related_k: int) -> tuple[list[prompts.ChatMessage], set[int]]:
+  """The manager chat for one turn, and the memory ids it shows (the only valid UPDATE / DELETE targets)."""
+  seen, related = set(), []
+  if facts and len(bank):
+    for hits in bank.search([f.text for f in facts], related_k):
+      for entry, _ in hits:
+        if entry.memory_id not in seen:
+          seen.add(entry.memory_id)
+          related.append(entry)
+  chat = prompts.manager_messages([f.text for f in facts], related, speaker=turn.speaker, date=session.date_time)
+  return chat, seen
+
+
+def op_counts(ops) -> dict[str, int]:
+  """Operation mix of parsed manager output: {"ADD": n, "UPDATE": n, "DELETE": n, "NOOP": n}."""
+  counts = collections.Counter(op.kind.value for op in ops)
+  return {k.value: counts.get(k.value, 0) for k in OpKind}
+
+
+@dataclasses.dataclass
+class BankStats:
+  """What happened while building banks: operation mix, format errors, rejected operations."""
+
+  ops: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  format_errors: int = 0
+  rejected_ops: int = 0
+  manager_calls: int = 0
+
+
+def build_banks(manager: ChatPolicy, conversations: Sequence[Conversation], bank_factory: BankFactory,
+                cfg: RunnerConfig, *, extractor: ChatPolicy | None = None, greedy: bool = True,
+                progress: Callable[[int, int], None] | None = None) -> tuple[list[MemoryBank], BankStats]:
+  """Builds one bank per conversation by running `manager` on every turn (conversations in lock step).
+
+  Returns (banks in the order of `conversations`, stats).
+  """
+  banks = [bank_factory() for _ in conversations]
+  turn_lists = [conv.turns for conv in conversations]
+  stats = BankStats()
+  longest = max((len(t) for t in turn_lists), default=0)
+  for step in range(longest):
+    live = [i for i, turns in enumerate(turn_lists) if step < len(turns)]
+    items = [turn_lists[i][step] for i in live]
+    extractions = _facts_for_turns(items, cfg, extractor)
+    chats, valid = [], []
+    for i, (session, turn), ext in zip(live, items, extractions):
+      chat, ids = _manager_prompt(banks[i], ext.facts, session, turn, cfg.related_k)
+      chats.append(chat)
+      valid.append(ids)
+    samples = manager.generate(chats, n=1, greedy=greedy)
+    stats.manager_calls += len(chats)
+    all_ops = []
+    for (session, turn), ids, s in zip(items, valid, samples):
+      parsed = parsers.parse_manager_output(s[0].text, ids, speaker=turn.speaker, max_ops=cfg.max_ops_per_output)
+      stats.format_errors += parsed.format_error is not None
+      stats.ops.update(op.kind.value for op in parsed.ops)
+      all_ops.append(parsed.ops)
+    results = apply_to_banks([banks[i] for i in live], all_ops, timestamps=[s.date_time for s, _ in items],
+                             source_turn_ids=[(t.dia_id,) for _, t in items])
+    stats.rejected_ops += sum(not r.applied for rs in results for r in rs)
+    if progress:
+      progress(step + 1, longest)
+  return banks, stats
+
+
+def answer_chats(bank: MemoryBank, conv: Conversation, questions: Sequence[QA], k_per_speaker: int
+                 ) -> list[prompts.ChatMessage]:
+  """Answer-agent chats for `questions` over `bank`: top `k_per_speaker` memories of each speaker."""
+  return _answer_chats_many([bank], [conv], [list(questions)], k_per_speaker)[0]
+
+
+def _answer_chats_many(banks: Sequence[MemoryBank], convs: Sequence[Conversation],
+                       questions: Sequence[Sequence[QA]], k: int) -> list[list[list[prompts.ChatMessage]]]:
+  """Per bank, per question: the answer chat (one embedding call per speaker slot for all banks)."""
+  speakers = [(c.speaker_a, c.speaker_b) for c in convs]
+  queries = [[qa.question for qa in qs] for qs in questions]
+  per_slot = [search_banks(banks, queries, k, speaker=[s[j] for s in speakers]) for j in range(2)]
+  out = []
+  for b, (conv, qs) in enumerate(zip(convs, questions)):
+    chats = []
+    for q, qa in enumerate(qs):
+      memories = [e for e, _ in per_slot[0][b][q]] + [e for e, _ in per_slot[1][b][q]]
+      chats.append(prompts.answer_messages(qa.question, memories, speakers=speakers[b],
+                                           question_date=qa.question_date, per_speaker=k))
+    out.append(chats)
+  return out
+
+
+def score_answer(text: str, qa: QA, format_penalty: float) -> tuple[float, dict]:
+  """(reward, info) of one answer reply: exact match minus the penalty for a format error."""
+  parsed = parsers.parse_answer_output(text)
+  em = float(metrics.exact_match(parsed.answer, qa.answer))
+  info = {"em": em, "f1": metrics.token_f1(parsed.answer, qa.answer), "format_error": float(
+      parsed.format_error is not None), "answer": parsed.answer}
+  return em - format_penalty * info["format_error"], info
+
+
+def answer_episodes(policy: ChatPolicy, banks: dict[str, MemoryBank], items: Sequence[tuple[Conversation, QA]],
+                    cfg: RunnerConfig, *, n: int, greedy: bool = False, group_offset: int = 0
+                    ) -> list[Experience]:
+  """Answer-agent episodes: `n` responses per (conversation, question), rewarded by exact match.
+
+  `banks` maps sample_id to that conversation's bank. Groups are numbered from `group_offset` in item order.
+  """
+  convs = list(dict.fromkeys(conv.sample_id for conv, _ in items))
+  by_conv = {cid: [(i, qa) for i, (c, qa) in enumerate(items) if c.sample_id == cid] for cid in convs}
+  conv_of = {c.sample_id: c for c, _ in items}
+  chats_many = _answer_chats_many([banks[c] for c in convs], [conv_of[c] for c in convs],
+                                  [[qa for _, qa in by_conv[c]] for c in convs], cfg.answer_k_per_speaker)
+  chats: list = [None] * len(items)
+  for cid, conv_chats in zip(convs, chats_many):
+    for (i, _), chat in zip(by_conv[cid], conv_chats):
+      chats[i] = chat
+  samples = policy.generate(chats, n=n, greedy=greedy)
+  out = []
+  for i, ((conv, qa), group) in enumerate(zip(items, samples)):
+    for s in group:
+      reward, info = score_answer(s.text, qa, cfg.format_penalty)
+      info.update(category=qa.category, gold=qa.answer)
+      out.append(Experience(s, reward, group_offset + i, "answer", info))
+  return out
+
+
+def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Sequence[Conversation],
+                     questions: dict[str, Sequence[QA]], bank_factory: BankFactory, cfg: RunnerConfig, *, n: int,
+                     extractor: ChatPolicy | None = None, group_offset: int = 0,
+                     fork: Callable[[MemoryBank], MemoryBank] | None = None) -> tuple[list[Experience], BankStats]:
+  """Manager episodes with per-turn branching (see the module docstring).
+
+  Args:
+    policy: the manager being trained; answerer: the frozen answer agent (greedy).
+    conversations: walked in lock step; questions: sample_id -> the training questions of that conversation.
+    n: responses sampled per trained turn (GRPO group size; 1 for PPO).
+    fork: copies a bank (default `MemoryBank.fork`).
+  Returns:
+    (experiences, stats of the walked banks).
+  """
+  fork = fork or (lambda b: b.fork())
+  banks = [bank_factory() for _ in conversations]
+  stats = BankStats()
+  # Questions completed at each turn index, per conversation.
+  targets = []
+  for conv in conversations:
+    order = _turn_order(conv)
+    at = collections.defaultdict(list)
+    for qa in questions.get(conv.sample_id, ()):
+      t = last_evidence_turn(conv, qa, order)
+      if t is not None:
+        at[t].append(qa)
+    targets.append(at)
+  experiences: list[Experience] = []
+  group = group_offset
+  turn_lists = [conv.turns for conv in conversations]
+  for step in range(max((len(t) for t in turn_lists), default=0)):
+    live = [i for i, turns in enumerate(turn_lists) if step < len(turns)]
+    items = [turn_lists[i][step] for i in live]
+    extractions = _facts_for_turns(items, cfg, extractor)
+    chats, valid = [], []
+    for i, (session, turn), ext in zip(live, items, extractions):
+      chat, ids = _manager_prompt(banks[i], ext.facts, session, turn, cfg.related_k)
+      chats.append(chat)
+      valid.append(ids)
+    trained = [j for j, i in enumerate(live) if targets[i].get(step)]
+    plain = [j for j, i in enumerate(live) if not targets[i].get(step)]
+    samples: list = [None] * len(live)
+    if plain:
+      for j, s in zip(plain, policy.generate([chats[j] for j in plain], n=1)):
+        samples[j] = s
+    if trained:
+      for j, s in zip(trained, policy.generate([chats[j] for j in trained], n=n)):
+        samples[j] = s
+    stats.manager_calls += len(plain) + n * len(trained)
+    # Branches of the trained turns: fork, apply, answer the completed questions from the fork.
+    branch_banks, branch_ops, branch_meta = [], [], []
+    for j in trained:
+      i = live[j]
+      session, turn = items[j]
+      for s in samples[j]:
+        parsed = parsers.parse_manager_output(s.text, valid[j], speaker=turn.speaker,
+                                              max_ops=cfg.max_ops_per_output)
+        branch_banks.append(fork(banks[i]))
+        branch_ops.append(parsed.ops)
+        branch_meta.append((j, s, parsed))
+    if branch_banks:
+      apply_to_banks(branch_banks, branch_ops, timestamps=[items[j][0].date_time for j, _, _ in branch_meta],
+                     source_turn_ids=[(items[j][1].dia_id,) for j, _, _ in branch_meta])
+      qs = [targets[live[j]][step] for j, _, _ in branch_meta]
+      convs = [conversations[live[j]] for j, _, _ in branch_meta]
+      chats_many = _answer_chats_many(branch_banks, convs, qs, cfg.answer_k_per_speaker)
+      flat = [c for cs in chats_many for c in cs]
+      answers = answerer.generate(flat, n=1, greedy=True)
+      pos = 0
+      groups = {}
+      for (j, s, parsed), q_list in zip(branch_meta, qs):
+        ems = []
+        for qa in q_list:
+          _, info = score_answer(answers[pos][0].text, qa, 0.0)
+          ems.append(info["em"])
+          pos += 1
+        fmt = float(parsed.format_error is not None)
+        reward = sum(ems) / len(ems) - cfg.format_penalty * fmt
+        g = groups.setdefault(j, group + len(groups))
+        experiences.append(Experience(s, reward, g, "manager", {
+            "em": sum(ems) / len(ems), "format_error": fmt, "questions": len(ems), **op_counts(parsed.ops)}))
+      group += len(groups)
+    # Advance every bank with its first sample.
+    ops = []
+    for j, (session, turn) in enumerate(items):
+      parsed = parsers.parse_manager_output(samples[j][0].text, valid[j], speaker=turn.speaker,
+                                            max_ops=cfg.max_ops_per_output)
+      stats.format_errors += parsed.format_error is not None
+      stats.ops.update(op.kind.value for op in parsed.ops)
+      ops.append(parsed.ops)
+    results = apply_to_banks([banks[i] for i in live], ops, timestamps=[s.date_time for s, _ in items],
+                             source_turn_ids=[(t.dia_id,) for _, t in items])
+    stats.rejected_ops += sum(not r.applied for rs in results for r in rs)
+  return experiences, stats
