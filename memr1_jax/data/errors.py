@@ -79,14 +79,14 @@ def require(obj: Any, key: str, kinds: type | tuple[type, ...], ref: RecordRef,
 
 
 def load_json(path: str | os.PathLike[str]) -> Any:
-  """Parses a whole JSON file; a syntax error (e.g. a truncated file) becomes a `DataFormatError`."""
+  """Parses a JSON file; a syntax error (e.g. a truncated file) becomes a `DataFormatError`."""
   with open(path, encoding="utf-8") as f:
     text = f.read()
   try:
     return json.loads(text)
   except json.JSONDecodeError as err:
-    raise DataFormatError(path, "<file>", "<json>",
-                          f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    problem = f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
+    raise DataFormatError(path, "<file>", "<json>", problem) from err
 
 
 def load_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any]]:

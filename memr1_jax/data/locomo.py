@@ -57,7 +57,8 @@ def _parse_sample(sample: Any, path: str, index: int) -> schema.Conversation:
   speaker_b = errors.require(conversation, "speaker_b", str, ref, "conversation.")
   sessions = _parse_sessions(conversation, (speaker_a, speaker_b), ref)
   qa_items = errors.require(sample, "qa", list, ref)
-  qa = tuple(_parse_qa(item, f"{sample_id}:{j}", ref, f"qa[{j}].") for j, item in enumerate(qa_items))
+  qa = tuple(_parse_qa(item, f"{sample_id}:{j}", ref, f"qa[{j}].")
+             for j, item in enumerate(qa_items))
   return schema.Conversation(sample_id=sample_id, speaker_a=speaker_a, speaker_b=speaker_b,
                              sessions=sessions, qa=qa)
 
@@ -84,7 +85,8 @@ def _parse_turn(item: Any, speakers: tuple[str, str], ref: errors.RecordRef,
                 prefix: str) -> schema.Turn:
   speaker = errors.require(item, "speaker", str, ref, prefix)
   if speaker not in speakers:
-    raise ref.error(prefix + "speaker", f"{speaker!r} is neither speaker_a nor speaker_b {speakers}")
+    raise ref.error(prefix + "speaker", f"{speaker!r} is neither speaker_a nor speaker_b "
+                                        f"{speakers}")
   text = errors.require(item, "text", str, ref, prefix)
   caption = errors.optional(item, "blip_caption", str, ref, prefix)
   if caption:
@@ -97,7 +99,8 @@ def _parse_qa(item: Any, qid: str, ref: errors.RecordRef, prefix: str) -> schema
   question = errors.require(item, "question", str, ref, prefix)
   category = errors.require(item, "category", int, ref, prefix)
   if category not in schema.CATEGORY_NAMES:
-    raise ref.error(prefix + "category", f"{category} is not one of {sorted(schema.CATEGORY_NAMES)}")
+    raise ref.error(prefix + "category",
+                    f"{category} is not one of {sorted(schema.CATEGORY_NAMES)}")
   answer = errors.optional(item, "answer", (str, int, float), ref, prefix)
   adversarial = errors.optional(item, "adversarial_answer", (str, int, float), ref, prefix)
   if answer is None:

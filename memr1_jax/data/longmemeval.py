@@ -5,7 +5,8 @@
 question_date, haystack_session_ids, haystack_dates, haystack_sessions, answer_session_ids}`;
 each haystack session is a list of `{role: "user" | "assistant", content, has_answer?}`.
 
-"hydrabuild": the re-shaped sample of Charles-ace/hydrabuild (`data/longmemeval_oracle_sample.json`):
+"hydrabuild": the re-shaped sample of Charles-ace/hydrabuild
+(`data/longmemeval_oracle_sample.json`, a copy in ../shared/data/longmemeval):
 `{source, file, ..., data: [{id, question_type, conversation: [{role, content, date}],
 questions: [{id, question, answer}]}]}`. Sessions exist only as runs of turns sharing one `date`;
 there is no question date, no session ids and no `has_answer` labels.
@@ -95,7 +96,8 @@ def _parse_official(item: Any, path: str, index: int, chronological: bool) -> sc
   dates = errors.require(item, "haystack_dates", list, ref)
   raw_sessions = errors.require(item, "haystack_sessions", list, ref)
   if len(dates) != len(raw_sessions):
-    raise ref.error("haystack_dates", f"{len(dates)} dates for {len(raw_sessions)} haystack_sessions")
+    raise ref.error("haystack_dates",
+                    f"{len(dates)} dates for {len(raw_sessions)} haystack_sessions")
   for s, date in enumerate(dates):
     errors.check_type(date, str, ref, f"haystack_dates[{s}]")
   order = _session_order(dates, chronological, ref, "haystack_dates")

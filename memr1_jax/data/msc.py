@@ -1,11 +1,11 @@
 """Reader for MemGPT's MSC-Self-Instruct file `msc_self_instruct.jsonl` (Hugging Face dataset
 MemGPT/MSC-Self-Instruct, used by MemGPT's deep memory retrieval (DMR) task).
 
-One JSON object per line, built on Multi-Session Chat (MSC) session 5 dialogues:
+One JSON object per line, built on Multi-Session Chat (MSC) dialogues:
 - `previous_dialogs`: the earlier sessions, each `{dialog: [{text, ...}], time_num, time_unit,
   time_back, personas}`; `time_back` says how long before the current session it took place
-  (e.g. "5 weeks ago"). Turns usually carry no speaker; the two speakers alternate, Speaker 1
-  first.
+  (e.g. "5 weeks ago"). A turn without an `id` gets its speaker by position: the two speakers
+  alternate, Speaker 1 first.
 - `dialog`: the current session's turns `{id: "Speaker 1" | "Speaker 2", text, ...}`.
 - `self_instruct`: `{B: question, A: answer}`, a question about the earlier sessions and its
   short gold answer.

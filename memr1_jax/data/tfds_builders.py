@@ -29,6 +29,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -81,8 +84,8 @@ class _ConversationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "One example per conversation, serialised as JSON."}
-  # No checksums file beside this module. tfds 4.9.10 would locate one through `code_path`, which
-  # imports `importlib_resources`, a package etils >= 1.10 no longer installs (ModuleNotFoundError).
+  # No checksums file beside this module. tfds 4.9.10 would look for one through `code_path`, which
+  # imports `importlib_resources`: etils 1.15 no longer pulls that package in (ModuleNotFoundError).
   code_path = None
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -98,13 +101,15 @@ class _ConversationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
     config = self.builder_config
     path = _manual_file(dl_manager, config.filenames)
     if path is None:
+      missing = (f"{self.name}/{config.name}: none of {config.filenames} in the manual directory "
+                 f"and downloading {config.url} failed")
+      if not _reachable(config.url):  # Fail now: tfds retries a refused connection for minutes.
+        raise FileNotFoundError(
+            f"{missing} (host unreachable).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
       try:
         path = dl_manager.download(config.url)
-      except Exception as err:  # No network, HTTP error: say where the file should go instead.
-        raise FileNotFoundError(
-            f"{self.name}/{config.name}: none of {config.filenames} in the manual directory and "
-            f"downloading {config.url} failed ({err}).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-        ) from err
+      except Exception as err:  # HTTP or network error: say where the file should go instead.
+        raise FileNotFoundError(f"{missing} ({err}).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}") from err
     return {FULL_SPLIT: self._generate_examples(config.reader(os.fspath(path)))}
 
   def _generate_examples(self, conversations: Sequence[schema.Conversation]
@@ -125,6 +130,19 @@ def _manual_file(dl_manager: tfds.download.DownloadManager,
     if (manual_dir / filename).exists():
       return manual_dir / filename
   return None
+
+
+def _reachable(url: str, timeout_s: float = 5.0) -> bool:
+  """Whether a TCP connection to the URL's host opens (always True when a proxy is configured)."""
+  if urllib.request.getproxies():
+    return True
+  parts = urllib.parse.urlsplit(url)
+  port = parts.port or (443 if parts.scheme == "https" else 80)
+  try:
+    with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+      return True
+  except OSError:
+    return False
 
 
 def _read_longmemeval_sorted(path: str) -> list[schema.Conversation]:

@@ -9,6 +9,7 @@ the table holds its points in the same order as the one kept up to date by `upse
 (partitioning + asymmetric hashing + exact reordering) index once it holds `tree_min_size`
 points; the tree is retrained (a rebuild) only when the size has drifted by `rebuild_growth`
 since it was last trained, every other change goes through ScaNN's `upsert` / `delete`.
+SOAR spilling is not offered: with scann 1.4.2, `delete` on a SOAR tree crashes the process.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ class ScannConfig:
     tree_min_size: from this many points on, the index is a tree-AH index (below, brute force).
     leaves_fraction: fraction of the tree's leaves searched per query.
     reorder_num_neighbors: candidates rescored exactly after AH scoring (at least k).
-    soar_lambda: SOAR spilling strength for the tree (None switches spilling off).
     rebuild_growth: retrain the tree when the size is above `growth * size at training` or below
       `size at training / growth`; also the hysteresis for falling back to brute force (below
       `tree_min_size / growth`).
@@ -54,7 +54,6 @@ class ScannConfig:
   tree_min_size: int = 50_000
   leaves_fraction: float = 0.5
   reorder_num_neighbors: int = 200
-  soar_lambda: float | None = 1.5
   rebuild_growth: float = 2.0
   dims_per_block: int = 2
   anisotropic_threshold: float = 0.2
@@ -110,23 +109,33 @@ def top_k_by_score(ids_qc: np.ndarray, scores_qc: np.ndarray, k: int) -> tuple[n
   """
   num_q, num_c = ids_qc.shape
   width = min(k, num_c)
-  out_ids = np.full((num_q, width), _NO_ID, np.int64)
-  out_scores = np.full((num_q, width), -np.inf, np.float32)
-  if width == 0:
-    return out_ids, out_scores
+  ids_qc = np.asarray(ids_qc, np.int64)
   scores_qc = np.where(ids_qc == _NO_ID, -np.inf, scores_qc).astype(np.float32)
+  if width == 0:
+    return np.zeros((num_q, 0), np.int64), np.zeros((num_q, 0), np.float32)
   if width < num_c:
-    # The width-th best score per row; every candidate at or above it is kept, so ties at the
-    # boundary are decided by id below rather than by argpartition's arbitrary order.
-    kth_q = -np.partition(-scores_qc, width - 1, axis=1)[:, width - 1]
-  for row in range(num_q):
-    valid = ids_qc[row] != _NO_ID
-    if width < num_c:
-      valid &= scores_qc[row] >= kth_q[row]
-    cand_ids, cand_scores = ids_qc[row][valid], scores_qc[row][valid]
-    order = np.lexsort((cand_ids, -cand_scores))[:width]
-    out_ids[row, :len(order)] = cand_ids[order]
-    out_scores[row, :len(order)] = cand_scores[order]
+    # Keep every candidate scoring at least the width-th best score of its row, so that ties at
+    # the boundary are decided by id (below), not by argpartition's arbitrary order.
+    kth_q1 = -np.partition(-scores_qc, width - 1, axis=1)[:, width - 1:width]
+    keep_qc = scores_qc >= kth_q1
+    exact_q = keep_qc.sum(axis=1) == width
+    straddled = np.flatnonzero(~exact_q)
+    keep_qc[straddled] = False
+    keep_qc[straddled, :width] = True  # Placeholders, overwritten below.
+    rows, cols = np.nonzero(keep_qc)
+    cand_ids = ids_qc[rows, cols].reshape(num_q, width)
+    cand_scores = scores_qc[rows, cols].reshape(num_q, width)
+    for row in straddled:  # Ties straddle the boundary: sort this row's survivors.
+      row_keep = scores_qc[row] >= kth_q1[row]
+      row_ids, row_scores = ids_qc[row][row_keep], scores_qc[row][row_keep]
+      order = np.lexsort((row_ids, -row_scores))[:width]
+      cand_ids[row], cand_scores[row] = row_ids[order], row_scores[order]
+    ids_qc, scores_qc = cand_ids, cand_scores
+  order_qk = np.lexsort((ids_qc, -scores_qc), axis=1)
+  out_ids = np.take_along_axis(ids_qc, order_qk, axis=1)
+  out_scores = np.take_along_axis(scores_qc, order_qk, axis=1)
+  empty_qk = np.isneginf(out_scores)
+  out_ids[empty_qk] = _NO_ID
   return out_ids, out_scores
 
 
@@ -378,7 +387,7 @@ class ScannIndex:
       sample = min(n, cfg.training_sample_size)
       builder = builder.tree(
           self._num_leaves, max(1, math.ceil(cfg.leaves_fraction * self._num_leaves)),
-          training_sample_size=sample, soar_lambda=cfg.soar_lambda).score_ah(
+          training_sample_size=sample).score_ah(
               cfg.dims_per_block, anisotropic_quantization_threshold=cfg.anisotropic_threshold,
               training_sample_size=sample).reorder(cfg.reorder_num_neighbors)
     else:

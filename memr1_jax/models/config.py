@@ -52,6 +52,8 @@ class ModelConfig:
   dtype: str = "float32"  # Compute dtype of matmuls; norms, softmax and RoPE always run in float32.
   attention_impl: str | None = None  # jax.nn.dot_product_attention implementation: None (auto), "xla", "cudnn".
   remat: bool = False  # Rematerialise each layer in the backward pass (training memory).
+  lora_rank: int = 0  # LoRA adapters of this rank on the attention and MLP projections (0: none).
+  lora_alpha: float = 16.0  # LoRA scaling numerator: delta W = lora_alpha / lora_rank * A B.
 
   @property
   def jnp_param_dtype(self):

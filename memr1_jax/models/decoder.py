@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memr1_jax.models.config import ModelConfig, RopeScaling
+from memr1_jax.models.lora import LoRA
 
 
 @flax.struct.dataclass
@@ -109,6 +110,9 @@ class Attention(nnx.Module):
       self.q_bias_nh = nnx.Param(jnp.zeros((n, h), pd), logical_axes=("heads", "head_dim"))
       self.k_bias_kh = nnx.Param(jnp.zeros((k, h), pd), logical_axes=("kv_heads", "head_dim"))
       self.v_bias_kh = nnx.Param(jnp.zeros((k, h), pd), logical_axes=("kv_heads", "head_dim"))
+    if cfg.lora_rank:
+      self.q_lora, self.k_lora = LoRA(self.q_dnh, 1, cfg, rngs=rngs), LoRA(self.k_dkh, 1, cfg, rngs=rngs)
+      self.v_lora, self.o_lora = LoRA(self.v_dkh, 1, cfg, rngs=rngs), LoRA(self.o_nhd, 2, cfg, rngs=rngs)
 
   def __call__(self, x_btd, positions_bt, inv_freq_h, mask_bts, kv_cache=None, cache_end=None):
     """Returns (out_btd, (k_bskh, v_bskh)): the attention output and this layer's updated cache (or None)."""
@@ -116,6 +120,8 @@ class Attention(nnx.Module):
     q = jnp.einsum("btd,dnh->btnh", x_btd, self.q_dnh[...].astype(dt))
     k = jnp.einsum("btd,dkh->btkh", x_btd, self.k_dkh[...].astype(dt))
     v = jnp.einsum("btd,dkh->btkh", x_btd, self.v_dkh[...].astype(dt))
+    if cfg.lora_rank:
+      q, k, v = q + self.q_lora(x_btd), k + self.k_lora(x_btd), v + self.v_lora(x_btd)
     if cfg.qkv_bias:
       q = q + self.q_bias_nh[...].astype(dt)
       k = k + self.k_bias_kh[...].astype(dt)
@@ -131,7 +137,10 @@ class Attention(nnx.Module):
     out = jax.nn.dot_product_attention(
         q, k.astype(dt), v.astype(dt), mask=mask_bts[:, None, :, :], scale=cfg.head_dim ** -0.5,
         implementation=cfg.attention_impl)
-    return jnp.einsum("btnh,nhd->btd", out, self.o_nhd[...].astype(dt)), new_cache
+    out_btd = jnp.einsum("btnh,nhd->btd", out, self.o_nhd[...].astype(dt))
+    if cfg.lora_rank:
+      out_btd = out_btd + self.o_lora(out)
+    return out_btd, new_cache
 
 
 class MLP(nnx.Module):
@@ -143,11 +152,19 @@ class MLP(nnx.Module):
     self.gate_df = _param(rngs, (d, f), ("embed", "mlp"), pd)
     self.up_df = _param(rngs, (d, f), ("embed", "mlp"), pd)
     self.down_fd = _param(rngs, (f, d), ("mlp", "embed"), pd)
+    self.lora_rank = cfg.lora_rank
+    if cfg.lora_rank:
+      self.gate_lora, self.up_lora = LoRA(self.gate_df, 1, cfg, rngs=rngs), LoRA(self.up_df, 1, cfg, rngs=rngs)
+      self.down_lora = LoRA(self.down_fd, 1, cfg, rngs=rngs)
 
   def __call__(self, x_btd):
     gate = jnp.einsum("btd,df->btf", x_btd, self.gate_df[...].astype(self.dt))
     up = jnp.einsum("btd,df->btf", x_btd, self.up_df[...].astype(self.dt))
-    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.down_fd[...].astype(self.dt))
+    if self.lora_rank:
+      gate, up = gate + self.gate_lora(x_btd), up + self.up_lora(x_btd)
+    hidden_btf = jax.nn.silu(gate) * up
+    out_btd = jnp.einsum("btf,fd->btd", hidden_btf, self.down_fd[...].astype(self.dt))
+    return out_btd + self.down_lora(hidden_btf) if self.lora_rank else out_btd
 
 
 class DecoderLayer(nnx.Module):

@@ -224,7 +224,7 @@ class SelfAttention(nnx.Module):
     v_bsnh = jnp.einsum("bsd,dnh->bsnh", x_btd, self.v_dnh[...]) + self.v_bias_nh[...]
     out_btnh = jax.nn.dot_product_attention(q_btnh, k_bsnh, v_bsnh, mask=mask_bt[:, None, None, :],
                                             scale=self.head_dim ** -0.5)
-    return jnp.einsum("btnh,nhd->btd", out_btnh, self.o_nhd[...]) 
+    return jnp.einsum("btnh,nhd->btd", out_btnh, self.o_nhd[...]) + self.o_bias_d[...]
 
 
 class FeedForward(nnx.Module):

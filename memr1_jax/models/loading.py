@@ -145,7 +145,8 @@ def load_module(abstract_module: nnx.Module, reader: safetensors_io.CheckpointRe
   leftovers = [n for n in reader.names() if n not in used and n not in optional_hf
                and not any(re.fullmatch(p, n) for p in ignore)]
   if leftovers:
-    raise CheckpointError(f"{reader.path}: checkpoint tensors not used by the model: {sorted(leftovers)[:8]} "
+    listed = ", ".join(f"{reader.file_of(n)}: {n!r}" for n in sorted(leftovers)[:8])
+    raise CheckpointError(f"checkpoint tensors not used by the model: {listed} "
                           "(a different architecture or an unsupported config field?)")
   state = nnx.from_flat_state([(p, v.replace(loaded[p])) for p, v in nnx.to_flat_state(abs_state)])
   return nnx.merge(graphdef, state)

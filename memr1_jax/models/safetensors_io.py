@@ -47,9 +47,10 @@ class SafetensorsFile:
     self.fname = fname
     self.header, self.data_start = _read_header(fname)
     self._mm = None
-    end = max((info["data_offsets"][1] for info in self.header.values()), default=0)
-    if self.data_start + end > os.path.getsize(fname):
-      raise CheckpointError(f"{fname}: truncated safetensors file (data ends past the end of the file)")
+    data_size = os.path.getsize(fname) - self.data_start
+    cut = sorted(name for name, info in self.header.items() if info["data_offsets"][1] > data_size)
+    if cut:
+      raise CheckpointError(f"{fname}: truncated safetensors file (tensors {cut[:5]} end past the end of the file)")
 
   def names(self) -> list[str]:
     return list(self.header)

@@ -1,0 +1,223 @@
+"""Memory store benchmark: ScaNN mutation API against rebuilding, and query latency / recall.
+
+For each bank size it measures, side by side in one process:
+  1. the cost of one ADD / UPDATE / DELETE through the index (`ScannIndex.upsert` / `delete`,
+     i.e. ScaNN's mutation API) against rebuilding the whole index, for ScaNN brute force, ScaNN
+     tree-AH and the exact numpy index;
+  2. the latency of a batch of queries (default 64, k=30) for ScaNN tree-AH (several fractions of
+     leaves searched), ScaNN brute force and exact numpy, with recall@10 against exact search;
+  3. bank-level costs: a search over all speakers (per-speaker indexes merged) against one
+     speaker, and the memory held by many small banks alive at once.
+
+Run (about 2 minutes on 2 CPU cores with the defaults):
+  python benchmarks/memory_store.py
+  python benchmarks/memory_store.py --sizes=300,3000 --embeddings=/path/to/unit_rows.npy
+
+Vectors are uniform random unit vectors by default: the worst case for a partitioning index (no
+cluster structure); `--embeddings` takes real sentence embeddings instead ([N, dim] float32
+unit rows; the last `--num_queries` rows are the queries, sizes above the rest are skipped).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from memr1_jax.memory import ExactIndex, MemoryBank, MemoryOp, OpKind, ScannConfig, ScannIndex  # pylint: disable=g-import-not-at-top
+
+_SIZES = flags.DEFINE_list("sizes", ["300", "3000", "30000"], "Bank sizes (entries in one index).")
+_DIM = flags.DEFINE_integer("dim", 384, "Embedding size (all-MiniLM-L6-v2: 384).")
+_NUM_QUERIES = flags.DEFINE_integer("num_queries", 64, "Queries per batched search.")
+_K = flags.DEFINE_integer("k", 30, "Neighbours per query (Memory-R1 retrieves 30 per speaker).")
+_RECALL_K = flags.DEFINE_integer("recall_k", 10, "Recall@this against exact search.")
+_LEAVES = flags.DEFINE_list("leaves_fractions", ["0.25", "0.5", "1.0"], "Tree-AH fractions of leaves searched.")
+_MUTATIONS = flags.DEFINE_integer("mutations", 50, "Operations timed per kind (the mean is reported).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Repeats per latency measurement (the median is reported).")
+_NUM_BANKS = flags.DEFINE_integer("num_banks", 256, "Banks alive at once in the memory measurement.")
+_BANK_SIZE = flags.DEFINE_integer("bank_size", 300, "Entries per bank in the memory measurement.")
+_EMBEDDINGS = flags.DEFINE_string("embeddings", "", "Optional .npy of real unit embeddings [N, dim].")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+
+_BRUTE = ScannConfig(tree_min_size=10**12)  # Never becomes a tree.
+
+
+def _tree_config(leaves_fraction: float = 0.5) -> ScannConfig:
+  return ScannConfig(tree_min_size=256, leaves_fraction=leaves_fraction)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _median_ms(fn, repeats: int) -> float:
+  fn()  # Warm-up.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+def _build(kind: str, ids_n: np.ndarray, vecs_nd: np.ndarray, leaves_fraction: float = 0.5):
+  dim = vecs_nd.shape[1]
+  if kind == "numpy exact":
+    return ExactIndex.from_vectors(dim, ids_n, vecs_nd)
+  config = _BRUTE if kind == "scann brute force" else _tree_config(leaves_fraction)
+  return ScannIndex.from_vectors(dim, ids_n, vecs_nd, config)
+
+
+def _mutation_row(kind: str, vecs_nd: np.ndarray, fresh_md: np.ndarray, rng) -> dict[str, float]:
+  """Mean ms per ADD / UPDATE / DELETE and ms per rebuild at the size of `vecs_nd`."""
+  n, m = len(vecs_nd), len(fresh_md)
+  ids_n = np.arange(n)
+  index = _build(kind, ids_n, vecs_nd)
+  start = time.perf_counter()
+  for j in range(m):  # ADD: new ids.
+    index.upsert(n + j, fresh_md[j])
+  add_ms = 1e3 * (time.perf_counter() - start) / m
+  targets = rng.choice(n, m, replace=False).tolist()
+  start = time.perf_counter()
+  for j, memory_id in enumerate(targets):  # UPDATE: replace in place.
+    index.upsert(memory_id, fresh_md[(j + 1) % m])
+  update_ms = 1e3 * (time.perf_counter() - start) / m
+  start = time.perf_counter()
+  for memory_id in targets:
+    index.delete(memory_id)
+  delete_ms = 1e3 * (time.perf_counter() - start) / m
+  rebuilds_during_ops = getattr(index, "num_rebuilds", 1) - 1  # The first build is not one.
+  if kind == "numpy exact":
+    rebuild = lambda: ExactIndex.from_vectors(vecs_nd.shape[1], ids_n, vecs_nd)
+  else:
+    rebuild = index.rebuild
+  rebuild_ms = _median_ms(rebuild, max(1, min(_REPEATS.value, 3)))
+  return {"add": add_ms, "update": update_ms, "delete": delete_ms, "rebuild": rebuild_ms,
+          "rebuilds_during_ops": rebuilds_during_ops}
+
+
+def _recall(got_qk: np.ndarray, want_qk: np.ndarray) -> float:
+  return float(np.mean([len(set(g.tolist()) & set(w.tolist())) / len(w) for g, w in zip(got_qk, want_qk)]))
+
+
+def _query_rows(vecs_nd: np.ndarray, q_qd: np.ndarray) -> list[tuple[str, float, float]]:
+  """(method, ms per batch, recall@recall_k) for each search method."""
+  ids_n = np.arange(len(vecs_nd))
+  k, rk, repeats = _K.value, _RECALL_K.value, _REPEATS.value
+  exact = _build("numpy exact", ids_n, vecs_nd)
+  want = exact.search(q_qd, rk)[0]
+  rows = [("numpy exact", _median_ms(lambda: exact.search(q_qd, k), repeats), _recall(exact.search(q_qd, rk)[0], want))]
+  brute = _build("scann brute force", ids_n, vecs_nd)
+  rows.append(("scann brute force", _median_ms(lambda: brute.search(q_qd, k), repeats),
+               _recall(brute.search(q_qd, rk)[0], want)))
+  if len(vecs_nd) >= 256:
+    for fraction in [float(f) for f in _LEAVES.value]:
+      tree = _build("scann tree-AH", ids_n, vecs_nd, fraction)
+      name = f"scann tree-AH {tree._num_leaves} leaves, {fraction:.0%} searched"  # pylint: disable=protected-access
+      rows.append((name, _median_ms(lambda: tree.search(q_qd, k), repeats), _recall(tree.search(q_qd, rk)[0], want)))
+  return rows
+
+
+def _bank_rows(vecs_nd: np.ndarray, q_qd: np.ndarray) -> list[tuple[str, float]]:
+  """ms per batch for a bank search over both speakers (merged) and over one speaker."""
+  dim, n = vecs_nd.shape[1], len(vecs_nd)
+  lookup = lambda texts: vecs_nd[[int(t) for t in texts]]  # Text "i" embeds to row i.
+  bank = MemoryBank(lookup, dim, scann_config=_BRUTE, max_ops_per_call=1024)
+  for start in range(0, n, 1024):
+    bank.apply([MemoryOp(OpKind.ADD, text=str(i), speaker="AB"[2 * i // n]) for i in range(start, min(n, start + 1024))])
+  k, repeats = _K.value, _REPEATS.value
+  return [("bank search, all speakers (2 indexes merged)", _median_ms(lambda: bank.search_by_vector(q_qd, k), repeats)),
+          ("bank search, one speaker", _median_ms(lambda: bank.search_by_vector(q_qd, k, speaker="A"), repeats))]
+
+
+def _rss_mib() -> float:
+  with open("/proc/self/statm", encoding="ascii") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _many_banks(rng) -> tuple[float, float, float]:
+  """(ms to fill one bank, MiB per bank, MiB per empty bank) for `num_banks` banks of `bank_size` entries."""
+  dim, size, count = _DIM.value, _BANK_SIZE.value, _NUM_BANKS.value
+  embed = lambda texts: _unit(rng.standard_normal((len(texts), dim)))
+  texts = [f"fact {i}" for i in range(size)]
+  before = _rss_mib()
+  empties = [MemoryBank(embed, dim) for _ in range(count)]
+  empty_mib = (_rss_mib() - before) / count
+  before = _rss_mib()
+  start = time.perf_counter()
+  banks = []
+  for b in range(count):
+    bank = MemoryBank(embed, dim)
+    for t in range(0, size, 16):  # One apply per dialogue turn's worth of facts.
+      bank.apply([MemoryOp(OpKind.ADD, text=text, speaker="AB"[i % 2]) for i, text in enumerate(texts[t:t + 16])],
+                 timestamp="t")
+    banks.append(bank)
+  fill_ms = 1e3 * (time.perf_counter() - start) / count
+  per_bank_mib = (_rss_mib() - before) / count
+  del empties, banks
+  return fill_ms, per_bank_mib, empty_mib
+
+
+def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+  widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+  print(f"\n{title}")
+  print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+  print("  ".join("-" * w for w in widths))
+  for r in rows:
+    print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def main(argv):
+  del argv
+  rng = np.random.default_rng(_SEED.value)
+  dim, num_q = _DIM.value, _NUM_QUERIES.value
+  if _EMBEDDINGS.value:
+    data = np.load(_EMBEDDINGS.value, allow_pickle=False).astype(np.float32)
+    dim = data.shape[1]
+    pool_nd, q_qd = data[:-num_q], data[-num_q:]
+    source = f"{_EMBEDDINGS.value} ({len(pool_nd)} rows + {num_q} queries)"
+  else:
+    pool_nd, q_qd = None, _unit(rng.standard_normal((num_q, dim)))
+    source = "uniform random unit vectors"
+  print(f"memory store benchmark: dim {dim}, {num_q} queries, k={_K.value}, data: {source}; "
+        f"{os.cpu_count()} CPUs; mean of {_MUTATIONS.value} ops, median of {_REPEATS.value} batches")
+  mutation_rows, query_rows, bank_rows = [], [], []
+  for size in [int(s) for s in _SIZES.value]:
+    if pool_nd is not None and size > len(pool_nd):
+      print(f"(skipping size {size}: only {len(pool_nd)} rows in --embeddings)")
+      continue
+    vecs_nd = pool_nd[:size] if pool_nd is not None else _unit(rng.standard_normal((size, dim)))
+    fresh_md = _unit(rng.standard_normal((_MUTATIONS.value, dim)))
+    kinds = ["scann brute force", "numpy exact"] + (["scann tree-AH"] if size >= 256 else [])
+    for kind in kinds:
+      r = _mutation_row(kind, vecs_nd, fresh_md, rng)
+      mutation_rows.append([str(size), kind, f"{r['add']:.3f}", f"{r['update']:.3f}", f"{r['delete']:.3f}",
+                            f"{r['rebuild']:.1f}", f"{r['rebuild'] / max(r['add'], 1e-9):.0f}x",
+                            str(r["rebuilds_during_ops"])])
+    for name, ms, recall in _query_rows(vecs_nd, q_qd):
+      query_rows.append([str(size), name, f"{ms:.2f}", f"{ms * 1e3 / num_q:.0f}", f"{recall:.3f}"])
+    for name, ms in _bank_rows(vecs_nd, q_qd):
+      bank_rows.append([str(size), name, f"{ms:.2f}"])
+  _print_table("1. One mutation through the index vs rebuilding it (ms)",
+               ["size", "index", "ADD", "UPDATE", "DELETE", "rebuild", "rebuild/ADD", "rebuilds in ops"],
+               mutation_rows)
+  _print_table(f"2. Batched search: {num_q} queries, k={_K.value}",
+               ["size", "method", "ms/batch", "us/query", f"recall@{_RECALL_K.value}"], query_rows)
+  _print_table("3. Bank search over speakers (ScaNN brute force, entries split evenly between 2 speakers)",
+               ["size", "search", "ms/batch"], bank_rows)
+  fill_ms, per_bank_mib, empty_mib = _many_banks(rng)
+  raw_mib = _BANK_SIZE.value * dim * 4 / 2**20
+  _print_table(f"4. {_NUM_BANKS.value} banks alive at once, {_BANK_SIZE.value} entries each (2 speakers, "
+               "filled 16 ADDs per apply, random embeddings)",
+               ["ms to fill one bank", "MiB per bank", "raw float32 MiB", "MiB per empty bank"],
+               [[f"{fill_ms:.1f}", f"{per_bank_mib:.2f}", f"{raw_mib:.2f}", f"{empty_mib:.4f}"]])
+
+
+if __name__ == "__main__":
+  app.run(main)
