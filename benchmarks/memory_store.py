@@ -15,7 +15,8 @@ Run (about 2 minutes on 2 CPU cores with the defaults):
 
 Vectors are uniform random unit vectors by default: the worst case for a partitioning index (no
 cluster structure); `--embeddings` takes real sentence embeddings instead ([N, dim] float32
-unit rows; the last `--num_queries` rows are the queries, sizes above the rest are skipped).
+unit rows; queries are the first `--num_queries` rows of `--query_embeddings`, or else the last
+rows of `--embeddings`; sizes above the rows available are skipped).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Repeats per latency measurement (
 _NUM_BANKS = flags.DEFINE_integer("num_banks", 256, "Banks alive at once in the memory measurement.")
 _BANK_SIZE = flags.DEFINE_integer("bank_size", 300, "Entries per bank in the memory measurement.")
 _EMBEDDINGS = flags.DEFINE_string("embeddings", "", "Optional .npy of real unit embeddings [N, dim].")
+_QUERY_EMBEDDINGS = flags.DEFINE_string(
+    "query_embeddings", "", "Optional .npy of query embeddings [M, dim] for --embeddings (first --num_queries rows).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 
 _BRUTE = ScannConfig(tree_min_size=10**12)  # Never becomes a tree.
@@ -56,14 +59,15 @@ def _unit(x: np.ndarray) -> np.ndarray:
   return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _median_ms(fn, repeats: int) -> float:
-  fn()  # Warm-up.
+def _timed_ms(fn, repeats: int) -> tuple[float, float]:
+  """(best, median) wall time in ms of `repeats` calls of `fn` after one warm-up call."""
+  fn()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
+  return 1e3 * min(times), 1e3 * float(np.median(times))
 
 
 def _build(kind: str, ids_n: np.ndarray, vecs_nd: np.ndarray, leaves_fraction: float = 0.5):
@@ -97,7 +101,7 @@ def _mutation_row(kind: str, vecs_nd: np.ndarray, fresh_md: np.ndarray, rng) -> 
     rebuild = lambda: ExactIndex.from_vectors(vecs_nd.shape[1], ids_n, vecs_nd)
   else:
     rebuild = index.rebuild
-  rebuild_ms = _median_ms(rebuild, max(1, min(_REPEATS.value, 3)))
+  rebuild_ms, _ = _timed_ms(rebuild, max(1, min(_REPEATS.value, 3)))
   return {"add": add_ms, "update": update_ms, "delete": delete_ms, "rebuild": rebuild_ms,
           "rebuilds_during_ops": rebuilds_during_ops}
 
@@ -106,34 +110,34 @@ def _recall(got_qk: np.ndarray, want_qk: np.ndarray) -> float:
   return float(np.mean([len(set(g.tolist()) & set(w.tolist())) / len(w) for g, w in zip(got_qk, want_qk)]))
 
 
-def _query_rows(vecs_nd: np.ndarray, q_qd: np.ndarray) -> list[tuple[str, float, float]]:
-  """(method, ms per batch, recall@recall_k) for each search method."""
+def _query_rows(vecs_nd: np.ndarray, q_qd: np.ndarray) -> list[tuple[str, tuple[float, float], float]]:
+  """(method, (best, median) ms per batch, recall@recall_k) for each search method."""
   ids_n = np.arange(len(vecs_nd))
   k, rk, repeats = _K.value, _RECALL_K.value, _REPEATS.value
   exact = _build("numpy exact", ids_n, vecs_nd)
   want = exact.search(q_qd, rk)[0]
-  rows = [("numpy exact", _median_ms(lambda: exact.search(q_qd, k), repeats), _recall(exact.search(q_qd, rk)[0], want))]
+  rows = [("numpy exact", _timed_ms(lambda: exact.search(q_qd, k), repeats), _recall(exact.search(q_qd, rk)[0], want))]
   brute = _build("scann brute force", ids_n, vecs_nd)
-  rows.append(("scann brute force", _median_ms(lambda: brute.search(q_qd, k), repeats),
+  rows.append(("scann brute force", _timed_ms(lambda: brute.search(q_qd, k), repeats),
                _recall(brute.search(q_qd, rk)[0], want)))
   if len(vecs_nd) >= 256:
     for fraction in [float(f) for f in _LEAVES.value]:
       tree = _build("scann tree-AH", ids_n, vecs_nd, fraction)
       name = f"scann tree-AH {tree._num_leaves} leaves, {fraction:.0%} searched"  # pylint: disable=protected-access
-      rows.append((name, _median_ms(lambda: tree.search(q_qd, k), repeats), _recall(tree.search(q_qd, rk)[0], want)))
+      rows.append((name, _timed_ms(lambda: tree.search(q_qd, k), repeats), _recall(tree.search(q_qd, rk)[0], want)))
   return rows
 
 
-def _bank_rows(vecs_nd: np.ndarray, q_qd: np.ndarray) -> list[tuple[str, float]]:
-  """ms per batch for a bank search over both speakers (merged) and over one speaker."""
+def _bank_rows(vecs_nd: np.ndarray, q_qd: np.ndarray) -> list[tuple[str, tuple[float, float]]]:
+  """(best, median) ms per batch for a bank search over both speakers (merged) and over one speaker."""
   dim, n = vecs_nd.shape[1], len(vecs_nd)
   lookup = lambda texts: vecs_nd[[int(t) for t in texts]]  # Text "i" embeds to row i.
   bank = MemoryBank(lookup, dim, scann_config=_BRUTE, max_ops_per_call=1024)
   for start in range(0, n, 1024):
     bank.apply([MemoryOp(OpKind.ADD, text=str(i), speaker="AB"[2 * i // n]) for i in range(start, min(n, start + 1024))])
   k, repeats = _K.value, _REPEATS.value
-  return [("bank search, all speakers (2 indexes merged)", _median_ms(lambda: bank.search_by_vector(q_qd, k), repeats)),
-          ("bank search, one speaker", _median_ms(lambda: bank.search_by_vector(q_qd, k, speaker="A"), repeats))]
+  return [("bank search, all speakers (2 indexes merged)", _timed_ms(lambda: bank.search_by_vector(q_qd, k), repeats)),
+          ("bank search, one speaker", _timed_ms(lambda: bank.search_by_vector(q_qd, k, speaker="A"), repeats))]
 
 
 def _rss_mib() -> float:
@@ -180,13 +184,19 @@ def main(argv):
   if _EMBEDDINGS.value:
     data = np.load(_EMBEDDINGS.value, allow_pickle=False).astype(np.float32)
     dim = data.shape[1]
-    pool_nd, q_qd = data[:-num_q], data[-num_q:]
-    source = f"{_EMBEDDINGS.value} ({len(pool_nd)} rows + {num_q} queries)"
+    if _QUERY_EMBEDDINGS.value:
+      pool_nd = data
+      q_qd = np.load(_QUERY_EMBEDDINGS.value, allow_pickle=False).astype(np.float32)[:num_q]
+      source = f"{_EMBEDDINGS.value} ({len(pool_nd)} rows), queries from {_QUERY_EMBEDDINGS.value}"
+    else:
+      pool_nd, q_qd = data[:-num_q], data[-num_q:]
+      source = f"{_EMBEDDINGS.value} ({len(pool_nd)} rows + its last {num_q} rows as queries)"
   else:
     pool_nd, q_qd = None, _unit(rng.standard_normal((num_q, dim)))
     source = "uniform random unit vectors"
   print(f"memory store benchmark: dim {dim}, {num_q} queries, k={_K.value}, data: {source}; "
-        f"{os.cpu_count()} CPUs; mean of {_MUTATIONS.value} ops, median of {_REPEATS.value} batches")
+        f"{os.cpu_count()} CPUs; mutations: mean of {_MUTATIONS.value} ops; "
+        f"latency: best and median of {_REPEATS.value} batches")
   mutation_rows, query_rows, bank_rows = [], [], []
   for size in [int(s) for s in _SIZES.value]:
     if pool_nd is not None and size > len(pool_nd):
@@ -200,17 +210,18 @@ def main(argv):
       mutation_rows.append([str(size), kind, f"{r['add']:.3f}", f"{r['update']:.3f}", f"{r['delete']:.3f}",
                             f"{r['rebuild']:.1f}", f"{r['rebuild'] / max(r['add'], 1e-9):.0f}x",
                             str(r["rebuilds_during_ops"])])
-    for name, ms, recall in _query_rows(vecs_nd, q_qd):
-      query_rows.append([str(size), name, f"{ms:.2f}", f"{ms * 1e3 / num_q:.0f}", f"{recall:.3f}"])
-    for name, ms in _bank_rows(vecs_nd, q_qd):
-      bank_rows.append([str(size), name, f"{ms:.2f}"])
+    for name, (best, median), recall in _query_rows(vecs_nd, q_qd):
+      query_rows.append([str(size), name, f"{best:.2f}", f"{median:.2f}", f"{best * 1e3 / num_q:.0f}", f"{recall:.3f}"])
+    for name, (best, median) in _bank_rows(vecs_nd, q_qd):
+      bank_rows.append([str(size), name, f"{best:.2f}", f"{median:.2f}"])
   _print_table("1. One mutation through the index vs rebuilding it (ms)",
                ["size", "index", "ADD", "UPDATE", "DELETE", "rebuild", "rebuild/ADD", "rebuilds in ops"],
                mutation_rows)
   _print_table(f"2. Batched search: {num_q} queries, k={_K.value}",
-               ["size", "method", "ms/batch", "us/query", f"recall@{_RECALL_K.value}"], query_rows)
+               ["size", "method", "ms/batch best", "median", "us/query (best)", f"recall@{_RECALL_K.value}"],
+               query_rows)
   _print_table("3. Bank search over speakers (ScaNN brute force, entries split evenly between 2 speakers)",
-               ["size", "search", "ms/batch"], bank_rows)
+               ["size", "search", "ms/batch best", "median"], bank_rows)
   fill_ms, per_bank_mib, empty_mib = _many_banks(rng)
   raw_mib = _BANK_SIZE.value * dim * 4 / 2**20
   _print_table(f"4. {_NUM_BANKS.value} banks alive at once, {_BANK_SIZE.value} entries each (2 speakers, "

@@ -174,6 +174,20 @@ def test_unsupported_pooling_mode_raises_naming_file_and_field(tiny_bert, tmp_pa
   assert fname in str(err.value)
 
 
+def test_tokenizer_larger_than_vocab_raises(tiny_bert, tmp_path):
+  """A tokenizer.json with more tokens than the model's vocab_size raises CheckpointError naming the file."""
+  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+
+  path = _copy_checkpoint(tiny_bert[0], str(tmp_path / "ckpt"))
+  fname = os.path.join(path, "tokenizer.json")
+  tok = Tokenizer.from_file(fname)
+  tok.add_tokens(["newword"])
+  tok.save(fname)
+  with pytest.raises(CheckpointError, match="vocab_size") as err:
+    encoder_lib.SentenceEncoder.from_pretrained(path)
+  assert fname in str(err.value)
+
+
 def test_bucket_size_is_a_capped_power_of_two():
   """Padded sizes are the next power of two (at least the minimum), never above the cap."""
   assert [encoder_lib.bucket_size(n, 64) for n in (1, 2, 3, 33, 64)] == [1, 2, 4, 64, 64]

@@ -93,6 +93,12 @@ def test_logits_match_transformers(name, ckpts, batch):
   assert diff < TOL, f"{name}: max abs diff {diff}"
 
 
+def test_pad_positions_are_finite(ckpts, batch):
+  """Left-pad positions (whose queries see no valid key) still give finite logits, so masked losses stay finite."""
+  model, _ = load_pretrained(ckpts["qwen2_untied_gqa2_sharded"])
+  assert np.isfinite(np.asarray(model(*batch))).all()
+
+
 def test_checkpoint_cases_cover_the_intended_variants(ckpts):
   """The parity cases really are tied / untied, MHA / GQA / MQA, llama3-scaled and multi-shard."""
   cfgs = {name: load_pretrained(path)[1] for name, path in ckpts.items()}
@@ -172,6 +178,21 @@ def test_config_reads_transformers4_llama31_layout():
   preset = PRESETS["llama3.1-8b"]
   assert cfg.replace(eos_token_ids=preset.eos_token_ids, pad_token_id=preset.pad_token_id) == preset
   assert cfg.eos_token_ids == (128001, 128008, 128009)
+
+
+def test_config_reads_transformers4_qwen25_layout():
+  """Qwen2.5-7B-Instruct's config.json (rope_scaling null, sliding window off) parses to the qwen2.5-7b preset."""
+  hf = {
+      "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+      "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02, "intermediate_size": 18944,
+      "max_position_embeddings": 32768, "max_window_layers": 28, "model_type": "qwen2", "num_attention_heads": 28,
+      "num_hidden_layers": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_scaling": None,
+      "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+      "use_cache": True, "use_sliding_window": False, "vocab_size": 152064,
+  }
+  cfg = config_from_hf(hf)
+  preset = PRESETS["qwen2.5-7b"]
+  assert cfg.replace(eos_token_ids=preset.eos_token_ids, pad_token_id=preset.pad_token_id) == preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

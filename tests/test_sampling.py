@@ -259,7 +259,7 @@ def test_engine_results_do_not_depend_on_micro_batching(qwen):
     assert stopped == (c.token_ids[-1] == 7) and 7 not in c.token_ids[:-1]
     assert stopped or len(c.token_ids) == MAX_NEW
     assert c.text == CharTokenizer().decode(c.token_ids[:-1] if stopped else c.token_ids)
-  assert whole[2].prompt_ids == [5, 6, 7] and whole[0].prompt_ids == CharTokenizer().encode("hello")
+  assert whole[4].prompt_ids == [5, 6, 7] and whole[0].prompt_ids == CharTokenizer().encode("hello")
 
 
 def test_bad_inputs_raise_clear_errors(qwen):
@@ -273,3 +273,21 @@ def test_bad_inputs_raise_clear_errors(qwen):
     engine.generate(["text"])
   with pytest.raises(ValueError, match="top_p"):
     engine.generate([[1]], top_p=0.0)
+
+
+def test_engine_with_checkpoint_tokenizer_and_chat_prompts(qwen, tmp_path):
+  """Chat messages are encoded with the chat template, the tokenizer's EOS ids stop, and text is decoded."""
+  from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  from memr1_jax.testing import write_tiny_tokenizer  # pylint: disable=g-import-not-at-top
+  write_tiny_tokenizer(str(tmp_path), "bpe")
+  tokenizer = Tokenizer.from_pretrained(str(tmp_path))
+  engine = RolloutEngine(qwen, tokenizer, RolloutConfig(min_prompt_bucket=16))
+  messages = [{"role": "user", "content": "What did Alice adopt?"}]
+  out = engine.generate([messages, "Bob likes"], key=0, temperature=0.0, max_new_tokens=MAX_NEW)
+  assert engine.stop_token_ids == tokenizer.eos_token_ids
+  assert out[0].prompt_ids == tokenizer.encode_chat(messages) and out[1].prompt_ids == tokenizer.encode("Bob likes")
+  direct = generate(qwen, [c.prompt_ids for c in out], key=0, max_new_tokens=MAX_NEW,
+                    stop_token_ids=tokenizer.eos_token_ids, pad_id=tokenizer.pad_token_id)
+  for r, c in enumerate(out):
+    assert c.token_ids == direct.tokens[r][direct.mask[r]].tolist()
+    assert c.text == tokenizer.decode(c.token_ids[:-1] if c.finish_reason == "stop" else c.token_ids)

@@ -6,14 +6,17 @@ except the 4 KV heads on a tensor axis of 8, which must fall back to replication
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from memr1_jax import sharding as sharding_lib
-from memr1_jax.models import Decoder, load_pretrained
+from memr1_jax.models import Decoder, export_pretrained, load_pretrained
 from memr1_jax.testing import left_padded_batch, make_hf_checkpoint
 
 VOCAB = 256
@@ -145,3 +148,15 @@ def test_sharded_forward_matches_unsharded(shape, ckpt, batch, unsharded_logits)
   assert ids_bt.sharding == sharding_lib.batch_sharding(mesh)
   logits_btv = nnx.jit(lambda m, ids, mask: m(ids, mask))(model, ids_bt, mask_bt)
   np.testing.assert_allclose(np.asarray(logits_btv), unsharded_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_export_from_sharded_model_writes_the_original_tensors(ckpt, tmp_path):
+  """export_pretrained gathers a (2, 2, 2)-sharded model into exactly the checkpoint's original tensors."""
+  model, _ = load_pretrained(ckpt, mesh=sharding_lib.make_mesh((2, 2, 2)))
+  out = str(tmp_path / "export")
+  export_pretrained(model, out)
+  original = safetensors.numpy.load_file(os.path.join(ckpt, "model.safetensors"))
+  exported = safetensors.numpy.load_file(os.path.join(out, "model.safetensors"))
+  assert sorted(exported) == sorted(original)
+  for name, arr in original.items():
+    np.testing.assert_array_equal(exported[name], arr, err_msg=name)

@@ -296,6 +296,7 @@ class ScannIndex:
     self._mode = ""  # "" (no searcher), "brute_force" or "tree_ah".
     self._trained_size = 0
     self._num_leaves = 0
+    self._capacity = 0  # Points the searcher has room for without reallocating.
     self.num_rebuilds = 0
 
   def __len__(self) -> int:
@@ -312,8 +313,12 @@ class ScannIndex:
     self.table.upsert(memory_id, vec_d)
     if self._searcher is None or self._wanted_mode() != self._mode or self._tree_drifted():
       self._rebuild()
-    else:
-      self._searcher.upsert([str(memory_id)], vec_d[None, :])
+      return
+    if len(self.table) > self._capacity:
+      # Without spare capacity ScaNN copies its whole dataset on every insert (O(n) per ADD).
+      self._capacity = max(64, 2 * self._capacity)
+      self._searcher.reserve(self._capacity)
+    self._searcher.upsert([str(memory_id)], vec_d[None, :])
 
   def delete(self, memory_id: int) -> None:
     """Removes `memory_id` (KeyError if absent), through ScaNN's `delete`."""
@@ -396,6 +401,7 @@ class ScannIndex:
     self._searcher = builder.build(docids=docids)
     self._mode = mode
     self._trained_size = n
+    self._capacity = n
     self.num_rebuilds += 1
 
   def save(self, directory: str) -> None:
@@ -438,6 +444,7 @@ class ScannIndex:
       assets = f.read()
     index._searcher = ops.ScannSearcher(ops.scann_pybind.ScannNumpy(scann_dir, assets), docids=list(docids))
     index._mode = "tree_ah"
+    index._capacity = len(index.table)
     index._trained_size = int(state["trained_size"])
     index._num_leaves = int(state["num_leaves"])
     return index

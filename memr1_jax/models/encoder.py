@@ -385,6 +385,9 @@ class SentenceEncoder:
       tokenizer = Tokenizer.from_file(tok_file)
     except Exception as e:  # tokenizers raises a bare Exception on malformed files.
       raise CheckpointError(f"{tok_file}: cannot be read as a tokenizers file ({e})") from None
+    if tokenizer.get_vocab_size(with_added_tokens=True) > model.cfg.vocab_size:
+      raise CheckpointError(f"{tok_file}: {tokenizer.get_vocab_size(with_added_tokens=True)} tokens do not fit the "
+                            f"model's vocab_size={model.cfg.vocab_size} (tokenizer from another checkpoint?)")
     file_pooling, file_normalize = read_pooling(path)
     return cls(model, tokenizer, pooling=pooling or file_pooling,
                normalize=file_normalize if normalize is None else normalize, max_length=max_length,

@@ -104,6 +104,13 @@ def add_lora(model: nnx.Module, rank: int, alpha: float = 16.0, *, seed: int = 0
   return nnx.merge(graphdef, init(), rest)
 
 
+def without_lora(model: nnx.Module) -> nnx.Module:
+  """The model with adapters disabled: the same class with `cfg.lora_rank = 0` over `model`'s base arrays (no copy)."""
+  cfg = model.cfg.replace(lora_rank=0)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: type(model)(cfg, rngs=nnx.Rngs(0))))
+  return nnx.merge(graphdef, nnx.to_pure_dict(nnx.state(model, BASE)))
+
+
 def merge_lora(model: nnx.Module) -> nnx.Module:
   """A model without adapters whose weights are W + (alpha / r) A B, for export (e.g. `export_pretrained`).
 

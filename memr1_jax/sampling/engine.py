@@ -1,7 +1,7 @@
-"""`RolloutEngine`: chat prompts (strings or token ids) in, completions (text, ids, log-probs) out.
+"""`RolloutEngine`: prompts (token ids, strings or chat messages) in, completions (text, ids, log-probs) out.
 
 The episode runner's entry point to generation. It tokenizes, sorts prompts by length and splits the request into
-micro-batches of at most `max_rows_per_batch` rows (prompts * n), runs `generate.generate` on each, and logs progress
+micro-batches of at most `max_rows_per_batch` rows (prompts * n), runs `generation.generate` on each, and logs progress
 and throughput through the stdlib `logging` module (absl's handler picks it up in the trainer).
 """
 
@@ -11,17 +11,20 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Union
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from memr1_jax.sampling.generate import as_key, generate
+from memr1_jax.sampling.generation import as_key, generate
 from memr1_jax.sampling.samplers import SamplingParams
 
 logger = logging.getLogger(__name__)
+
+# A prompt: token ids, a string (tokenizer.encode) or chat messages [{"role", "content"}] (tokenizer.encode_chat).
+Prompt = Union[Sequence[int], str, Sequence[dict]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +68,9 @@ class Completion:
 class RolloutEngine:
   """Batched generation with the decoder `model` (Decoder or sharded Decoder) and an optional tokenizer.
 
-  The tokenizer needs `encode(str) -> list[int]` and `decode(list[int]) -> str`; `eos_token_ids` and
-  `pad_token_id` are used when present. The model's current weights are read at every call, so the engine can be
+  The tokenizer (e.g. `memr1_jax.models.tokenizer.Tokenizer`) needs `encode(str) -> list[int]` and
+  `decode(list[int]) -> str`, and `encode_chat(messages)` for chat prompts; `eos_token_ids` and `pad_token_id` are
+  used when present. The model's current weights are read at every call, so the engine can be
   reused while the policy trains.
   """
 
@@ -86,13 +90,13 @@ class RolloutEngine:
     self.pad_token_id = int(pad) if pad is not None else 0
     self._key = jax.random.key(self.config.seed)
 
-  def _prompt_ids(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
+  def _prompt_ids(self, prompts: Sequence[Prompt]) -> list[list[int]]:
     out = []
     for i, p in enumerate(prompts):
-      if isinstance(p, str):
+      if isinstance(p, str) or (len(p) and isinstance(p[0], dict)):
         if self.tokenizer is None:
-          raise ValueError(f"prompt {i} is a string but the RolloutEngine has no tokenizer")
-        p = self.tokenizer.encode(p)
+          raise ValueError(f"prompt {i} is text but the RolloutEngine has no tokenizer (pass token ids)")
+        p = self.tokenizer.encode(p) if isinstance(p, str) else self.tokenizer.encode_chat(p)
       ids = [int(t) for t in p]
       if not ids:
         raise ValueError(f"prompt {i} is empty")
@@ -101,7 +105,7 @@ class RolloutEngine:
       out.append(ids)
     return out
 
-  def generate(self, prompts: Sequence[str | Sequence[int]], n: int = 1, key=None, *, temperature: float = 1.0,
+  def generate(self, prompts: Sequence[Prompt], n: int = 1, key=None, *, temperature: float = 1.0,
                top_p: float = 1.0, top_k: int = 0, max_new_tokens: int | None = None,
                stop_token_ids: Sequence[int] | None = None) -> list[Completion]:
     """Samples `n` completions per prompt. Returns len(prompts) * n `Completion`s, prompt-major (i * n + j).

@@ -1,0 +1,238 @@
+"""The learner's state: trained policy / value parameters with their AdamW states, the frozen weights, shardings.
+
+Parameters are split (`nnx.split`) into what is trained and what is frozen:
+
+  full fine-tuning   trained = every policy Param;  frozen = the reference model (a copy of the initial
+                     policy in `reference_dtype`, only when a reference is asked for).
+  LoRA               trained = the adapters (`nnx.LoRAParam`); frozen = the base weights, which are at once the
+                     policy's base and the reference (the same graph with `lora_rank = 0`): no extra weight copy.
+  PPO value model    trained = all its Params (full), or its adapters + head (LoRA; its backbone base is then the
+                     policy's base arrays).
+
+Precision: trained parameters are kept in `master_dtype` (float32 by default) and cast to the compute dtype
+(`cfg.dtype`, bfloat16 on accelerators) inside each matmul; AdamW moments are float32 (first moment optionally
+bfloat16). A bfloat16 master copy would silently drop updates: with lr 1e-6 an Adam step changes a weight of size
+0.02 by 5e-5 of its value, below bfloat16's resolution of 2^-8. Memory per trained parameter: 4 (master) + 8
+(moments) + 4 (gradient) bytes, plus 2 bytes per parameter for a bfloat16 reference.
+
+`TrainState` (donated to and returned by the update step) holds the trained part; `FrozenParams` (read-only
+arguments) the rest; `StateSpec` the static part (graph definitions, optimizers, shardings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from memr1_jax import sharding as sharding_lib
+from memr1_jax.models import lora as lora_lib
+from memr1_jax.models import value as value_lib
+from memr1_jax.models.config import ModelConfig
+from memr1_jax.models.decoder import Decoder
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What one update step changes (pure pytrees of arrays; save it with `memr1_jax.checkpoint`)."""
+
+  updates: jax.Array  # int32 scalar: optimizer updates applied so far (skipped non-finite ones not counted).
+  policy: Any  # trained policy parameters (pure dict), master dtype.
+  policy_opt: Any  # optax state of `policy`.
+  value: Any = None  # trained value-model parameters (PPO), or None.
+  value_opt: Any = None
+
+
+@flax.struct.dataclass
+class FrozenParams:
+  """Weights the update step reads but never changes."""
+
+  policy: Any  # the policy's untrained parameters: the base weights under LoRA, {} under full fine-tuning.
+  reference: Any = None  # full fine-tuning: the reference model's parameters (None under LoRA or without KL).
+  value: Any = None  # the value model's untrained parameters (its backbone base under LoRA, else {}).
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSpec:
+  """Static description of a learner: graphs, optimizers, learning-rate schedules, shardings."""
+
+  policy_cfg: ModelConfig
+  policy_graphdef: Any
+  reference_graphdef: Any | None  # None: no reference model.
+  value_graphdef: Any | None  # None: no value model (GRPO).
+  actor_tx: optax.GradientTransformation
+  critic_tx: optax.GradientTransformation | None
+  actor_lr: Callable[[jax.Array], jax.Array]  # schedule: optimizer updates applied -> learning rate.
+  critic_lr: Callable[[jax.Array], jax.Array] | None
+  lora: bool
+  mesh: Mesh | None = None
+  state_shardings: Any = None  # a TrainState of NamedShardings (None without a mesh).
+  frozen_shardings: Any = None  # a FrozenParams of NamedShardings (None without a mesh).
+
+
+def learning_rate_schedule(lr: float, warmup_steps: int = 0) -> Callable[[jax.Array], jax.Array]:
+  """Linear warmup from 0 to `lr` over `warmup_steps` optimizer updates, then constant."""
+  if warmup_steps <= 0:
+    return optax.constant_schedule(lr)
+  return optax.warmup_constant_schedule(0.0, lr, warmup_steps)
+
+
+def make_optimizer(schedule: Callable[[jax.Array], jax.Array] | float, *, weight_decay: float = 0.0,
+                   max_grad_norm: float | None = 1.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   mu_dtype: Any = None) -> optax.GradientTransformation:
+  """Global-norm clipping then AdamW; weight decay only on matrices (not on norms, biases, the value head).
+
+  Args:
+    schedule: learning rate or schedule (`learning_rate_schedule`).
+    weight_decay: decoupled weight decay.
+    max_grad_norm: clip the global gradient norm to this (None or 0: no clipping).
+    b1, b2, eps: Adam constants.
+    mu_dtype: dtype of the first moment (None: the parameters' dtype).
+
+  Returns:
+    the optax transformation.
+  """
+  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
+  adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, weight_decay=weight_decay,
+                      mask=decay_mask)
+  if not max_grad_norm:
+    return adamw
+  return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
+
+
+def _cast_floats(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _shardings(state: nnx.State, mesh: Mesh | None):
+  return None if mesh is None else nnx.to_pure_dict(sharding_lib.state_shardings(state, mesh))
+
+
+def _opt_shardings(tx: optax.GradientTransformation, params, param_shardings, mesh: Mesh):
+  """NamedShardings of tx's state: param-shaped leaves like their parameter, counters replicated."""
+  abstract = jax.eval_shape(tx.init, params)
+  replicated = NamedSharding(mesh, P())
+  return optax.tree_map_params(tx, lambda _, s: s, abstract, param_shardings,
+                               transform_non_params=lambda _: replicated)
+
+
+def _place(tree, shardings):
+  if shardings is None:
+    return tree
+  return jax.tree.map(jax.device_put, tree, shardings)
+
+
+def _init_opt(tx, params, shardings):
+  return jax.jit(tx.init, out_shardings=shardings)(params)
+
+
+def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
+                     actor_lr: Callable[[jax.Array], jax.Array],
+                     value_model: value_lib.ValueModel | None = None,
+                     critic_tx: optax.GradientTransformation | None = None,
+                     critic_lr: Callable[[jax.Array], jax.Array] | None = None,
+                     reference: bool = True, mesh: Mesh | None = None, master_dtype: str = "float32",
+                     reference_dtype: str | None = None) -> tuple[TrainState, FrozenParams, StateSpec]:
+  """Splits the models into trained and frozen parts, casts, shards, and initialises the optimizers.
+
+  Args:
+    policy: the policy decoder (with adapters when `policy.cfg.lora_rank > 0`, see `lora.add_lora`).
+    actor_tx, actor_lr: the policy's optimizer (`make_optimizer`) and its schedule (for the metrics).
+    value_model: PPO's value model (`value.value_model_from_decoder`), or None.
+    critic_tx, critic_lr: its optimizer and schedule.
+    reference: keep a frozen reference for the KL term. Under LoRA it is the base weights (free); under full
+      fine-tuning a copy of the policy's current weights in `reference_dtype`.
+    mesh: shard everything by the logical-axis rules over this mesh (None: default device).
+    master_dtype: dtype of the trained parameters.
+    reference_dtype: dtype of a full-fine-tuning reference copy (default: `policy.cfg.param_dtype`).
+
+  Returns:
+    (state, frozen, spec).
+  """
+  lora = policy.cfg.lora_rank > 0
+  policy_graphdef, trained, rest = nnx.split(policy, lora_lib.LORA if lora else nnx.Param, ...)
+  trained_pure = _cast_floats(nnx.to_pure_dict(trained), master_dtype)
+  frozen_policy = nnx.to_pure_dict(rest)
+  reference_graphdef, reference_pure, reference_shardings = None, None, None
+  if reference and lora:
+    reference_graphdef = nnx.graphdef(nnx.eval_shape(lambda: lora_lib.without_lora(policy)))
+  elif reference:
+    reference_graphdef = policy_graphdef
+    reference_pure = _cast_floats(nnx.to_pure_dict(trained), reference_dtype or policy.cfg.param_dtype)
+    reference_pure = jax.tree.map(jnp.copy, reference_pure)
+    reference_shardings = _shardings(trained, mesh)
+
+  value_graphdef, value_pure, value_rest, value_state_shardings, value_rest_shardings = None, None, None, None, None
+  if value_model is not None:
+    if critic_tx is None or critic_lr is None:
+      raise ValueError("train_state.py: a value model needs critic_tx and critic_lr")
+    value_filter = value_lib.LORA_AND_HEAD if value_model.cfg.lora_rank else nnx.Param
+    value_graphdef, value_trained, value_rest_state = nnx.split(value_model, value_filter, ...)
+    value_pure = _cast_floats(nnx.to_pure_dict(value_trained), master_dtype)
+    value_rest = nnx.to_pure_dict(value_rest_state)
+    value_state_shardings = _shardings(value_trained, mesh)
+    value_rest_shardings = _shardings(value_rest_state, mesh)
+
+  policy_shardings = _shardings(trained, mesh)
+  trained_pure = _place(trained_pure, policy_shardings)
+  policy_opt_shardings = None if mesh is None else _opt_shardings(actor_tx, trained_pure, policy_shardings, mesh)
+  value_opt_shardings = None
+  if value_model is not None:
+    value_pure = _place(value_pure, value_state_shardings)
+    if mesh is not None:
+      value_opt_shardings = _opt_shardings(critic_tx, value_pure, value_state_shardings, mesh)
+  state = TrainState(
+      updates=_place(jnp.zeros((), jnp.int32), None if mesh is None else NamedSharding(mesh, P())),
+      policy=trained_pure,
+      policy_opt=_init_opt(actor_tx, trained_pure, policy_opt_shardings),
+      value=value_pure,
+      value_opt=None if value_model is None else _init_opt(critic_tx, value_pure, value_opt_shardings))
+  frozen = FrozenParams(policy=_place(frozen_policy, _shardings(rest, mesh)),
+                        reference=_place(reference_pure, reference_shardings),
+                        value=_place(value_rest, value_rest_shardings))
+  state_shardings = frozen_shardings = None
+  if mesh is not None:
+    state_shardings = TrainState(updates=NamedSharding(mesh, P()), policy=policy_shardings,
+                                 policy_opt=policy_opt_shardings, value=value_state_shardings,
+                                 value_opt=value_opt_shardings)
+    frozen_shardings = FrozenParams(policy=_shardings(rest, mesh), reference=reference_shardings,
+                                    value=value_rest_shardings)
+  spec = StateSpec(policy_cfg=policy.cfg, policy_graphdef=policy_graphdef, reference_graphdef=reference_graphdef,
+                   value_graphdef=value_graphdef, actor_tx=actor_tx, critic_tx=critic_tx, actor_lr=actor_lr,
+                   critic_lr=critic_lr, lora=lora, mesh=mesh, state_shardings=state_shardings,
+                   frozen_shardings=frozen_shardings)
+  return state, frozen, spec
+
+
+def policy_model(spec: StateSpec, state: TrainState, frozen: FrozenParams, dtype: str | None = None) -> Decoder:
+  """The current policy as a Decoder (for rollouts, evaluation, export), trained parameters cast to `dtype`.
+
+  dtype defaults to the policy config's `param_dtype`; the arrays are new (the state may be donated afterwards).
+  """
+  target = jnp.dtype(dtype or spec.policy_cfg.param_dtype)
+  cast = lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+  params = jax.tree.map(lambda x: jnp.copy(x) if cast(x) is x else cast(x), state.policy)
+  return nnx.merge(spec.policy_graphdef, params, frozen.policy)
+
+
+def reference_model(spec: StateSpec, frozen: FrozenParams) -> Decoder:
+  """The frozen reference policy (under LoRA: the base weights with adapters disabled)."""
+  if spec.reference_graphdef is None:
+    raise ValueError("train_state.py: this learner has no reference model (init_train_state(reference=False))")
+  if spec.lora:
+    return nnx.merge(spec.reference_graphdef, frozen.policy)
+  return nnx.merge(spec.reference_graphdef, frozen.reference, frozen.policy)
+
+
+def value_model(spec: StateSpec, state: TrainState, frozen: FrozenParams) -> value_lib.ValueModel:
+  """The current value model (trained parameters in their master dtype)."""
+  if spec.value_graphdef is None:
+    raise ValueError("train_state.py: this learner has no value model")
+  return nnx.merge(spec.value_graphdef, state.value, frozen.value)
+
