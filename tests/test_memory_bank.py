@@ -1,4 +1,4 @@
-"""Tests of the memory store: bank semantics, ScaNN index against exact search, save / load, embedder."""
+"""Tests of the memory store: bank semantics, ScaNN against exact search, save / load, embedder."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import zlib
 import numpy as np
 import pytest
 
-from memr1_jax.memory import (NOOP, ExactIndex, HashingEmbedder, MemoryBank, MemoryOp, OpKind, ScannConfig,
-                              ScannIndex, apply_to_banks, search_banks)
+from memr1_jax.memory import (NOOP, ExactIndex, HashingEmbedder, MemoryBank, MemoryOp, OpKind,
+                              ScannConfig, ScannIndex, apply_to_banks, search_banks)
 from memr1_jax.memory.embedders import hashed_features
 from memr1_jax.memory.index import top_k_by_score
 
@@ -54,7 +54,8 @@ def _top_ids(bank: MemoryBank, query: str, k: int, speaker=None) -> list[int]:
   return [entry.memory_id for entry, _ in bank.search(query, k, speaker=speaker)[0]]
 
 
-def _reference_top_k(ids_n: np.ndarray, vecs_nd: np.ndarray, queries_qd: np.ndarray, k: int) -> list[list[int]]:
+def _reference_top_k(ids_n: np.ndarray, vecs_nd: np.ndarray, queries_qd: np.ndarray,
+                     k: int) -> list[list[int]]:
   """Exact top-k ids by inner product, ties by smaller id, by a full sort."""
   out = []
   for q in queries_qd:
@@ -69,9 +70,10 @@ def _recall(got: np.ndarray, want: list[list[int]]) -> float:
 
 @pytest.mark.parametrize("index", INDEX_KINDS)
 def test_add_then_search_finds_it(index):
-  """A memory just added is the top hit for a query sharing its words, with the fields it was given."""
+  """A memory just added is the top hit for a query sharing its words, with the given fields."""
   bank = _bank(index)
-  memory_id = bank.add("Carol keeps bees on her rooftop", speaker="Carol", timestamp="2 May", source_turn_ids=["D2:4"])
+  memory_id = bank.add("Carol keeps bees on her rooftop", speaker="Carol", timestamp="2 May",
+                       source_turn_ids=["D2:4"])
   entry, score = bank.search("who keeps bees on a rooftop", 3)[0][0]
   assert entry.memory_id == memory_id
   assert (entry.text, entry.speaker, entry.timestamp, entry.source_turn_ids) == (
@@ -89,7 +91,8 @@ def test_update_keeps_id_and_replaces_text_and_embedding(index):
   target = _top_ids(bank, old_text, 1)[0]
   assert bank.get(target).text == old_text
   new_text = "The pet now lives with her sister Jane"
-  results = bank.apply([MemoryOp(OpKind.UPDATE, target, new_text)], timestamp="3 May", source_turn_ids=["D3:2"])
+  results = bank.apply([MemoryOp(OpKind.UPDATE, target, new_text)], timestamp="3 May",
+                       source_turn_ids=["D3:2"])
   assert results[0].applied and results[0].memory_id == target and results[0].error is None
   entry = bank.get(target)
   assert (entry.text, entry.speaker, entry.timestamp, entry.source_turn_ids) == (
@@ -117,12 +120,16 @@ def test_delete_removes_from_all_and_per_speaker_search(index):
 def test_noop_changes_nothing(index):
   """NOOP is applied and leaves entries, embeddings and search results exactly as they were."""
   bank = _bank(index)
-  before = (bank.entries(), [bank.embedding(e.memory_id) for e in bank.entries()], bank.search(["cat", "Lisbon"], 5))
+  def snapshot():
+    embeddings = np.stack([bank.embedding(e.memory_id) for e in bank.entries()])
+    return bank.entries(), embeddings, bank.search(["cat", "Lisbon"], 5)
+
+  entries, embeddings, hits = snapshot()
   results = bank.apply([NOOP, MemoryOp(OpKind.NOOP)], timestamp="9 May")
   assert [(r.applied, r.memory_id, r.error) for r in results] == [(True, None, None)] * 2
-  after = (bank.entries(), [bank.embedding(e.memory_id) for e in bank.entries()], bank.search(["cat", "Lisbon"], 5))
-  assert before[0] == after[0] and before[2] == after[2]
-  np.testing.assert_array_equal(np.stack(before[1]), np.stack(after[1]))
+  entries_after, embeddings_after, hits_after = snapshot()
+  assert entries == entries_after and hits == hits_after
+  np.testing.assert_array_equal(embeddings, embeddings_after)
 
 
 @pytest.mark.parametrize("index", INDEX_KINDS)
@@ -166,7 +173,7 @@ def test_ops_on_an_id_deleted_earlier_in_the_call_are_rejected(index):
 
 
 def test_ops_beyond_the_cap_are_rejected():
-  """Only the first max_ops_per_call operations are carried out; the rest are recorded as rejected."""
+  """Only the first max_ops_per_call operations are carried out; the rest are recorded rejected."""
   embed = CountingEmbedder()
   bank = MemoryBank(embed, DIM, index="brute_force", max_ops_per_call=3)
   results = bank.apply([MemoryOp(OpKind.ADD, text=f"fact number {i}") for i in range(5)])
@@ -202,7 +209,7 @@ def test_update_can_move_a_memory_to_another_speaker():
 
 @pytest.mark.parametrize("index", INDEX_KINDS)
 def test_search_matches_exact_reference_with_ties_by_id(index):
-  """Search equals a full-sort reference (score desc, id asc), per speaker and over all, with duplicates."""
+  """Search equals a full sort (score desc, id asc), per speaker and over all, with duplicates."""
   embed = HashingEmbedder(DIM)
   bank = MemoryBank(embed, DIM, index=index)
   rng = np.random.default_rng(0)
@@ -220,11 +227,12 @@ def test_search_matches_exact_reference_with_ties_by_id(index):
     got = bank.search(queries, 12, speaker=speaker)
     assert [[e.memory_id for e, _ in row] for row in got] == want
     for row, q in zip(got, q_qd):
-      np.testing.assert_allclose([s for _, s in row], [bank.embedding(e.memory_id) @ q for e, _ in row], atol=1e-5)
+      want_scores = [bank.embedding(e.memory_id) @ q for e, _ in row]
+      np.testing.assert_allclose([s for _, s in row], want_scores, atol=1e-5)
 
 
 def test_search_edge_cases():
-  """k larger than the bank returns everything; k=0, unknown speakers and empty banks return empty lists."""
+  """k above the bank size returns all; k=0, unknown speakers and empty banks give empty lists."""
   embed = CountingEmbedder()
   empty = MemoryBank(embed, DIM)
   assert empty.search(["a", "b"], 5) == [[], []] and embed.calls == 0
@@ -256,7 +264,7 @@ def test_save_load_round_trip_gives_identical_results(index, tmp_path):
 
 
 def test_save_load_round_trip_of_a_tree_index(tmp_path):
-  """A tree-AH bank (mutated after training) loads with identical search results and stays mutable."""
+  """A tree-AH bank (mutated after training) loads with identical results and stays mutable."""
   rng = np.random.default_rng(1)
   config = ScannConfig(tree_min_size=256, leaves_fraction=0.3)
   bank = MemoryBank(HashingEmbedder(32), 32, scann_config=config)
@@ -294,7 +302,8 @@ def test_apply_and_search_across_banks_embed_once():
   """apply_to_banks / search_banks give the per-bank results with one embed_fn call each."""
   embed = CountingEmbedder()
   banks = [MemoryBank(embed, DIM, index="brute_force") for _ in range(3)]
-  ops = [[MemoryOp(OpKind.ADD, text=f"bank {b} fact {i}", speaker="S") for i in range(b + 1)] for b in range(3)]
+  ops = [[MemoryOp(OpKind.ADD, text=f"bank {b} fact {i}", speaker="S") for i in range(b + 1)]
+         for b in range(3)]
   results = apply_to_banks(banks, ops, timestamps=["t0", "t1", "t2"])
   assert embed.calls == 1 and embed.texts == 6
   assert [[r.memory_id for r in rs] for rs in results] == [[0], [0, 1], [0, 1, 2]]
@@ -305,7 +314,8 @@ def test_apply_and_search_across_banks_embed_once():
   embed.calls = 0
   got = search_banks(banks, [["fact 0"], ["bank 1", "fact 1"], []], 2, speaker=["S", None, "S"])
   assert embed.calls == 1
-  want = [reference[0].search(["fact 0"], 2, speaker="S"), reference[1].search(["bank 1", "fact 1"], 2), []]
+  want = [reference[0].search(["fact 0"], 2, speaker="S"),
+          reference[1].search(["bank 1", "fact 1"], 2), []]
   assert got == want
 
 
@@ -336,11 +346,12 @@ def test_scann_tree_ah_recall_against_brute_force():
   np.testing.assert_array_equal(exact.search(q_qd, 10)[0], np.array(want))
   row_of = {int(i): r for r, i in enumerate(ids_n)}
   for row_ids, row_scores, q in zip(got_ids, got_scores, q_qd):  # Reordered scores are exact.
-    np.testing.assert_allclose(row_scores, [vecs_nd[row_of[int(i)]] @ q for i in row_ids], atol=1e-5)
+    want_scores = [vecs_nd[row_of[int(i)]] @ q for i in row_ids]
+    np.testing.assert_allclose(row_scores, want_scores, atol=1e-5)
 
 
 def test_scann_mutations_agree_with_brute_force():
-  """After upserts, in-place updates and deletes, ScaNN (brute force and tree-AH) agrees with exact search."""
+  """After upserts, in-place updates and deletes, ScaNN (brute force, tree-AH) agrees with exact."""
   rng = np.random.default_rng(2)
   dim = 64
   for config in [ScannConfig(), ScannConfig(tree_min_size=1000, leaves_fraction=1.0)]:
@@ -376,7 +387,7 @@ def test_scann_mutations_agree_with_brute_force():
 
 
 def test_scann_index_switches_between_brute_force_and_tree():
-  """The index becomes tree-AH at tree_min_size, retrains after doubling, and falls back when it shrinks."""
+  """The index becomes tree-AH at tree_min_size, retrains after doubling, falls back when shrunk."""
   rng = np.random.default_rng(3)
   index = ScannIndex(16, ScannConfig(tree_min_size=256, rebuild_growth=2.0))
   assert index.mode == ""
@@ -413,7 +424,7 @@ def test_top_k_by_score_matches_a_full_sort():
 
 
 def test_hashing_embedder_matches_a_hand_computation():
-  """HashingEmbedder is signed crc32 hashing of unigrams and bigrams, L2-normalised; no words gives zeros."""
+  """HashingEmbedder: signed crc32 hashing of unigrams + bigrams, L2-normalised; no words: zeros."""
   dim = 32
   features = hashed_features("The cat, the CAT!")
   assert features == ["the", "cat", "the", "cat", "the cat", "cat the", "the cat"]

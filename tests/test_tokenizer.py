@@ -78,9 +78,10 @@ def test_decode_skips_special_tokens_on_request(bpe):
 def test_chat_template_matches_transformers(bpe, bpe_dir):
   """apply_chat_template equals transformers' apply_chat_template on the same directory, and the ChatML text."""
   hf = transformers.AutoTokenizer.from_pretrained(bpe_dir, local_files_only=True)
-  for add_prompt in (True, False):
-    assert bpe.apply_chat_template(MESSAGES, add_prompt) == hf.apply_chat_template(
-        list(MESSAGES), tokenize=False, add_generation_prompt=add_prompt)
+  for messages in (MESSAGES, MESSAGES[1:2]):  # with and without a system message
+    for add_prompt in (True, False):
+      assert bpe.apply_chat_template(messages, add_prompt) == hf.apply_chat_template(
+          list(messages), tokenize=False, add_generation_prompt=add_prompt)
   expected = ("<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nWhat did Alice adopt?<|im_end|>\n"
               "<|im_start|>assistant\n**Answer:** a cat<|im_end|>\n<|im_start|>user\nAnd Bob?<|im_end|>\n"
               "<|im_start|>assistant\n")

@@ -1,8 +1,8 @@
 """The memory store of Memory-R1: a per-conversation bank of memories over vector indexes.
 
-Public API (the modules themselves: `bank`, `index`, `embedders`, `operations`):
+Public API (from the modules `bank`, `index`, `embedders`, `operations`):
   MemoryBank, MemoryEntry, OpResult, apply_to_banks, search_banks   (bank)
-  ExactIndex, ScannIndex, ScannConfig                                (index; ScaNN loads on first use)
+  ExactIndex, ScannIndex, ScannConfig           (index; ScaNN itself is imported on first use)
   HashingEmbedder                                                    (embedders)
   MemoryOp, OpKind, NOOP                                             (operations)
 """

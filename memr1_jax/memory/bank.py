@@ -102,14 +102,16 @@ class MemoryBank:
     scann_config: build / search settings of the ScaNN indexes.
   """
 
-  def __init__(self, embed_fn: EmbedFn, dim: int, *, index: str = "scann", max_ops_per_call: int = 64,
-               max_text_chars: int = 2000, scann_config: ScannConfig | None = None):
+  def __init__(self, embed_fn: EmbedFn, dim: int, *, index: str = "scann",
+               max_ops_per_call: int = 64, max_text_chars: int = 2000,
+               scann_config: ScannConfig | None = None):
     if index not in INDEX_KINDS:
       raise ValueError(f"MemoryBank: index must be one of {INDEX_KINDS}, got {index!r}")
     if not _is_int(dim) or dim < 1:
       raise ValueError(f"MemoryBank: dim must be a positive int, got {dim!r}")
     if not _is_int(max_ops_per_call) or max_ops_per_call < 0:
-      raise ValueError(f"MemoryBank: max_ops_per_call must be an int >= 0, got {max_ops_per_call!r}")
+      raise ValueError(
+          f"MemoryBank: max_ops_per_call must be an int >= 0, got {max_ops_per_call!r}")
     if not _is_int(max_text_chars) or max_text_chars < 1:
       raise ValueError(f"MemoryBank: max_text_chars must be an int >= 1, got {max_text_chars!r}")
     self.embed_fn = embed_fn
@@ -167,8 +169,8 @@ class MemoryBank:
     (vec_d,) = self._embed([text])
     return self._insert(text, speaker, timestamp, turns, vec_d)
 
-  def update(self, memory_id: int, text: str, *, speaker: str | None = None, timestamp: str | None = None,
-             source_turn_ids: Sequence[str] = ()) -> None:
+  def update(self, memory_id: int, text: str, *, speaker: str | None = None,
+             timestamp: str | None = None, source_turn_ids: Sequence[str] = ()) -> None:
     """Replaces the text (and re-embeds) of `memory_id`, keeping the id.
 
     `speaker` / `timestamp` replace the entry's when given; `source_turn_ids` are appended to the
@@ -223,7 +225,8 @@ class MemoryBank:
 
   # Searching.
 
-  def search(self, query: str | Sequence[str], k: int, speaker: str | None = None) -> list[list[Hit]]:
+  def search(self, query: str | Sequence[str], k: int,
+             speaker: str | None = None) -> list[list[Hit]]:
     """Top-k memories for each query text.
 
     Args:
@@ -244,13 +247,15 @@ class MemoryBank:
       return [[] for _ in queries]
     return self.search_by_vector(self._embed(queries), k, speaker)
 
-  def search_by_vector(self, queries: np.ndarray, k: int, speaker: str | None = None) -> list[list[Hit]]:
+  def search_by_vector(self, queries: np.ndarray, k: int,
+                       speaker: str | None = None) -> list[list[Hit]]:
     """Like `search`, for float32 [Q, dim] (or one [dim]) query embeddings."""
     queries_qd = np.asarray(queries, np.float32)
     if queries_qd.ndim == 1:
       queries_qd = queries_qd[None, :]
     if queries_qd.ndim != 2 or queries_qd.shape[1] != self.dim:
-      raise ValueError(f"MemoryBank.search_by_vector: queries must be [Q, {self.dim}], got {queries_qd.shape}")
+      raise ValueError(f"MemoryBank.search_by_vector: queries must be [Q, {self.dim}], "
+                       f"got {queries_qd.shape}")
     _check_k(k)
     indexes = self._searched_indexes(speaker)
     if not indexes or k == 0:
@@ -259,7 +264,8 @@ class MemoryBank:
     ids_qc = np.concatenate([ids for ids, _ in parts], axis=1)
     scores_qc = np.concatenate([scores for _, scores in parts], axis=1)
     ids_qk, scores_qk = top_k_by_score(ids_qc, scores_qc, k)
-    return [[(self._entries[i], float(s)) for i, s in zip(row_ids.tolist(), row_scores.tolist()) if i >= 0]
+    return [[(self._entries[i], float(s))
+             for i, s in zip(row_ids.tolist(), row_scores.tolist()) if i >= 0]
             for row_ids, row_scores in zip(ids_qk, scores_qk)]
 
   # Saving.
@@ -285,8 +291,8 @@ class MemoryBank:
       with open(os.path.join(tmp, BANK_FILE), "w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=False)
       rows = [self._indexes[s].table.vectors for s in speakers]
-      np.save(os.path.join(tmp, EMBEDDINGS_FILE),
-              np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32), allow_pickle=False)
+      vecs_nd = np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32)
+      np.save(os.path.join(tmp, EMBEDDINGS_FILE), vecs_nd, allow_pickle=False)
       for i, s in enumerate(speakers):
         index_dir = os.path.join(tmp, f"index_{i}")
         os.makedirs(index_dir)
@@ -333,7 +339,8 @@ class MemoryBank:
     for i, raw in enumerate(_field(meta, "entries", list, path)):
       entry = _entry_from_json(raw, f"{path}: entries[{i}]")
       if entry.memory_id in bank._entries or not 0 <= entry.memory_id < bank._next_id:
-        raise ValueError(f"{path}: entries[{i}].memory_id {entry.memory_id} is repeated or not below next_id")
+        raise ValueError(f"{path}: entries[{i}].memory_id {entry.memory_id} is repeated or "
+                         "not below next_id")
       bank._entries[entry.memory_id] = entry
     emb_path = os.path.join(directory, EMBEDDINGS_FILE)
     try:
@@ -353,12 +360,14 @@ class MemoryBank:
       for memory_id in ids:
         entry = bank._entries.get(memory_id) if _is_int(memory_id) else None
         if entry is None or entry.speaker != speaker or memory_id in seen:
-          raise ValueError(f"{where}.ids: id {memory_id!r} is not an entry of speaker {speaker!r} or is repeated")
+          raise ValueError(f"{where}.ids: id {memory_id!r} is not an entry of speaker "
+                           f"{speaker!r} or is repeated")
         seen.add(memory_id)
       ids_n = np.asarray(ids, np.int64)
       rows_nd = vecs_nd[start:start + len(ids)]
       start += len(ids)
-      bank._indexes[speaker] = bank._restore_index(ids_n, rows_nd, os.path.join(directory, f"index_{i}"))
+      index_dir = os.path.join(directory, f"index_{i}")
+      bank._indexes[speaker] = bank._restore_index(ids_n, rows_nd, index_dir)
     if seen != set(bank._entries):
       raise ValueError(f"{path}: field 'indexes' does not cover every entry exactly once")
     return bank
@@ -370,7 +379,8 @@ class MemoryBank:
       return ScannIndex(self.dim, self.scann_config)
     return ExactIndex(self.dim)
 
-  def _restore_index(self, ids_n: np.ndarray, rows_nd: np.ndarray, index_dir: str) -> ExactIndex | ScannIndex:
+  def _restore_index(self, ids_n: np.ndarray, rows_nd: np.ndarray,
+                     index_dir: str) -> ExactIndex | ScannIndex:
     if self.index_kind == "scann":
       return ScannIndex.restore(self.dim, ids_n, rows_nd, index_dir, self.scann_config)
     return ExactIndex.restore(self.dim, ids_n, rows_nd, index_dir)
@@ -426,8 +436,8 @@ class MemoryBank:
     index.upsert(memory_id, vec_d)
     merged_turns = old.source_turn_ids + tuple(t for t in dict.fromkeys(source_turn_ids)
                                                if t not in old.source_turn_ids)
-    self._entries[memory_id] = MemoryEntry(memory_id, text, speaker,
-                                           old.timestamp if timestamp is None else timestamp, merged_turns)
+    stamp = old.timestamp if timestamp is None else timestamp
+    self._entries[memory_id] = MemoryEntry(memory_id, text, speaker, stamp, merged_turns)
 
   def _remove(self, memory_id: int) -> None:
     speaker = self._entries.pop(memory_id).speaker
@@ -442,7 +452,8 @@ class MemoryBank:
     plan: list[_Step | OpResult] = []
     for i, op in enumerate(ops):
       if i >= self.max_ops_per_call:
-        plan.append(OpResult(op, False, error=f"over the cap of {self.max_ops_per_call} operations per call"))
+        cap_error = f"over the cap of {self.max_ops_per_call} operations per call"
+        plan.append(OpResult(op, False, error=cap_error))
         continue
       step = self._check_op(op, live)
       if isinstance(step, _Step) and step.kind == OpKind.DELETE:
@@ -464,7 +475,8 @@ class MemoryBank:
       return _Step(op, kind, None, None, None, False)
     speaker = "" if op.speaker is None else op.speaker
     if not isinstance(speaker, str):
-      return OpResult(op, False, error=f"{kind.value}: speaker is {type(speaker).__name__}, not str")
+      return OpResult(op, False,
+                      error=f"{kind.value}: speaker is {type(speaker).__name__}, not str")
     memory_id = None
     if kind in (OpKind.UPDATE, OpKind.DELETE):
       if not _is_int(op.memory_id):
@@ -484,7 +496,7 @@ class MemoryBank:
 
   def _execute(self, plan: list[_Step | OpResult], vecs_nd: np.ndarray, timestamp: str,
                source_turn_ids: tuple[str, ...]) -> list[OpResult]:
-    """Carries out a checked plan; `vecs_nd` holds the embeddings of `_plan_texts(plan)` in order."""
+    """Carries out a checked plan; `vecs_nd` [N, dim] embeds `_plan_texts(plan)` in order."""
     results, row = [], 0
     for step in plan:
       if isinstance(step, OpResult):
@@ -499,7 +511,8 @@ class MemoryBank:
         row += 1
         results.append(OpResult(step.op, True, memory_id, truncated=step.truncated))
       else:
-        self._replace(step.memory_id, step.text, step.speaker, timestamp or None, source_turn_ids, vecs_nd[row])
+        self._replace(step.memory_id, step.text, step.speaker, timestamp or None, source_turn_ids,
+                      vecs_nd[row])
         row += 1
         results.append(OpResult(step.op, True, step.memory_id, truncated=step.truncated))
     return results
@@ -527,7 +540,7 @@ def _check_k(k: Any) -> None:
 
 
 def _field(obj: dict[str, Any], name: str, kind: type, where: str) -> Any:
-  """obj[name], checked to be of `kind` (int excludes bool); ValueError naming `where` and the field."""
+  """obj[name] checked to be a `kind` (int excludes bool); else ValueError naming where / field."""
   value = obj.get(name) if isinstance(obj, dict) else None
   ok = _is_int(value) if kind is int else isinstance(value, kind)
   if not ok:
@@ -542,7 +555,8 @@ def _entry_from_json(raw: Any, where: str) -> MemoryEntry:
   if not all(isinstance(t, str) for t in turns):
     raise ValueError(f"{where}: field 'source_turn_ids' must hold strings")
   return MemoryEntry(_field(raw, "memory_id", int, where), _field(raw, "text", str, where),
-                     _field(raw, "speaker", str, where), _field(raw, "timestamp", str, where), tuple(turns))
+                     _field(raw, "speaker", str, where), _field(raw, "timestamp", str, where),
+                     tuple(turns))
 
 
 def _same_embedder(banks: Sequence[MemoryBank], caller: str) -> None:
@@ -571,20 +585,23 @@ def apply_to_banks(banks: Sequence[MemoryBank], ops_per_bank: Sequence[Sequence[
   timestamps = [""] * len(banks) if timestamps is None else list(timestamps)
   source_turn_ids = [()] * len(banks) if source_turn_ids is None else list(source_turn_ids)
   if not len(ops_per_bank) == len(timestamps) == len(source_turn_ids) == len(banks):
-    raise ValueError("apply_to_banks: banks, ops_per_bank, timestamps and source_turn_ids differ in length")
+    raise ValueError("apply_to_banks: banks, ops_per_bank, timestamps and source_turn_ids "
+                     "differ in length")
   for i, ops in enumerate(ops_per_bank):
     if not isinstance(ops, (list, tuple)):
-      raise TypeError(f"apply_to_banks: ops_per_bank[{i}] must be a list or tuple, got {type(ops).__name__}")
+      raise TypeError(f"apply_to_banks: ops_per_bank[{i}] must be a list or tuple, "
+                      f"got {type(ops).__name__}")
     _check_str(timestamps[i], f"timestamps[{i}]")
   source_turn_ids = [_turn_ids(turns) for turns in source_turn_ids]
-  plans = [bank._plan(ops) for bank, ops in zip(banks, ops_per_bank)]  # pylint: disable=protected-access
-  texts = [_plan_texts(plan) for plan in plans]
+  # pylint: disable=protected-access
   if not banks:
     return []
-  vecs_nd = banks[0]._embed([t for bank_texts in texts for t in bank_texts])  # pylint: disable=protected-access
+  plans = [bank._plan(ops) for bank, ops in zip(banks, ops_per_bank)]
+  texts = [_plan_texts(plan) for plan in plans]
+  vecs_nd = banks[0]._embed([t for bank_texts in texts for t in bank_texts])
   results, start = [], 0
   for bank, plan, bank_texts, stamp, turns in zip(banks, plans, texts, timestamps, source_turn_ids):
-    results.append(bank._execute(plan, vecs_nd[start:start + len(bank_texts)], stamp, turns))  # pylint: disable=protected-access
+    results.append(bank._execute(plan, vecs_nd[start:start + len(bank_texts)], stamp, turns))
     start += len(bank_texts)
   return results
 
@@ -605,7 +622,10 @@ def search_banks(banks: Sequence[MemoryBank], queries_per_bank: Sequence[Sequenc
   _same_embedder(banks, "search_banks")
   if len(queries_per_bank) != len(banks):
     raise ValueError("search_banks: banks and queries_per_bank differ in length")
-  speakers = [speaker] * len(banks) if speaker is None or isinstance(speaker, str) else list(speaker)
+  if speaker is None or isinstance(speaker, str):
+    speakers = [speaker] * len(banks)
+  else:
+    speakers = list(speaker)
   if len(speakers) != len(banks):
     raise ValueError("search_banks: the speaker sequence and banks differ in length")
   _check_k(k)
@@ -614,14 +634,18 @@ def search_banks(banks: Sequence[MemoryBank], queries_per_bank: Sequence[Sequenc
     if isinstance(bank_queries, str) or not all(isinstance(q, str) for q in bank_queries):
       raise TypeError(f"search_banks: queries_per_bank[{i}] must be a sequence of str")
     queries.append(list(bank_queries))
-  wanted = [bool(bank._searched_indexes(s)) and k > 0 for bank, s in zip(banks, speakers)]  # pylint: disable=protected-access
-  flat = [q for w, bank_queries in zip(wanted, queries) if w for q in bank_queries]
-  vecs_nd = banks[0]._embed(flat) if banks else None  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  if not banks:
+    return []
+  wanted = [bool(bank._searched_indexes(s)) and k > 0 and bool(bank_queries)
+            for bank, s, bank_queries in zip(banks, speakers, queries)]
+  vecs_nd = banks[0]._embed([q for w, bank_queries in zip(wanted, queries) if w
+                             for q in bank_queries])
   results, start = [], 0
   for bank, bank_queries, s, w in zip(banks, queries, speakers, wanted):
     if not w:
       results.append([[] for _ in bank_queries])
       continue
-    results.append(bank.search_by_vector(vecs_nd[start:start + len(bank_queries)], k, s) if bank_queries else [])
+    results.append(bank.search_by_vector(vecs_nd[start:start + len(bank_queries)], k, s))
     start += len(bank_queries)
   return results
