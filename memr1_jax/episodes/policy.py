@@ -40,3 +40,43 @@ class ScriptedPolicy:
   def generate(self, chats: Sequence[list[ChatMessage]], *, n: int = 1, greedy: bool = False
                ) -> list[list[Sample]]:
     return [[Sample(text=self.respond(chat))] * n for chat in chats]
+
+
+class EnginePolicy:
+  """A ChatPolicy over a `sampling.RolloutEngine` (which must carry a tokenizer with a chat template).
+
+  Sampling keys are derived from (seed, step, call index), so a run resumed at `step` draws the same samples as an
+  uninterrupted one. Call `set_step` at the start of every training step.
+  """
+
+  def __init__(self, engine, *, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+               max_new_tokens: int | None = None, seed: int = 0):
+    self.engine = engine
+    self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+    self.max_new_tokens = max_new_tokens
+    self.seed = seed
+    self.set_step(0)
+
+  def set_step(self, step: int) -> None:
+    """Restarts the key stream for training step `step`."""
+    self._step, self._calls = int(step), 0
+
+  def _next_key(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), self._step), self._calls)
+    self._calls += 1
+    return key
+
+  def generate(self, chats: Sequence[list[ChatMessage]], *, n: int = 1, greedy: bool = False
+               ) -> list[list[Sample]]:
+    if not chats:
+      return []
+    completions = self.engine.generate(
+        list(chats), n=n, key=self._next_key(), temperature=0.0 if greedy else self.temperature,
+        top_p=self.top_p, top_k=self.top_k, max_new_tokens=self.max_new_tokens)
+    out: list[list[Sample]] = [[] for _ in chats]
+    for c in completions:
+      out[c.prompt_index].append(Sample(
+          text=c.text or "", prompt_ids=tuple(c.prompt_ids), response_ids=tuple(c.token_ids),
+          logprobs=tuple(float(x) for x in c.logprobs), finish_reason=c.finish_reason))
+    return out

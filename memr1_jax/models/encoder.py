@@ -400,9 +400,11 @@ class SentenceEncoder:
 
   def encode(self, texts: Sequence[str]) -> np.ndarray:
     """Embeddings [N, D] float32 of `texts` (L2-normalised unless the checkpoint or `normalize` says otherwise)."""
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+    if isinstance(texts, str):
       raise TypeError("encode takes a sequence of strings (wrap a single text in a list)")
     texts = list(texts)
+    if not all(isinstance(t, str) for t in texts):
+      raise TypeError("encode takes a sequence of strings; got an element of another type")
     out_nd = np.zeros((len(texts), self.dim), np.float32)
     if not texts:
       return out_nd
