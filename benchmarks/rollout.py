@@ -59,7 +59,9 @@ def build_hf_checkpoint(preset: str, dtype: str, path: str, device: str, seed: i
       model = model_cls(config)
   finally:
     torch.set_default_dtype(previous)
-  model = model.to(getattr(torch, dtype)).eval()
+  # No `model.to(dtype)`: it would also round the float32 RoPE `inv_freq` buffers to bfloat16 (a different model).
+  assert all(p.dtype == getattr(torch, dtype) for p in model.parameters())
+  model = model.eval()
   model.generation_config.eos_token_id = None
   model.generation_config.pad_token_id = 0
   model.save_pretrained(path)

@@ -280,8 +280,9 @@ def test_save_load_round_trip_of_a_tree_index(tmp_path):
   assert loaded.index_of("").mode == "tree_ah"
   queries = [" ".join(rng.choice(vocab, 3)) for _ in range(20)]
   assert loaded.search(queries, 10) == bank.search(queries, 10)
-  new_id = loaded.add("w7 w8 w9 w10")
-  assert _top_ids(loaded, "w7 w8 w9 w10", 1) == [new_id]
+  assert loaded.add("w7 w8 w9 w10") == bank.add("w7 w8 w9 w10")
+  queries.append("w7 w8 w9 w10")
+  assert loaded.search(queries, 10) == bank.search(queries, 10)
 
 
 def test_load_reports_the_malformed_field(tmp_path):
@@ -438,3 +439,19 @@ def test_hashing_embedder_matches_a_hand_computation():
   assert got.dtype == np.float32 and got.shape == (3, dim)
   with pytest.raises(TypeError):
     HashingEmbedder(dim)("a bare string")
+
+
+def test_fork_is_an_independent_exact_copy():
+  """A fork searches like its source, and changes to either side leave the other untouched."""
+  from memr1_jax.memory import MemoryBank, HashingEmbedder  # pylint: disable=g-import-not-at-top
+  embed = HashingEmbedder(64)
+  bank = MemoryBank(embed, 64, index="scann")
+  a = bank.add("Anna lives in Porto", speaker="Anna")
+  bank.add("Ben has a dog", speaker="Ben")
+  fork = bank.fork()
+  assert [e.memory_id for e, _ in fork.search("Porto", 2)[0]] == [e.memory_id for e, _ in bank.search("Porto", 2)[0]]
+  fork.update(a, "Anna lives in Lyon")
+  new_id = fork.add("Anna sold the bike", speaker="Anna")
+  assert bank.get(a).text == "Anna lives in Porto" and new_id not in bank
+  assert fork.get(a).text == "Anna lives in Lyon" and len(bank) == 2 and len(fork) == 3
+  assert bank.add("Ben moved", speaker="Ben") == new_id  # Ids continue independently on both sides.

@@ -268,12 +268,27 @@ class MemoryBank:
              for i, s in zip(row_ids.tolist(), row_scores.tolist()) if i >= 0]
             for row_ids, row_scores in zip(ids_qk, scores_qk)]
 
+  def fork(self) -> MemoryBank:
+    """An independent copy with exact (numpy) indexes and the same entries, ids and embeddings; no re-embedding.
+
+    For short-lived branches (one per sampled manager response): cheap to make, exact to search.
+    """
+    bank = MemoryBank(self.embed_fn, self.dim, index="brute_force", max_ops_per_call=self.max_ops_per_call,
+                      max_text_chars=self.max_text_chars, scann_config=self.scann_config)
+    bank._entries = dict(self._entries)
+    bank._next_id = self._next_id
+    for speaker, index in self._indexes.items():
+      bank._indexes[speaker] = ExactIndex.from_vectors(self.dim, index.table.ids.copy(), index.table.vectors.copy())
+    return bank
+
   # Saving.
 
   def save(self, directory: str) -> None:
     """Writes the bank to `directory` (replacing it): bank.json, embeddings.npy, index_<i>/.
 
-    Everything is written to a temporary sibling directory first, then renamed into place.
+    Everything is written to a temporary sibling directory first, then renamed into place (an
+    existing directory is first renamed aside, so a crash between the two renames leaves the
+    old copy as a `.<name>.old-*` sibling rather than a half-written bank).
     """
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 _NO_ID = -1
+_TIE_MARGIN = 16  # Extra neighbours fetched from ScaNN so that ties at the k-th place cut by id.
 _SCANN_DIR = "scann"
 _STATE_FILE = "index_state.json"
 
@@ -178,9 +179,6 @@ class VectorTable:
   def __len__(self) -> int:
     return self._size
 
-  def __contains__(self, memory_id: int) -> bool:
-    return memory_id in self._row_of
-
   @property
   def ids(self) -> np.ndarray:
     """int64 [n] ids in row order (a view: copy before mutating the table)."""
@@ -190,6 +188,12 @@ class VectorTable:
   def vectors(self) -> np.ndarray:
     """float32 [n, dim] rows (a view: copy before mutating the table)."""
     return self._vecs_nd[:self._size]
+
+  def rows_of(self, ids: np.ndarray) -> np.ndarray:
+    """int64 rows of the ids (any shape); id -1 maps to row 0 (KeyError for other unknown ids)."""
+    ids = np.asarray(ids, np.int64)
+    rows = [0 if i == _NO_ID else self._row_of[i] for i in ids.ravel().tolist()]
+    return np.asarray(rows, np.int64).reshape(ids.shape)
 
   def vector(self, memory_id: int) -> np.ndarray:
     """A copy of the float32 [dim] vector stored for `memory_id` (KeyError if absent)."""
@@ -241,8 +245,6 @@ def _check_vector(vec_d: np.ndarray, dim: int) -> np.ndarray:
 
 class ExactIndex:
   """Exact inner-product top-k by a numpy matrix product; for tests and tiny banks."""
-
-  kind = "brute_force"
 
   def __init__(self, dim: int):
     self.dim = dim
@@ -296,8 +298,6 @@ class ScannIndex:
   The searcher is created on the first insert, so an empty index costs almost nothing.
   """
 
-  kind = "scann"
-
   def __init__(self, dim: int, config: ScannConfig | None = None):
     self.dim = dim
     self.config = config or ScannConfig()
@@ -311,6 +311,11 @@ class ScannIndex:
 
   def __len__(self) -> int:
     return len(self.table)
+
+  @property
+  def num_leaves(self) -> int:
+    """Leaves of the current tree (0 when not a tree)."""
+    return self._num_leaves
 
   @property
   def mode(self) -> str:
@@ -356,27 +361,35 @@ class ScannIndex:
     """Top-k by inner product for float32 [Q, dim] queries.
 
     Returns:
-      (ids_qk int64, scores_qk float32) with K = min(k, len(self)), best first, ties by id;
-      a tree search that reaches fewer than K points pads with id -1 / score -inf.
+      (ids_qk int64, scores_qk float32) with K = min(k, len(self)), best first, ties by id (a
+      tie at the k-th place is cut by id when the tied group lies within k + 16 results); scores
+      are recomputed from the stored vectors. A tree search that reaches fewer than K points pads
+      with id -1 / score -inf.
     """
     queries_qd = _check_queries(queries_qd, self.dim)
     width = min(k, len(self.table))
     if width == 0:
       return np.zeros((len(queries_qd), 0), np.int64), np.zeros((len(queries_qd), 0), np.float32)
+    # Fetch a few more than k so that ties at the k-th place are cut by id here, not by ScaNN's
+    # internal scan order (which differs between a mutated and a reloaded tree).
+    fetch = min(width + _TIE_MARGIN, len(self.table))
     if self._mode == "tree_ah":
       leaves = max(1, math.ceil(self.config.leaves_fraction * self._num_leaves))
-      docids, scores_qk = self._searcher.search_batched(
-          queries_qd, final_num_neighbors=width, leaves_to_search=leaves,
-          pre_reorder_num_neighbors=max(width, self.config.reorder_num_neighbors))
+      docids, scores_qf = self._searcher.search_batched(
+          queries_qd, final_num_neighbors=fetch, leaves_to_search=leaves,
+          pre_reorder_num_neighbors=max(fetch, self.config.reorder_num_neighbors))
     else:
-      docids, scores_qk = self._searcher.search_batched(queries_qd, final_num_neighbors=width)
-    scores_qk = np.asarray(scores_qk, np.float32).reshape(len(queries_qd), width)
-    missing = np.isnan(scores_qk)
-    ids_qk = np.full((len(queries_qd), width), _NO_ID, np.int64)
+      docids, scores_qf = self._searcher.search_batched(queries_qd, final_num_neighbors=fetch)
+    missing_qf = np.isnan(np.asarray(scores_qf, np.float32).reshape(len(queries_qd), fetch))
+    ids_qf = np.full((len(queries_qd), fetch), _NO_ID, np.int64)
     for row, row_docids in enumerate(docids):
-      ids_qk[row, :len(row_docids)] = [int(d) for d in row_docids]
-    ids_qk[missing] = _NO_ID
-    return top_k_by_score(ids_qk, scores_qk, width)
+      ids_qf[row, :len(row_docids)] = [int(d) for d in row_docids]
+    ids_qf[missing_qf] = _NO_ID
+    # Rescore the candidates from the table: ScaNN's own float sums can differ in the last bit
+    # between a mutated and a reloaded searcher, which would reorder near-ties.
+    rows_qf = self.table.rows_of(ids_qf)
+    scores_qf = np.matmul(self.table.vectors[rows_qf], queries_qd[:, :, None])[:, :, 0]
+    return top_k_by_score(ids_qf, scores_qf, width)
 
   def _wanted_mode(self) -> str:
     n, cfg = len(self.table), self.config

@@ -105,7 +105,7 @@ def _scan(fn, carry, xs, length: int):
   """lax.scan, or a direct call when there is a single iteration (no loop-carried copies)."""
   if length == 1:
     carry, y = fn(carry, jax.tree.map(lambda x: x[0], xs))
-    return carry, jax.tree.map(lambda x: x[None], y)
+    return carry, jax.tree.map(lambda x: jnp.asarray(x)[None], y)
   return jax.lax.scan(fn, carry, xs)
 
 
@@ -310,14 +310,15 @@ def apply_gradients(spec: StateSpec, config: UpdateConfig, state: TrainState, gr
   policy_grads, value_grads = grads
   grad_norm = optax.global_norm(policy_grads)
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-  metrics = dict(metrics, grad_norm=grad_norm, lr=spec.actor_lr(state.updates))
+  metrics = dict(metrics, grad_norm=grad_norm, lr=jnp.asarray(spec.actor_lr(state.updates), jnp.float32))
   updates, policy_opt = spec.actor_tx.update(policy_grads, state.policy_opt, state.policy)
   new = state.replace(updates=state.updates + 1, policy=optax.apply_updates(state.policy, updates),
                       policy_opt=policy_opt)
   if config.algorithm == "ppo":
     value_grad_norm = optax.global_norm(value_grads)
     finite &= jnp.isfinite(value_grad_norm)
-    metrics.update(value_grad_norm=value_grad_norm, critic_lr=spec.critic_lr(state.updates))
+    metrics.update(value_grad_norm=value_grad_norm,
+                   critic_lr=jnp.asarray(spec.critic_lr(state.updates), jnp.float32))
     updates, value_opt = spec.critic_tx.update(value_grads, state.value_opt, state.value)
     new = new.replace(value=optax.apply_updates(state.value, updates), value_opt=value_opt)
   new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)

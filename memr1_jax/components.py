@@ -1,0 +1,126 @@
+"""Builders shared by every mode of `main.py`: mesh, policy + tokenizer, memory embedder and banks, data splits.
+
+Each builder reads one part of the config and fails fast, naming the config field and the file, before any
+expensive work starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import jax
+from flax import nnx
+
+from memr1_jax import sharding as sharding_lib
+from memr1_jax.data.schema import Conversation
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+  """A config field holds a value the program cannot use (the message names the field)."""
+
+
+def setup_mesh(config):
+  """Starts multi-host JAX when configured and returns the (data, fsdp, tensor) mesh of config.mesh.shape."""
+  m = config.mesh
+  sharding_lib.maybe_initialize_distributed(
+      m.distributed, m.coordinator_address or None, None if m.num_processes < 0 else m.num_processes,
+      None if m.process_id < 0 else m.process_id)
+  try:
+    return sharding_lib.make_mesh(tuple(m.shape))
+  except ValueError as e:
+    raise ConfigError(f"config.mesh.shape={tuple(m.shape)}: {e}") from None
+
+
+def _model_overrides(config) -> dict:
+  mc = config.model
+  return dict(remat=bool(mc.remat), attention_impl=mc.attention_impl or None)
+
+
+def load_policy(config, mesh, path: str | None = None):
+  """(decoder, tokenizer) of config.model (or of the checkpoint directory `path`), placed on `mesh`.
+
+  With config.model.path empty, a random-init decoder of config.model.preset and the tokenizer of
+  config.model.tokenizer (tests, benchmarks, the CPU demo).
+  """
+  from memr1_jax.models import config as model_config  # pylint: disable=g-import-not-at-top
+  from memr1_jax.models import decoder as decoder_lib  # pylint: disable=g-import-not-at-top
+  from memr1_jax.models.loading import load_pretrained  # pylint: disable=g-import-not-at-top
+  from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  mc = config.model
+  path = path or mc.path
+  if path:
+    if not os.path.isdir(path):
+      raise ConfigError(f"config.model.path={path!r}: not a directory")
+    model, _ = load_pretrained(path, dtype=mc.dtype, param_dtype=mc.param_dtype, mesh=mesh, **_model_overrides(config))
+    tokenizer = Tokenizer.from_pretrained(mc.get("tokenizer") or path)
+    return model, tokenizer
+  try:
+    cfg = model_config.get_preset(mc.preset, dtype=mc.dtype, param_dtype=mc.param_dtype, **_model_overrides(config))
+  except KeyError as e:
+    raise ConfigError(f"config.model.preset: {e.args[0]}") from None
+  if not mc.get("tokenizer"):
+    raise ConfigError("config.model.tokenizer: a random-init preset needs a tokenizer directory")
+  tokenizer = Tokenizer.from_pretrained(_resolve_asset(mc.tokenizer))
+  if tokenizer.vocab_size > cfg.vocab_size:
+    cfg = cfg.replace(vocab_size=tokenizer.vocab_size)
+  init = jax.jit(lambda: nnx.split(decoder_lib.Decoder(cfg, rngs=nnx.Rngs(config.seed))))
+  model = nnx.merge(*init())
+  if mesh is not None and mesh.size > 1:
+    sharding_lib.shard_model(model, mesh)
+  return model, tokenizer
+
+
+def _resolve_asset(path: str) -> str:
+  """`demo_tokenizer` -> the tokenizer shipped in memr1_jax/data/assets; anything else is a directory path."""
+  if path == "demo_tokenizer":
+    from memr1_jax.data.demo_tokenizer import DEMO_TOKENIZER_DIR  # pylint: disable=g-import-not-at-top
+    return str(DEMO_TOKENIZER_DIR)
+  return path
+
+
+@functools.lru_cache(maxsize=4)
+def make_embedder(name: str):
+  """The memory embedder `config.memory.encoder`: "" (bundled all-MiniLM-L6-v2), "hashing[:dim]", or a directory."""
+  if name.startswith("hashing"):
+    from memr1_jax.memory.embedders import HashingEmbedder  # pylint: disable=g-import-not-at-top
+    dim = int(name.split(":", 1)[1]) if ":" in name else 256
+    return HashingEmbedder(dim)
+  from memr1_jax.models.encoder import SentenceEncoder, default_encoder_path  # pylint: disable=g-import-not-at-top
+  return SentenceEncoder.from_pretrained(name or default_encoder_path())
+
+
+def bank_factory(config):
+  """A zero-argument function making an empty MemoryBank as config.memory describes."""
+  from memr1_jax.memory.bank import MemoryBank  # pylint: disable=g-import-not-at-top
+  embed = make_embedder(config.memory.encoder)
+  dim = embed.dim
+  return lambda: MemoryBank(embed, dim, index=config.memory.index, max_ops_per_call=config.memory.max_ops_per_output)
+
+
+def load_splits(config) -> dict[str, list[Conversation]]:
+  """{"train", "validation", "test"} -> conversations of config.data (LoCoMo's paper split, or the synthetic task)."""
+  from memr1_jax import data  # pylint: disable=g-import-not-at-top
+  d = config.data
+  if d.name == "synthetic":
+    from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    train, heldout = synthetic.train_heldout_split(d.synthetic_train, d.synthetic_eval, config.seed)
+    return {"train": train, "validation": heldout, "test": heldout}
+  path = d.path or os.path.join(d.data_dir, d.name, {"locomo": "locomo10.json", "longmemeval": "longmemeval_s.json",
+                                                      "msc": "msc_self_instruct.jsonl"}.get(d.name, ""))
+  if d.name not in ("locomo", "longmemeval", "msc"):
+    raise ConfigError(f"config.data.name={d.name!r}: expected locomo | longmemeval | msc | synthetic")
+  if not os.path.exists(path):
+    raise ConfigError(f"config.data.path: {path!r} does not exist (download the dataset, then point "
+                      "config.data.path at the file)")
+  if d.name == "locomo":
+    convs = data.read_locomo(path)
+    return {s: data.locomo_split(convs, s, include_adversarial=d.include_adversarial)
+            for s in ("train", "validation", "test")}
+  reader = data.read_longmemeval if d.name == "longmemeval" else data.read_msc
+  convs = reader(path)
+  # No official RL split: the first conversation trains, the second validates, the rest are the test set.
+  return {"train": convs[:1], "validation": convs[1:2], "test": convs[2:]}

@@ -1,0 +1,309 @@
+"""Tests for the jitted GRPO / PPO update step, chunked log-probs, LoRA and the value model on tiny decoders."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from memr1_jax import sharding
+from memr1_jax.models import lora
+from memr1_jax.models import value as value_lib
+from memr1_jax.models.config import get_preset
+from memr1_jax.models.decoder import Decoder
+from memr1_jax.rl import logprobs as logprobs_lib
+from memr1_jax.rl import losses
+from memr1_jax.rl import train_state as ts
+from memr1_jax.rl import update as up
+
+VOCAB = 64
+# Every sharded dimension divides by 2, so a (2, 2, 2) mesh really splits each weight.
+CFG = get_preset("tiny", vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
+                 num_kv_heads=2, head_dim=8)
+B, P, T, G = 8, 4, 5, 4
+LR = 1e-2
+# Adam's eps is large enough that the first step is smooth in the gradient (not lr * sign(g)), so that
+# float reassociation between two equivalent computations cannot flip the update of a near-zero gradient.
+ADAM_EPS = 1e-3
+
+
+def _batch(seed=0, vocab=VOCAB) -> up.RolloutBatch:
+  """B rows: left-padded prompts, right-padded responses of lengths 1..T (one with a hole), 0/1 scores."""
+  rng = np.random.default_rng(seed)
+  prompt_mask = np.ones((B, P), bool)
+  prompt_mask[::3, :2] = False
+  response_mask = np.arange(T)[None, :] < rng.integers(1, T + 1, B)[:, None]
+  response_mask[1, 1] = False
+  scores = rng.integers(0, 2, B).astype(np.float32)
+  scores[:G] = [1.0, 0.0, 0.0, 1.0]
+  return up.RolloutBatch(
+      prompt_ids_bp=rng.integers(0, vocab, (B, P)).astype(np.int32), prompt_mask_bp=prompt_mask,
+      response_ids_bt=rng.integers(0, vocab, (B, T)).astype(np.int32), response_mask_bt=response_mask,
+      scores_b=scores)
+
+
+def _learner(*, seed=0, algorithm="grpo", lora_rank=0, mesh=None, reference=True, cfg=CFG, master_dtype="float32"):
+  """(state, frozen, spec) of a freshly initialised tiny learner (same weights for the same seed)."""
+  policy = Decoder(cfg, rngs=nnx.Rngs(seed))
+  if lora_rank:
+    policy = lora.add_lora(policy, lora_rank, 8.0, seed=seed + 1)
+  schedule = ts.learning_rate_schedule(LR)
+  value_model = critic_tx = critic_lr = None
+  if algorithm == "ppo":
+    value_model = value_lib.value_model_from_decoder(policy, copy=not lora_rank)
+    critic_tx, critic_lr = ts.make_optimizer(schedule, eps=ADAM_EPS), schedule
+  return ts.init_train_state(policy, ts.make_optimizer(schedule, eps=ADAM_EPS), actor_lr=schedule,
+                             value_model=value_model, critic_tx=critic_tx, critic_lr=critic_lr, reference=reference,
+                             mesh=mesh, master_dtype=master_dtype)
+
+
+def _config(**overrides) -> up.UpdateConfig:
+  kw = dict(algorithm="grpo", micro_batch_size=4, group_size=G, kl_coef=0.05, entropy_coef=0.01,
+            aggregation="seq_mean_token_mean", logprob_chunk=3, shuffle=False)
+  kw.update(overrides)
+  return up.UpdateConfig(**kw)
+
+
+def _host(tree):
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), _host(a), _host(b))
+
+
+def test_chunked_logprobs_match_full_log_softmax():
+  """Chunked response log-probs and entropies equal log_softmax / entropy of the full forward's shifted logits."""
+  model = Decoder(CFG, rngs=nnx.Rngs(0))
+  batch = _batch()
+  logprobs_bt, entropy_bt = jax.jit(lambda m: logprobs_lib.response_logprobs(
+      m, batch.prompt_ids_bp, batch.prompt_mask_bp, batch.response_ids_bt, batch.response_mask_bt,
+      chunk_size=2))(model)
+  ids = np.concatenate([batch.prompt_ids_bp, batch.response_ids_bt], 1)
+  mask = np.concatenate([batch.prompt_mask_bp, batch.response_mask_bt], 1)
+  logits_btv = np.asarray(model(ids, mask))[:, P - 1:P + T - 1]
+  log_probs_btv = np.asarray(jax.nn.log_softmax(logits_btv))
+  expected = np.take_along_axis(log_probs_btv, batch.response_ids_bt[..., None], -1)[..., 0]
+  valid = batch.response_mask_bt
+  np.testing.assert_allclose(np.asarray(logprobs_bt)[valid], expected[valid], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(entropy_bt)[valid],
+                             np.asarray(losses.entropy_from_logits(logits_btv))[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_logprob_gradient_matches_unchunked():
+  """The gradient through rematerialised logits chunks equals the gradient of the one-chunk computation."""
+  model = Decoder(CFG, rngs=nnx.Rngs(1))
+  graphdef, params = nnx.split(model)
+  batch = _batch(1)
+  weights_bt = np.random.default_rng(0).normal(size=(B, T)).astype(np.float32) * batch.response_mask_bt
+
+  def objective(params, chunk):
+    logprobs_bt, entropy_bt = logprobs_lib.response_logprobs(
+        nnx.merge(graphdef, params), batch.prompt_ids_bp, batch.prompt_mask_bp, batch.response_ids_bt,
+        batch.response_mask_bt, chunk_size=chunk)
+    return jnp.sum(weights_bt * (logprobs_bt + 0.3 * entropy_bt))
+
+  chunked = jax.jit(jax.grad(lambda p: objective(p, 2)))(params)
+  whole = jax.jit(jax.grad(lambda p: objective(p, None)))(params)
+  _assert_trees_close(chunked, whole, rtol=1e-4, atol=1e-6)
+
+
+def test_surrogate_gradient_matches_finite_differences():
+  """d(loss)/d(params) of the update's micro-batch loss (clip, k3 KL, entropy) equals central differences."""
+  with jax.enable_x64(True):
+    cfg64 = CFG.replace(param_dtype="float64", dtype="float64")
+    state, frozen, spec = _learner(cfg=cfg64, master_dtype="float64")
+    # A reference that differs from the policy, so the KL term has a gradient.
+    frozen = frozen.replace(reference=_host(_learner(seed=7, cfg=cfg64, master_dtype="float64")[1].reference))
+    config = _config(micro_batch_size=B)
+    batch = _batch()
+    rows, _ = jax.jit(lambda s, f, b: up.prepare_rows(spec, config, s, f, b))(state, frozen, batch)
+    # Behaviour log-probs a little off the current policy: ratios in (0.9, 1.1), inside the clip range.
+    noise_bt = np.random.default_rng(3).uniform(-0.1, 0.1, (B, T))
+    rows["old_logprobs_bt"] = rows["old_logprobs_bt"] + noise_bt * batch.response_mask_bt
+    loss_fn = jax.jit(lambda p: up.microbatch_loss(spec, config, (p, None), frozen, rows)[0])
+    grads = jax.jit(jax.grad(lambda p: up.microbatch_loss(spec, config, (p, None), frozen, rows)[0]))(state.policy)
+    leaves, treedef = jax.tree.flatten(state.policy)
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    direction = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, jnp.float64) for k, x in zip(keys, leaves)])
+    # RoPE and RMSNorm run in float32 even here, which puts a noise floor of ~1e-8 under the loss: h balances
+    # that against the O(h^2) truncation error (both measured below 3e-4 relative for these directions).
+    h = 4e-4
+    for part in ("layers", "embed_vd"):
+      along = {k: (v if k == part else jax.tree.map(jnp.zeros_like, v)) for k, v in direction.items()}
+      shifted = lambda sign: jax.tree.map(lambda p, d: p + sign * h * d, state.policy, along)  # noqa: E731
+      numeric = (float(loss_fn(shifted(1.0))) - float(loss_fn(shifted(-1.0)))) / (2 * h)
+      analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(along)))
+      assert abs(analytic) > 1e-2, part
+      np.testing.assert_allclose(analytic, numeric, rtol=2e-3, err_msg=part)
+
+
+@pytest.mark.parametrize("aggregation", losses.AGGREGATIONS)
+def test_gradient_accumulation_equals_full_batch(aggregation):
+  """Accumulating 4 micro-batches of 2 rows gives the gradient and metrics of one batch of 8 rows."""
+  state, frozen, spec = _learner()
+  config = _config(aggregation=aggregation, micro_batch_size=B)
+  rows, _ = jax.jit(lambda s, f, b: up.prepare_rows(spec, config, s, f, b))(state, frozen, _batch())
+  grads_fn = jax.jit(lambda r: up.minibatch_gradients(spec, config, (state.policy, None), frozen, r))
+  full = grads_fn(jax.tree.map(lambda x: x[None], rows))
+  accumulated = grads_fn(up._split_rows(rows, 4))
+  _assert_trees_close(accumulated, full, rtol=1e-4, atol=1e-7)
+
+
+def test_update_with_micro_batches_equals_one_big_batch():
+  """The whole update step (PPO, 2 epochs) gives the same new weights with 4 micro-batches as with 1."""
+  results = []
+  for micro in (B, 2):
+    state, frozen, spec = _learner(algorithm="ppo")
+    step = up.make_update_step(spec, _config(algorithm="ppo", micro_batch_size=micro, epochs=2, shuffle=True))
+    state, metrics = step(state, frozen, _batch(), jax.random.key(0))
+    results.append((_host(state), _host(metrics)))
+  _assert_trees_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-6)
+  for name in ("loss", "value_loss", "grad_norm", "explained_variance"):
+    np.testing.assert_allclose(results[0][1][name], results[1][1][name], rtol=1e-4, err_msg=name)
+
+
+def test_update_changes_weights_and_reports_metrics():
+  """A finite GRPO step changes the policy, counts one update and reports finite loss parts, KL and entropy."""
+  state, frozen, spec = _learner()
+  before = _host(state.policy)
+  step = up.make_update_step(spec, _config())
+  state, metrics = step(state, frozen, _batch(), jax.random.key(0))
+  metrics = _host(metrics)
+  assert int(state.updates) == 1 and metrics["skipped"] == 0.0
+  for name in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "grad_norm", "rollout_kl", "reward_mean"):
+    assert np.isfinite(metrics[name]), name
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, _host(state.policy))
+  assert all(jax.tree.leaves(changed))
+
+
+def test_nonfinite_reward_skips_update():
+  """A NaN score leaves parameters and optimizer state untouched and sets metrics['skipped']."""
+  state, frozen, spec = _learner()
+  before = _host(state)
+  batch = _batch()
+  batch = batch.replace(scores_b=batch.scores_b.copy())
+  batch.scores_b[2] = np.nan
+  step = up.make_update_step(spec, _config())
+  state, metrics = step(state, frozen, batch, jax.random.key(0))
+  assert float(metrics["skipped"]) == 1.0 and float(metrics["skipped_updates"]) == 1.0
+  jax.tree.map(np.testing.assert_array_equal, _host(state), before)
+
+
+def test_nan_behaviour_logprob_at_padding_is_ignored():
+  """A NaN old log-prob on a padded response position does not skip the update."""
+  state, frozen, spec = _learner()
+  batch = _batch()
+  old_logprobs = np.full((B, T), -1.0, np.float32)
+  old_logprobs[~batch.response_mask_bt] = np.nan
+  step = up.make_update_step(spec, _config())
+  _, metrics = step(state, frozen, batch.replace(old_logprobs_bt=old_logprobs), jax.random.key(0))
+  assert float(metrics["skipped"]) == 0.0 and np.isfinite(float(metrics["loss"]))
+
+
+def test_lora_with_zero_b_equals_base_model():
+  """Fresh adapters (B = 0) leave the logits unchanged."""
+  base = Decoder(CFG, rngs=nnx.Rngs(0))
+  batch = _batch()
+  expected = np.asarray(base(batch.prompt_ids_bp, batch.prompt_mask_bp))
+  adapted = lora.add_lora(base, 4, 8.0)
+  np.testing.assert_array_equal(np.asarray(adapted(batch.prompt_ids_bp, batch.prompt_mask_bp)), expected)
+
+
+def test_lora_step_trains_only_adapters():
+  """Under LoRA only adapter weights have optimizer state and change; the base (= reference) is untouched."""
+  state, frozen, spec = _learner(lora_rank=4)
+  base_before = _host(frozen.policy)
+  adapters_before = _host(state.policy)
+  assert {p[-1].key for p, _ in jax.tree_util.tree_flatten_with_path(state.policy)[0]} == {"a", "b"}
+  num_adapter = sum(x.size for x in jax.tree.leaves(state.policy))
+  # Adam keeps two moments per trained weight, plus step counters.
+  opt_sizes = sum(x.size for x in jax.tree.leaves(state.policy_opt))
+  assert 2 * num_adapter <= opt_sizes < 2 * num_adapter + 8
+  step = up.make_update_step(spec, _config())
+  state, metrics = step(state, frozen, _batch(), jax.random.key(0))
+  assert float(metrics["skipped"]) == 0.0
+  jax.tree.map(np.testing.assert_array_equal, _host(frozen.policy), base_before)
+  b_weights = [v for p, v in jax.tree_util.tree_flatten_with_path(_host(state.policy))[0] if p[-1].key == "b"]
+  assert all(np.abs(b).max() > 0 for b in b_weights)
+  assert not np.array_equal(adapters_before["layers"][0]["mlp"]["up_lora"]["b"],
+                            _host(state.policy)["layers"][0]["mlp"]["up_lora"]["b"])
+
+
+def test_lora_reference_is_base_model():
+  """The LoRA learner's reference model gives the base model's logits, after the adapters have been trained."""
+  base = Decoder(CFG, rngs=nnx.Rngs(0))
+  batch = _batch()
+  expected = np.asarray(base(batch.prompt_ids_bp, batch.prompt_mask_bp))
+  state, frozen, spec = _learner(lora_rank=4)
+  state, _ = up.make_update_step(spec, _config())(state, frozen, batch, jax.random.key(0))
+  reference = ts.reference_model(spec, frozen)
+  np.testing.assert_array_equal(np.asarray(reference(batch.prompt_ids_bp, batch.prompt_mask_bp)), expected)
+  policy = ts.policy_model(spec, state, frozen)
+  assert np.abs(np.asarray(policy(batch.prompt_ids_bp, batch.prompt_mask_bp)) - expected).max() > 1e-4
+
+
+def test_merged_lora_equals_lora_forward():
+  """merge_lora folds trained adapters into the base weights: same logits, no adapters left."""
+  state, frozen, spec = _learner(lora_rank=4)
+  batch = _batch()
+  state, _ = up.make_update_step(spec, _config())(state, frozen, batch, jax.random.key(0))
+  policy = ts.policy_model(spec, state, frozen)
+  merged = lora.merge_lora(policy)
+  assert merged.cfg.lora_rank == 0 and not jax.tree.leaves(nnx.state(merged, nnx.LoRAParam))
+  np.testing.assert_allclose(np.asarray(merged(batch.prompt_ids_bp, batch.prompt_mask_bp)),
+                             np.asarray(policy(batch.prompt_ids_bp, batch.prompt_mask_bp)), rtol=1e-5, atol=1e-5)
+
+
+def test_lora_adapters_carry_logical_axes():
+  """Adapter weights are annotated with the base weight's axes plus 'lora_rank', so they shard by the rules."""
+  model = lora.add_lora(Decoder(CFG, rngs=nnx.Rngs(0)), 4)
+  attn = model.layers[0].attn
+  assert attn.q_lora.a.get_metadata()["logical_axes"] == ("embed", "lora_rank")
+  assert attn.q_lora.b.get_metadata()["logical_axes"] == ("lora_rank", "heads", "head_dim")
+  assert attn.o_lora.a.get_metadata()["logical_axes"] == ("heads", "head_dim", "lora_rank")
+
+
+def test_value_model_starts_at_zero_and_shares_policy_weights():
+  """A value model built from the policy has the policy's backbone weights and predicts 0 at start."""
+  policy = Decoder(CFG, rngs=nnx.Rngs(0))
+  value_model = value_lib.value_model_from_decoder(policy)
+  np.testing.assert_array_equal(np.asarray(value_model.backbone.embed_vd[...]), np.asarray(policy.embed_vd[...]))
+  batch = _batch()
+  np.testing.assert_array_equal(np.asarray(value_model(batch.prompt_ids_bp, batch.prompt_mask_bp)), 0.0)
+
+
+@pytest.mark.parametrize("algorithm,mesh_shape", [("grpo", (2, 2, 2)), ("ppo", (1, 4, 2))])
+def test_sharded_update_matches_single_device(algorithm, mesh_shape):
+  """The update on a sharded mesh of 8 CPU devices gives the single-device weights and metrics."""
+  config = _config(algorithm=algorithm, micro_batch_size=4, num_minibatches=2, shuffle=True)
+  state, frozen, spec = _learner(algorithm=algorithm)
+  expected_state, expected_metrics = up.make_update_step(spec, config)(state, frozen, _batch(), jax.random.key(1))
+  mesh = sharding.make_mesh(mesh_shape)
+  state, frozen, spec = _learner(algorithm=algorithm, mesh=mesh)
+  embed = state.policy["embed_vd"]
+  assert len(embed.sharding.device_set) == 8 and embed.addressable_shards[0].data.shape[1] < CFG.hidden_size
+  new_state, metrics = up.make_update_step(spec, config)(state, frozen, _batch(), jax.random.key(1))
+  assert new_state.policy["embed_vd"].sharding == embed.sharding
+  _assert_trees_close(new_state, expected_state, rtol=1e-4, atol=1e-6)
+  for name in ("loss", "grad_norm", "entropy"):
+    np.testing.assert_allclose(float(metrics[name]), float(expected_metrics[name]), rtol=1e-4, err_msg=name)
+
+
+def test_update_config_reads_default_config():
+  """UpdateConfig.from_config takes the algorithm and the paper's rl settings from memr1_jax.defaults."""
+  defaults = pytest.importorskip("memr1_jax.defaults")
+  c = defaults.default_config()
+  config = up.UpdateConfig.from_config(c)
+  assert (config.algorithm, config.kl_coef, config.micro_batch_size, config.group_size) == (
+      c.algorithm, c.rl.kl_coef, c.rl.micro_batch_size, c.rollout.group_size)
+
+
+def test_batch_not_divisible_by_micro_batches_is_rejected():
+  """A batch that does not split into whole micro-batches raises a ValueError naming the sizes."""
+  state, frozen, spec = _learner()
+  step = up.make_update_step(spec, _config(micro_batch_size=3, group_size=2))
+  with pytest.raises(ValueError, match="micro-batches of 3"):
+    step(state, frozen, _batch(), jax.random.key(0))
