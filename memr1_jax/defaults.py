@@ -30,8 +30,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   # Hugging Face checkpoint directory of the policy (config.json, *.safetensors, tokenizer files).
   c.model.path = ""
-  # Preset name used when `path` is empty (random init; tests and benchmarks only).
+  # Preset name used when `path` is empty (random init; tests, benchmarks and the CPU demo).
   c.model.preset = ""
+  # Tokenizer directory (empty: model.path); "demo_tokenizer" is the one shipped for the synthetic task.
+  c.model.tokenizer = ""
   # Compute dtype of matmuls.
   c.model.dtype = "bfloat16"
   # Storage dtype of the policy parameters (the optimizer keeps float32 moments regardless).
@@ -106,6 +108,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.rollout.top_k = 0
   # Rows per generate call on the device (micro-batch of the rollout).
   c.rollout.max_batch = 64
+  # Smallest prompt-length bucket (prompt lengths are padded to powers of two from here).
+  c.rollout.min_prompt_bucket = 64
 
   c.rl = ml_collections.ConfigDict()
   # Actor learning rate (the paper: 1e-6).
@@ -137,6 +141,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.epochs = 1
   # Sequences per micro-batch (gradient accumulation inside the jitted step).
   c.rl.micro_batch_size = 8
+  # Optimizer updates per epoch over a rollout batch.
+  c.rl.num_minibatches = 1
   # PPO: GAE discount and lambda, value clip range.
   c.rl.gamma = 1.0
   c.rl.lam = 1.0

@@ -1,0 +1,35 @@
+"""The smallest end-to-end run (tests and CI): tiny random decoder, demo tokenizer, synthetic task, hashing embedder.
+
+  python -m memr1_jax.main --config=configs/smoke.py --config.workdir=/tmp/smoke
+Same code path as configs/grpo_qwen7b.py with every size shrunk; a few seconds per step on 2 CPU cores.
+"""
+
+from memr1_jax.defaults import default_config
+
+
+def get_config():
+  c = default_config()
+  c.workdir = "runs/smoke"
+  c.model.preset = "tiny"
+  c.model.tokenizer = "demo_tokenizer"
+  c.model.dtype = "float32"
+  c.model.param_dtype = "float32"
+  c.model.remat = False
+  c.data.name = "synthetic"
+  c.data.synthetic_train = 2
+  c.data.synthetic_eval = 1
+  c.memory.encoder = "hashing:64"
+  c.memory.related_k = 3
+  c.memory.answer_k_per_speaker = 4
+  c.rollout.batch_size = 4
+  c.rollout.group_size = 2
+  c.rollout.max_prompt_len = 1024
+  c.rollout.max_new_tokens = 8
+  c.rollout.max_batch = 64
+  c.rl.actor_lr = 1e-3
+  c.rl.critic_lr = 1e-3
+  c.rl.micro_batch_size = 8
+  c.train.num_steps = 2
+  c.train.eval_every = 2
+  c.train.checkpoint_every = 1
+  return c

@@ -1,0 +1,297 @@
+"""mode=train: Memory-R1 RL of the manager or the answer agent with GRPO or PPO.
+
+One step: episodes (host) -> experiences -> one packed RolloutBatch -> the jitted update (device) -> metrics,
+checkpoint, evaluation. Every random choice of step s (data order, sampling keys, update shuffles) is derived from
+(config.seed, s), so a run resumed from the checkpoint of step s continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from memr1_jax import components
+from memr1_jax.checkpoint import Checkpointer
+from memr1_jax.episodes import batching, runner
+from memr1_jax.episodes.policy import EnginePolicy
+from memr1_jax.metrics_writer import MetricsWriter
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+def runner_config(config) -> runner.RunnerConfig:
+  """The episode settings of config.memory / config.rl."""
+  return runner.RunnerConfig(
+      related_k=config.memory.related_k, answer_k_per_speaker=config.memory.answer_k_per_speaker,
+      format_penalty=config.rl.format_penalty, max_ops_per_output=config.memory.max_ops_per_output,
+      extraction=config.memory.extraction)
+
+
+def make_engine_policy(model, tokenizer, config, mesh, *, seed: int):
+  """An EnginePolicy over a RolloutEngine for `model` with config.rollout's shapes and sampling settings."""
+  from memr1_jax.sampling.engine import RolloutConfig, RolloutEngine  # pylint: disable=g-import-not-at-top
+  r = config.rollout
+  engine = RolloutEngine(model, tokenizer, RolloutConfig(
+      max_new_tokens=r.max_new_tokens, max_prompt_len=r.max_prompt_len, max_rows_per_batch=r.max_batch,
+      min_prompt_bucket=r.get("min_prompt_bucket", 64), mesh=mesh if mesh is not None and mesh.size > 1 else None,
+      seed=seed))
+  return EnginePolicy(engine, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                      max_new_tokens=r.max_new_tokens, seed=seed)
+
+
+def add_all_banks(conversations, bank_factory):
+  """Banks in which every turn's simple fact was ADDed (the heuristic manager; no model needed)."""
+  from memr1_jax.agents.extraction import simple_fact  # pylint: disable=g-import-not-at-top
+  banks = {}
+  for conv in conversations:
+    bank = bank_factory()
+    for session, turn in conv.turns:
+      fact = simple_fact(session, turn)
+      bank.add(fact.text, speaker=fact.speaker, timestamp=fact.timestamp, source_turn_ids=fact.source_turn_ids)
+    banks[conv.sample_id] = bank
+  return banks
+
+
+@dataclasses.dataclass
+class Learner:
+  """The RL learner: train state, frozen weights, the jitted update, and how to view the current policy."""
+
+  state: object
+  frozen: object
+  spec: object
+  update: object
+  update_config: object
+
+  @classmethod
+  def create(cls, config, policy, mesh) -> Learner:
+    from memr1_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+    from memr1_jax.models import value as value_lib  # pylint: disable=g-import-not-at-top
+    from memr1_jax.rl import train_state as ts  # pylint: disable=g-import-not-at-top
+    from memr1_jax.rl.update import UpdateConfig, make_update_step  # pylint: disable=g-import-not-at-top
+    mesh = mesh if mesh is not None and mesh.size > 1 else None
+    if config.model.lora_rank:
+      policy = lora_lib.add_lora(policy, config.model.lora_rank, config.model.lora_alpha, seed=config.seed,
+                                 mesh=mesh)
+    rl = config.rl
+    actor_lr = ts.learning_rate_schedule(rl.actor_lr, rl.warmup_steps)
+    actor_tx = ts.make_optimizer(actor_lr, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm)
+    value_model = critic_tx = critic_lr = None
+    if config.algorithm == "ppo":
+      value_model = value_lib.value_model_from_decoder(policy, copy=not config.model.lora_rank)
+      critic_lr = ts.learning_rate_schedule(rl.critic_lr, rl.warmup_steps)
+      critic_tx = ts.make_optimizer(critic_lr, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm)
+    state, frozen, spec = ts.init_train_state(
+        policy, actor_tx, actor_lr=actor_lr, value_model=value_model, critic_tx=critic_tx, critic_lr=critic_lr,
+        reference=True, mesh=mesh)
+    update_config = UpdateConfig.from_config(config)
+    return cls(state, frozen, spec, make_update_step(spec, update_config), update_config)
+
+  def policy(self):
+    """The current policy as a Decoder (new arrays; safe to keep across the next donated update)."""
+    from memr1_jax.rl import train_state as ts  # pylint: disable=g-import-not-at-top
+    return ts.policy_model(self.spec, self.state, self.frozen)
+
+  def reference(self):
+    """The frozen starting policy (used as the frozen answer agent / manager)."""
+    from memr1_jax.rl import train_state as ts  # pylint: disable=g-import-not-at-top
+    return ts.reference_model(self.spec, self.frozen)
+
+  def step(self, packed: dict, key) -> dict:
+    """Runs the jitted update on one packed batch; returns host metrics."""
+    from memr1_jax.rl.update import RolloutBatch  # pylint: disable=g-import-not-at-top
+    batch = RolloutBatch(**{k: jnp.asarray(v) for k, v in packed.items() if k != "real_rows"})
+    self.state, metrics = self.update(self.state, self.frozen, batch, key)
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _training_items(config, splits):
+  """What one step samples from: (conversation, question) pairs (answer agent) or conversations (manager)."""
+  train = splits["train"]
+  if config.agent == "answer":
+    return [(c, qa) for c in train for qa in c.qa]
+  return list(train)
+
+
+def batch_for_step(items: list, step: int, size: int, seed: int) -> list:
+  """The `size` items of `step`: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
+  out, pos = [], step * size
+  while len(out) < size:
+    epoch, offset = divmod(pos, len(items))
+    order = np.random.default_rng([seed, epoch]).permutation(len(items))
+    take = min(size - len(out), len(items) - offset)
+    out.extend(items[i] for i in order[offset:offset + take])
+    pos += take
+  return out
+
+
+def _summarise(experiences) -> dict:
+  if not experiences:
+    return {}
+  out = {"reward": float(np.mean([e.reward for e in experiences])),
+         "response_tokens": float(np.mean([len(e.sample.response_ids) for e in experiences])),
+         "truncated": float(np.mean([e.sample.finish_reason == "length" for e in experiences]))}
+  for key in ("em", "f1", "format_error", "ADD", "UPDATE", "DELETE", "NOOP"):
+    vals = [e.info[key] for e in experiences if key in e.info]
+    if vals:
+      out[key if key.islower() else f"ops/{key}"] = float(np.mean(vals))
+  return out
+
+
+class Trainer:
+  """Owns one training run: components, learner, checkpoints, metrics."""
+
+  def __init__(self, config):
+    self.config = config
+    self.workdir = config.workdir
+    os.makedirs(self.workdir, exist_ok=True)
+    self.mesh = components.setup_mesh(config)
+    self.splits = components.load_splits(config)  # Fails fast on bad data before the model loads.
+    self.bank_factory = components.bank_factory(config)
+    policy, self.tokenizer = components.load_policy(config, self.mesh)
+    self.learner = Learner.create(config, policy, self.mesh)
+    self.rcfg = runner_config(config)
+    self.rollout = make_engine_policy(self.learner.policy(), self.tokenizer, config, self.mesh, seed=config.seed)
+    self.frozen = make_engine_policy(self.learner.reference(), self.tokenizer, config, self.mesh,
+                                     seed=config.seed + 1)
+    self.items = _training_items(config, self.splits)
+    self.answer_banks = {}
+    self.ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep_last=config.train.keep_checkpoints,
+                             best_metric="eval/em")
+    self.writer = MetricsWriter(self.workdir, enabled=jax.process_index() == 0)
+    self.start_step = 0
+    self._stop_signal = None
+
+  # Checkpoints.
+
+  def _ckpt_state(self, step: int) -> dict:
+    return {"learner": self.learner.state, "step": jnp.asarray(step, jnp.int32)}
+
+  def maybe_restore(self) -> None:
+    """Resumes from the newest complete checkpoint of this workdir, if any."""
+    if self.ckpt.latest_step() is None:
+      return
+    restored, meta, step = self.ckpt.restore(self._ckpt_state(0))
+    self.learner.state = restored["learner"]
+    self.start_step = int(meta["next_step"])
+    logger.info("resumed from %s at step %d", self.ckpt.directory, self.start_step)
+
+  def save(self, next_step: int, metrics: dict | None = None) -> None:
+    meta = {"next_step": next_step, "config": json.loads(self.config.to_json_best_effort())}
+    self.ckpt.save(next_step, self._ckpt_state(next_step), meta, metrics=metrics)
+
+  # Episodes.
+
+  def _answer_bank(self, convs):
+    missing = [c for c in convs if c.sample_id not in self.answer_banks]
+    self.answer_banks.update(add_all_banks(missing, self.bank_factory))
+    return self.answer_banks
+
+  def episodes(self, step: int) -> list:
+    c = self.config
+    g = c.rollout.group_size if c.algorithm == "grpo" else 1
+    batch = batch_for_step(self.items, step, c.rollout.batch_size, c.seed)
+    self.rollout.engine.model = self.learner.policy()
+    self.rollout.set_step(step)
+    self.frozen.set_step(step)
+    if c.agent == "answer":
+      banks = self._answer_bank(list({conv.sample_id: conv for conv, _ in batch}.values()))
+      return runner.answer_episodes(self.rollout, banks, batch, self.rcfg, n=g)
+    questions = {conv.sample_id: conv.qa for conv in batch}
+    experiences, _ = runner.manager_episodes(self.rollout, self.frozen, batch, questions, self.bank_factory,
+                                             self.rcfg, n=g)
+    return experiences
+
+  def evaluate(self, split: str) -> dict:
+    """Greedy exact match / F1 of the current policy on `split` (the manager through the frozen answerer)."""
+    convs = self.splits[split]
+    self.rollout.engine.model = self.learner.policy()
+    if self.config.agent == "answer":
+      banks = self._answer_bank(convs)
+      items = [(conv, qa) for conv in convs for qa in conv.qa]
+      exps = runner.answer_episodes(self.rollout, banks, items, self.rcfg, n=1, greedy=True)
+    else:
+      built, stats = runner.build_banks(self.rollout, convs, self.bank_factory, self.rcfg, greedy=True)
+      banks = {conv.sample_id: b for conv, b in zip(convs, built)}
+      items = [(conv, qa) for conv in convs for qa in conv.qa]
+      exps = runner.answer_episodes(self.frozen, banks, items, self.rcfg, n=1, greedy=True)
+      total = max(sum(stats.ops.values()), 1)
+      ops = {f"eval/ops/{k}": v / total for k, v in stats.ops.items()}
+      return {"eval/em": float(np.mean([e.info["em"] for e in exps])),
+              "eval/f1": float(np.mean([e.info["f1"] for e in exps])), **ops}
+    return {"eval/em": float(np.mean([e.info["em"] for e in exps])),
+            "eval/f1": float(np.mean([e.info["f1"] for e in exps]))}
+
+  # The loop.
+
+  def _on_signal(self, signum, frame):  # pylint: disable=unused-argument
+    self._stop_signal = signum
+    logger.warning("signal %d: will checkpoint and exit after the current step", signum)
+
+  def run(self) -> dict:
+    c = self.config
+    self.maybe_restore()
+    previous = signal.signal(signal.SIGTERM, self._on_signal)
+    g = c.rollout.group_size if c.algorithm == "grpo" else 1
+    dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    rows_multiple = int(np.lcm(c.rl.micro_batch_size * c.rl.num_minibatches, dp))
+    pad_id = self.rollout.engine.pad_token_id
+    nonfinite, last = 0, {}
+    try:
+      for step in range(self.start_step, c.train.num_steps):
+        t0 = time.perf_counter()
+        experiences = self.episodes(step)
+        t_rollout = time.perf_counter() - t0
+        metrics = {f"rollout/{k}": v for k, v in _summarise(experiences).items()}
+        if experiences:
+          packed = batching.pack_experiences(experiences, pad_id=pad_id, group_size=g, rows_multiple=rows_multiple,
+                                             min_prompt_bucket=c.rollout.get("min_prompt_bucket", 64))
+          t1 = time.perf_counter()
+          update_metrics = self.learner.step(packed, jax.random.fold_in(jax.random.key(c.seed), step))
+          t_update = time.perf_counter() - t1
+          tokens = int(packed["prompt_mask_bp"].sum() + packed["response_mask_bt"].sum())
+          metrics.update({f"train/{k}": v for k, v in update_metrics.items()})
+          metrics.update({"perf/rollout_s": t_rollout, "perf/update_s": t_update,
+                          "perf/update_tokens_per_s": tokens / max(t_update, 1e-9),
+                          "perf/rollout_tokens_per_s": sum(len(e.sample.response_ids) for e in experiences)
+                          / max(t_rollout, 1e-9), "train/rows": packed["real_rows"]})
+          if update_metrics.get("skipped", 0.0) > 0 or not math.isfinite(update_metrics.get("loss", 0.0)):
+            nonfinite += 1
+            logger.error("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, nonfinite)
+            if nonfinite >= c.train.max_nonfinite_steps:
+              raise NonFiniteError(
+                  f"{nonfinite} consecutive non-finite updates (last at step {step}); stopping. The last good "
+                  f"checkpoint is step {self.ckpt.latest_step()} in {self.ckpt.directory}")
+          else:
+            nonfinite = 0
+        if c.train.eval_every and (step + 1) % c.train.eval_every == 0:
+          metrics.update(self.evaluate(c.data.eval_split))
+        self.writer.write(step + 1, metrics)
+        last = metrics
+        if (step + 1) % c.train.checkpoint_every == 0 or step + 1 == c.train.num_steps or self._stop_signal:
+          self.save(step + 1, {k: v for k, v in metrics.items() if k == "eval/em"} or None)
+        if self._stop_signal:
+          logger.warning("stopped by signal %d after step %d (checkpoint saved)", self._stop_signal, step + 1)
+          break
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+      self.ckpt.close()
+      self.writer.close()
+    return last
+
+
+def run(config) -> dict:
+  """Entry point of mode=train; returns the last step's metrics."""
+  return Trainer(config).run()
