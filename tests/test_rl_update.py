@@ -59,6 +59,17 @@ def _learner(*, seed=0, algorithm="grpo", lora_rank=0, mesh=None, reference=True
                              mesh=mesh, master_dtype=master_dtype)
 
 
+_STEPS = {}
+
+
+def _step(spec, config, **learner_kw):
+  """The jitted update step for learners built by `_learner(**learner_kw)`, compiled once per test module."""
+  key = (config, tuple(sorted(learner_kw.items())))
+  if key not in _STEPS:
+    _STEPS[key] = up.make_update_step(spec, config)
+  return _STEPS[key]
+
+
 def _config(**overrides) -> up.UpdateConfig:
   kw = dict(algorithm="grpo", micro_batch_size=4, group_size=G, kl_coef=0.05, entropy_coef=0.01,
             aggregation="seq_mean_token_mean", logprob_chunk=3, shuffle=False)
@@ -157,7 +168,7 @@ def test_update_with_micro_batches_equals_one_big_batch():
   results = []
   for micro in (B, 2):
     state, frozen, spec = _learner(algorithm="ppo")
-    step = up.make_update_step(spec, _config(algorithm="ppo", micro_batch_size=micro, epochs=2, shuffle=True))
+    step = _step(spec, _config(algorithm="ppo", micro_batch_size=micro, epochs=2, shuffle=True), algorithm="ppo")
     state, metrics = step(state, frozen, _batch(), jax.random.key(0))
     results.append((_host(state), _host(metrics)))
   _assert_trees_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-6)
@@ -169,8 +180,7 @@ def test_update_changes_weights_and_reports_metrics():
   """A finite GRPO step changes the policy, counts one update and reports finite loss parts, KL and entropy."""
   state, frozen, spec = _learner()
   before = _host(state.policy)
-  step = up.make_update_step(spec, _config())
-  state, metrics = step(state, frozen, _batch(), jax.random.key(0))
+  state, metrics = _step(spec, _config())(state, frozen, _batch(), jax.random.key(0))
   metrics = _host(metrics)
   assert int(state.updates) == 1 and metrics["skipped"] == 0.0
   for name in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "grad_norm", "rollout_kl", "reward_mean"):
@@ -186,8 +196,7 @@ def test_nonfinite_reward_skips_update():
   batch = _batch()
   batch = batch.replace(scores_b=batch.scores_b.copy())
   batch.scores_b[2] = np.nan
-  step = up.make_update_step(spec, _config())
-  state, metrics = step(state, frozen, batch, jax.random.key(0))
+  state, metrics = _step(spec, _config())(state, frozen, batch, jax.random.key(0))
   assert float(metrics["skipped"]) == 1.0 and float(metrics["skipped_updates"]) == 1.0
   jax.tree.map(np.testing.assert_array_equal, _host(state), before)
 
@@ -198,8 +207,7 @@ def test_nan_behaviour_logprob_at_padding_is_ignored():
   batch = _batch()
   old_logprobs = np.full((B, T), -1.0, np.float32)
   old_logprobs[~batch.response_mask_bt] = np.nan
-  step = up.make_update_step(spec, _config())
-  _, metrics = step(state, frozen, batch.replace(old_logprobs_bt=old_logprobs), jax.random.key(0))
+  _, metrics = _step(spec, _config())(state, frozen, batch.replace(old_logprobs_bt=old_logprobs), jax.random.key(0))
   assert float(metrics["skipped"]) == 0.0 and np.isfinite(float(metrics["loss"]))
 
 
@@ -222,8 +230,7 @@ def test_lora_step_trains_only_adapters():
   # Adam keeps two moments per trained weight, plus step counters.
   opt_sizes = sum(x.size for x in jax.tree.leaves(state.policy_opt))
   assert 2 * num_adapter <= opt_sizes < 2 * num_adapter + 8
-  step = up.make_update_step(spec, _config())
-  state, metrics = step(state, frozen, _batch(), jax.random.key(0))
+  state, metrics = _step(spec, _config(), lora_rank=4)(state, frozen, _batch(), jax.random.key(0))
   assert float(metrics["skipped"]) == 0.0
   jax.tree.map(np.testing.assert_array_equal, _host(frozen.policy), base_before)
   b_weights = [v for p, v in jax.tree_util.tree_flatten_with_path(_host(state.policy))[0] if p[-1].key == "b"]
@@ -238,7 +245,7 @@ def test_lora_reference_is_base_model():
   batch = _batch()
   expected = np.asarray(base(batch.prompt_ids_bp, batch.prompt_mask_bp))
   state, frozen, spec = _learner(lora_rank=4)
-  state, _ = up.make_update_step(spec, _config())(state, frozen, batch, jax.random.key(0))
+  state, _ = _step(spec, _config(), lora_rank=4)(state, frozen, batch, jax.random.key(0))
   reference = ts.reference_model(spec, frozen)
   np.testing.assert_array_equal(np.asarray(reference(batch.prompt_ids_bp, batch.prompt_mask_bp)), expected)
   policy = ts.policy_model(spec, state, frozen)
@@ -249,7 +256,7 @@ def test_merged_lora_equals_lora_forward():
   """merge_lora folds trained adapters into the base weights: same logits, no adapters left."""
   state, frozen, spec = _learner(lora_rank=4)
   batch = _batch()
-  state, _ = up.make_update_step(spec, _config())(state, frozen, batch, jax.random.key(0))
+  state, _ = _step(spec, _config(), lora_rank=4)(state, frozen, batch, jax.random.key(0))
   policy = ts.policy_model(spec, state, frozen)
   merged = lora.merge_lora(policy)
   assert merged.cfg.lora_rank == 0 and not jax.tree.leaves(nnx.state(merged, nnx.LoRAParam))
@@ -280,7 +287,7 @@ def test_sharded_update_matches_single_device(algorithm, mesh_shape):
   """The update on a sharded mesh of 8 CPU devices gives the single-device weights and metrics."""
   config = _config(algorithm=algorithm, micro_batch_size=4, num_minibatches=2, shuffle=True)
   state, frozen, spec = _learner(algorithm=algorithm)
-  expected_state, expected_metrics = up.make_update_step(spec, config)(state, frozen, _batch(), jax.random.key(1))
+  expected_state, expected_metrics = _step(spec, config, algorithm=algorithm)(state, frozen, _batch(), jax.random.key(1))
   mesh = sharding.make_mesh(mesh_shape)
   state, frozen, spec = _learner(algorithm=algorithm, mesh=mesh)
   embed = state.policy["embed_vd"]
