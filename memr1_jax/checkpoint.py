@@ -1,7 +1,9 @@
 """Orbax checkpoints of a training run: array state + JSON metadata, keep-last-N plus best-by-validation.
 
 Every save goes through orbax's atomic commit (written to a temporary directory, renamed when complete), so a run
-killed mid-save resumes from the last complete step; half-written directories are never restored.
+killed mid-save resumes from the last complete step; half-written directories are never restored. A step that
+cannot be restored (a missing or damaged file, an array whose shape differs from the requested state) raises
+`CheckpointError` naming the step directory and the array, before any array is read.
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
+
+
+class CheckpointError(ValueError):
+  """A checkpoint step that cannot be restored into the requested state (the message names the step directory)."""
 
 
 class Checkpointer:
@@ -69,14 +76,63 @@ class Checkpointer:
     """Restores (state, meta, step) at `step` (default: latest) into the shapes / shardings of `abstract_state`.
 
     `abstract_state` is a pytree of jax.ShapeDtypeStruct (with `sharding`) or arrays of the same structure.
-    Raises FileNotFoundError when there is no complete checkpoint.
+    Raises FileNotFoundError when there is no complete checkpoint, CheckpointError when the step's files are
+    missing or damaged or an array's saved shape differs from `abstract_state`'s.
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no complete checkpoint to restore")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    out = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    self._check_shapes(step, abstract)
+    try:
+      out = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-exception-caught  # orbax / tensorstore raise bare Exception.
+      raise self._unreadable(step, e) from e
+    return out.state, out.meta, step
+
+  def _check_shapes(self, step: int, abstract: Any) -> None:
+    """Raises CheckpointError unless every array of `abstract` is saved at `step` with the same shape."""
+    path = os.path.join(self.directory, str(step), "state")
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      saved_tree = handler.metadata(epath.Path(path)).tree
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise self._unreadable(step, e) from e
+    finally:
+      handler.close()
+    is_array = lambda x: isinstance(x, ocp.metadata.ArrayMetadata)
+    saved = {m.name: m for m in jax.tree.leaves(saved_tree, is_leaf=is_array)}
+    for keypath, want in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+      name = ".".join(ocp.tree.str_keypath(keypath))
+      got = saved.get(name)
+      if got is None:
+        raise CheckpointError(f"{path}: array {name!r} is not in the checkpoint (it holds {len(saved)} arrays)")
+      if tuple(got.shape) != tuple(want.shape):
+        raise CheckpointError(f"{path}: array {name!r} has shape {tuple(got.shape)} in the checkpoint but "
+                              f"{tuple(want.shape)} in this run (a different model or config?)")
+
+  def _unreadable(self, step: int, error: Exception) -> CheckpointError:
+    reason = str(error).split(". See full TensorStore details", 1)[0][:300]
+    return CheckpointError(f"{os.path.join(self.directory, str(step))}: cannot read the checkpoint "
+                           f"({type(error).__name__}: {reason}); it is damaged or incomplete. Complete steps: "
+                           f"{self.all_steps()}")
+
+  def restore_partial(self, abstract_subtree: Any, step: int | None = None) -> tuple[Any, dict, int]:
+    """Restores only the arrays named by `abstract_subtree` at `step` (default: latest); the rest is not read.
+
+    `abstract_subtree` holds a subset of the saved state's keys (e.g. {"learner": {"policy": ...}}) with
+    jax.ShapeDtypeStruct (with `sharding`) or array leaves. Returns (subtree, meta, step); raises FileNotFoundError
+    when there is no complete checkpoint. Use a Checkpointer that has not saved in this process (orbax binds one
+    handler per item).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{self.directory}: no complete checkpoint to restore")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_subtree)
+    state_args = ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                        partial_restore=True)
+    out = self._manager.restore(step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
     return out.state, out.meta, step
 
   def wait(self) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from memr1_jax import sharding as sharding_lib
@@ -56,7 +57,8 @@ def load_policy(config, mesh, path: str | None = None):
     if not os.path.isdir(path):
       raise ConfigError(f"config.model.path={path!r}: not a directory")
     model, _ = load_pretrained(path, dtype=mc.dtype, param_dtype=mc.param_dtype, mesh=mesh, **_model_overrides(config))
-    tokenizer = Tokenizer.from_pretrained(mc.get("tokenizer") or path)
+    # config.model.tokenizer belongs to config.model.path; another checkpoint brings its own tokenizer.
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir(config) if path == mc.path else path)
     return model, tokenizer
   try:
     cfg = model_config.get_preset(mc.preset, dtype=mc.dtype, param_dtype=mc.param_dtype, **_model_overrides(config))
@@ -64,7 +66,7 @@ def load_policy(config, mesh, path: str | None = None):
     raise ConfigError(f"config.model.preset: {e.args[0]}") from None
   if not mc.get("tokenizer"):
     raise ConfigError("config.model.tokenizer: a random-init preset needs a tokenizer directory")
-  tokenizer = Tokenizer.from_pretrained(_resolve_asset(mc.tokenizer))
+  tokenizer = Tokenizer.from_pretrained(tokenizer_dir(config))
   if tokenizer.vocab_size > cfg.vocab_size:
     cfg = cfg.replace(vocab_size=tokenizer.vocab_size)
   init = jax.jit(lambda: nnx.split(decoder_lib.Decoder(cfg, rngs=nnx.Rngs(config.seed))))
@@ -72,6 +74,65 @@ def load_policy(config, mesh, path: str | None = None):
   if mesh is not None and mesh.size > 1:
     sharding_lib.shard_model(model, mesh)
   return model, tokenizer
+
+
+def tokenizer_dir(config) -> str:
+  """The directory of config.model's tokenizer: config.model.tokenizer (resolved) or else config.model.path."""
+  return _resolve_asset(config.model.get("tokenizer") or config.model.path)
+
+
+# The validation metric that picks the best checkpoint of a run.
+BEST_METRIC = "eval/em"
+CHECKPOINT_CHOICES = ("latest", "best", "none")
+
+
+def load_trained_policy(config, mesh, checkpoint: str = "latest"):
+  """(decoder, tokenizer, step): config.model's policy with its trained parameters from <config.workdir>/checkpoints.
+
+  `checkpoint` picks the step: "latest", "best" (by BEST_METRIC) or "none" (config.model's own weights). LoRA
+  adapters (config.model.lora_rank > 0) are merged into the weights. `step` is None when no checkpoint was read
+  ("none", or the workdir has no checkpoint); "best" with no scored checkpoint raises ConfigError. Only the policy's
+  trained arrays are read from the checkpoint (no optimizer state, reference or value model).
+  """
+  from memr1_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from memr1_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+  if checkpoint not in CHECKPOINT_CHOICES:
+    raise ValueError(f"load_trained_policy: checkpoint={checkpoint!r} is not one of {CHECKPOINT_CHOICES}")
+  policy, tokenizer = load_policy(config, mesh)
+  directory = os.path.join(config.workdir, "checkpoints")
+  if checkpoint == "none" or not os.path.isdir(directory):
+    return policy, tokenizer, None
+  ckpt = Checkpointer(directory, best_metric=BEST_METRIC if checkpoint == "best" else None)
+  try:
+    step = ckpt.latest_step() if checkpoint == "latest" else ckpt.best_step()
+    if step is None:
+      if checkpoint == "best":
+        raise ConfigError(f"{directory}: no checkpoint has a {BEST_METRIC!r} score to pick the best by")
+      return policy, tokenizer, None
+    lora = config.model.lora_rank > 0
+    if lora:  # The adapter graph of the trainer (`train.Learner.create`); its A init is overwritten below.
+      policy = lora_lib.add_lora(policy, config.model.lora_rank, config.model.lora_alpha, seed=config.seed,
+                                 mesh=mesh if mesh is not None and mesh.size > 1 else None)
+    graphdef, trained, rest = nnx.split(policy, lora_lib.LORA if lora else nnx.Param, ...)
+    # Trained parameters are saved in the learner's float32 master dtype (`rl.train_state.init_train_state`).
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype,
+                                       sharding=x.sharding), nnx.to_pure_dict(trained))
+    try:
+      restored, _, _ = ckpt.restore_partial({"learner": {"policy": target}}, step)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+      raise ConfigError(f"{directory}/{step}: cannot read the policy of config.model (preset/path, "
+                        f"lora_rank={config.model.lora_rank}) from this checkpoint ({type(e).__name__}: {e})") from None
+  finally:
+    ckpt.close()
+  dtype = jnp.dtype(config.model.param_dtype)
+  params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                        restored["learner"]["policy"])
+  model = nnx.merge(graphdef, params, rest)
+  if lora:
+    model = lora_lib.merge_lora(model)
+  logger.info("policy: step %d of %s", step, directory)
+  return model, tokenizer, step
 
 
 def _resolve_asset(path: str) -> str:

@@ -158,6 +158,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.sft.epochs = 1
   # Sequences per SFT step.
   c.sft.batch_size = 16
+  # Sequences per SFT micro-batch (gradient accumulation inside the jitted step).
+  c.sft.micro_batch_size = 16
+  # SFT steps (0: sft.epochs passes over the trajectories).
+  c.sft.num_steps = 0
+  # Linear warmup steps of the SFT learning rate.
+  c.sft.warmup_steps = 0
+  # SFT AdamW weight decay.
+  c.sft.weight_decay = 0.0
+  # Save an SFT checkpoint every this many steps (0: only at the end).
+  c.sft.checkpoint_every = 0
+  # Hugging Face directory the SFT model is exported to (empty: <workdir>/hf); mode=train loads it via model.path.
+  c.sft.export_path = ""
 
   c.train = ml_collections.ConfigDict()
   # RL steps (one rollout batch and its update per step).
@@ -172,11 +184,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   # Stop after this many consecutive non-finite updates.
   c.train.max_nonfinite_steps = 3
+  # At the end, every process prints a SHA-256 of the whole train state (all-gathers it: small models only).
+  c.train.log_param_checksum = False
 
   c.eval = ml_collections.ConfigDict()
   # Split to evaluate in mode=eval.
   c.eval.split = "test"
-  # Manager checkpoint (HF directory) that builds the banks; empty: the policy itself.
+  # Manager checkpoint (HF directory) that builds the banks; "add_all": ADD every turn's fact; empty: the policy.
   c.eval.manager_path = ""
   # Answer-agent checkpoint (HF directory); empty: the policy itself.
   c.eval.answer_path = ""
@@ -185,6 +199,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Judge model name at the endpoint, and the NAME of the environment variable holding its API key.
   c.eval.judge_model = ""
   c.eval.judge_api_key_env = "OPENAI_API_KEY"
+  # Longest judge reply in tokens (local judge and HTTP endpoint).
+  c.eval.judge_max_tokens = 64
+  # Checkpoint of <workdir>/checkpoints the policy is read from: latest | best (by validation EM) | none (base).
+  c.eval.checkpoint = "latest"
 
   c.export = ml_collections.ConfigDict()
   # Where mode=export writes the Hugging Face directory.

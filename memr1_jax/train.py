@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memr1_jax import components
+from memr1_jax import components, multihost
+from memr1_jax import faults
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.episodes import batching, runner
 from memr1_jax.episodes.policy import EnginePolicy
@@ -112,9 +113,27 @@ class Learner:
   def step(self, packed: dict, key) -> dict:
     """Runs the jitted update on one packed batch; returns host metrics."""
     from memr1_jax.rl.update import RolloutBatch  # pylint: disable=g-import-not-at-top
-    batch = RolloutBatch(**{k: jnp.asarray(v) for k, v in packed.items() if k != "real_rows"})
+    batch = RolloutBatch(**{k: v for k, v in packed.items() if k != "real_rows"})
+    if self.spec.mesh is None:
+      batch = jax.tree.map(jnp.asarray, batch)
+    else:  # Every host packed the same batch: each places its own shards (multi-host safe).
+      batch = multihost.shard_batch(batch, self.spec.mesh)
     self.state, metrics = self.update(self.state, self.frozen, batch, key)
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+    return {k: float(v) for k, v in multihost.to_host(metrics).items()}
+
+
+def metadata_config(config) -> dict:
+  """`config` as a JSON-able dict for checkpoint metadata, with the judge API key's value redacted.
+
+  The config holds only the NAME of the key's environment variable (config.eval.judge_api_key_env); should the key
+  itself have been pasted into any field, "<redacted>" is saved in its place.
+  """
+  text = config.to_json_best_effort()
+  key_env = config.eval.get("judge_api_key_env", "")
+  key = os.environ.get(key_env, "") if key_env else ""
+  if key:
+    text = text.replace(json.dumps(key)[1:-1], "<redacted>")
+  return json.loads(text)
 
 
 def _training_items(config, splits):
@@ -155,6 +174,7 @@ class Trainer:
 
   def __init__(self, config):
     self.config = config
+    self.faults = faults.from_env()  # Test-only fault injection (MEMR1_FAULT); {} in normal runs.
     self.workdir = config.workdir
     os.makedirs(self.workdir, exist_ok=True)
     self.mesh = components.setup_mesh(config)
@@ -177,7 +197,8 @@ class Trainer:
   # Checkpoints.
 
   def _ckpt_state(self, step: int) -> dict:
-    return {"learner": self.learner.state, "step": jnp.asarray(step, jnp.int32)}
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    return {"learner": self.learner.state, "step": multihost.put_global(np.asarray(step, np.int32), replicated)}
 
   def maybe_restore(self) -> None:
     """Resumes from the newest complete checkpoint of this workdir, if any."""
@@ -189,10 +210,15 @@ class Trainer:
     logger.info("resumed from %s at step %d", self.ckpt.directory, self.start_step)
 
   def save(self, next_step: int, metrics: dict | None = None) -> None:
-    meta = {"next_step": next_step, "config": json.loads(self.config.to_json_best_effort())}
+    meta = {"next_step": next_step, "config": metadata_config(self.config)}
     self.ckpt.save(next_step, self._ckpt_state(next_step), meta, metrics=metrics)
 
   # Episodes.
+
+  def batch_labels(self, step: int) -> list[str]:
+    """Ids of what step `step` trains on: question ids (answer agent) or conversation ids (manager)."""
+    batch = batch_for_step(self.items, step, self.config.rollout.batch_size, self.config.seed)
+    return [item[1].qid or item[0].sample_id if isinstance(item, tuple) else item.sample_id for item in batch]
 
   def _answer_bank(self, convs):
     missing = [c for c in convs if c.sample_id not in self.answer_banks]
@@ -258,6 +284,7 @@ class Trainer:
         if experiences:
           packed = batching.pack_experiences(experiences, pad_id=pad_id, group_size=g, rows_multiple=rows_multiple,
                                              min_prompt_bucket=c.rollout.get("min_prompt_bucket", 64))
+          faults.corrupt_rewards(self.faults, step, packed)
           t1 = time.perf_counter()
           update_metrics = self.learner.step(packed, jax.random.fold_in(jax.random.key(c.seed), step))
           t_update = time.perf_counter() - t1
@@ -269,7 +296,8 @@ class Trainer:
                           / max(t_rollout, 1e-9), "train/rows": packed["real_rows"]})
           if update_metrics.get("skipped", 0.0) > 0 or not math.isfinite(update_metrics.get("loss", 0.0)):
             nonfinite += 1
-            logger.error("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, nonfinite)
+            logger.error("step %d: non-finite loss or gradient, update skipped (%d in a row); batch: %s", step,
+                         nonfinite, " ".join(self.batch_labels(step)))
             if nonfinite >= c.train.max_nonfinite_steps:
               raise NonFiniteError(
                   f"{nonfinite} consecutive non-finite updates (last at step {step}); stopping. The last good "
@@ -285,6 +313,10 @@ class Trainer:
         if self._stop_signal:
           logger.warning("stopped by signal %d after step %d (checkpoint saved)", self._stop_signal, step + 1)
           break
+      if c.train.log_param_checksum:  # Every process prints its view: equal digests = the hosts agree.
+        updates = int(multihost.to_host(self.learner.state.updates))
+        print(f"param_checksum process={jax.process_index()} updates={updates} "
+              f"sha256={multihost.tree_checksum(self.learner.state)}", flush=True)
     finally:
       signal.signal(signal.SIGTERM, previous)
       self.ckpt.close()

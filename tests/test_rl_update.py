@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,8 +31,9 @@ LR = 1e-2
 ADAM_EPS = 1e-3
 
 
-def _batch(seed=0, vocab=VOCAB) -> up.RolloutBatch:
-  """B rows: left-padded prompts, right-padded responses of lengths 1..T (one with a hole), 0/1 scores."""
+def _batch(seed=0, vocab=VOCAB, behaviour_logprobs=False) -> up.RolloutBatch:
+  """B rows: left-padded prompts, right-padded responses of lengths 1..T (one with a hole), 0/1 scores, and
+  optionally behaviour log-probs (else the step recomputes them)."""
   rng = np.random.default_rng(seed)
   prompt_mask = np.ones((B, P), bool)
   prompt_mask[::3, :2] = False
@@ -38,10 +41,13 @@ def _batch(seed=0, vocab=VOCAB) -> up.RolloutBatch:
   response_mask[1, 1] = False
   scores = rng.integers(0, 2, B).astype(np.float32)
   scores[:G] = [1.0, 0.0, 0.0, 1.0]
-  return up.RolloutBatch(
+  batch = up.RolloutBatch(
       prompt_ids_bp=rng.integers(0, vocab, (B, P)).astype(np.int32), prompt_mask_bp=prompt_mask,
       response_ids_bt=rng.integers(0, vocab, (B, T)).astype(np.int32), response_mask_bt=response_mask,
       scores_b=scores)
+  if behaviour_logprobs:
+    batch = batch.replace(old_logprobs_bt=(-np.log(vocab) + rng.uniform(-0.3, 0.3, (B, T))).astype(np.float32))
+  return batch
 
 
 def _learner(*, seed=0, algorithm="grpo", lora_rank=0, mesh=None, reference=True, cfg=CFG, master_dtype="float32"):
@@ -77,6 +83,10 @@ def _config(**overrides) -> up.UpdateConfig:
   return up.UpdateConfig(**kw)
 
 
+# PPO, 2 shuffled epochs, 2 micro-batches of 4 rows (4 divides the (2, 2, 2) mesh's data x fsdp).
+PPO_CONFIG = _config(algorithm="ppo", micro_batch_size=4, epochs=2, shuffle=True)
+
+
 def _host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
@@ -94,7 +104,7 @@ def test_chunked_logprobs_match_full_log_softmax():
       chunk_size=2))(model)
   ids = np.concatenate([batch.prompt_ids_bp, batch.response_ids_bt], 1)
   mask = np.concatenate([batch.prompt_mask_bp, batch.response_mask_bt], 1)
-  logits_btv = np.asarray(model(ids, mask))[:, P - 1:P + T - 1]
+  logits_btv = np.asarray(jax.jit(lambda m: m(ids, mask))(model))[:, P - 1:P + T - 1]
   log_probs_btv = np.asarray(jax.nn.log_softmax(logits_btv))
   expected = np.take_along_axis(log_probs_btv, batch.response_ids_bt[..., None], -1)[..., 0]
   valid = batch.response_mask_bt
@@ -164,15 +174,15 @@ def test_gradient_accumulation_equals_full_batch(aggregation):
 
 
 def test_update_with_micro_batches_equals_one_big_batch():
-  """The whole update step (PPO, 2 epochs) gives the same new weights with 4 micro-batches as with 1."""
+  """The whole PPO update (2 shuffled epochs) gives the same weights with 2 micro-batches as with 1."""
   results = []
-  for micro in (B, 2):
+  for config in (dataclasses.replace(PPO_CONFIG, micro_batch_size=B), PPO_CONFIG):
     state, frozen, spec = _learner(algorithm="ppo")
-    step = _step(spec, _config(algorithm="ppo", micro_batch_size=micro, epochs=2, shuffle=True), algorithm="ppo")
-    state, metrics = step(state, frozen, _batch(), jax.random.key(0))
+    state, metrics = _step(spec, config, algorithm="ppo")(state, frozen, _batch(behaviour_logprobs=True),
+                                                          jax.random.key(0))
     results.append((_host(state), _host(metrics)))
   _assert_trees_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-6)
-  for name in ("loss", "value_loss", "grad_norm", "explained_variance"):
+  for name in ("loss", "value_loss", "kl", "grad_norm", "explained_variance"):
     np.testing.assert_allclose(results[0][1][name], results[1][1][name], rtol=1e-4, err_msg=name)
 
 
@@ -180,7 +190,7 @@ def test_update_changes_weights_and_reports_metrics():
   """A finite GRPO step changes the policy, counts one update and reports finite loss parts, KL and entropy."""
   state, frozen, spec = _learner()
   before = _host(state.policy)
-  state, metrics = _step(spec, _config())(state, frozen, _batch(), jax.random.key(0))
+  state, metrics = _step(spec, _config())(state, frozen, _batch(behaviour_logprobs=True), jax.random.key(0))
   metrics = _host(metrics)
   assert int(state.updates) == 1 and metrics["skipped"] == 0.0
   for name in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "grad_norm", "rollout_kl", "reward_mean"):
@@ -193,8 +203,7 @@ def test_nonfinite_reward_skips_update():
   """A NaN score leaves parameters and optimizer state untouched and sets metrics['skipped']."""
   state, frozen, spec = _learner()
   before = _host(state)
-  batch = _batch()
-  batch = batch.replace(scores_b=batch.scores_b.copy())
+  batch = _batch(behaviour_logprobs=True)
   batch.scores_b[2] = np.nan
   state, metrics = _step(spec, _config())(state, frozen, batch, jax.random.key(0))
   assert float(metrics["skipped"]) == 1.0 and float(metrics["skipped_updates"]) == 1.0
@@ -204,10 +213,9 @@ def test_nonfinite_reward_skips_update():
 def test_nan_behaviour_logprob_at_padding_is_ignored():
   """A NaN old log-prob on a padded response position does not skip the update."""
   state, frozen, spec = _learner()
-  batch = _batch()
-  old_logprobs = np.full((B, T), -1.0, np.float32)
-  old_logprobs[~batch.response_mask_bt] = np.nan
-  _, metrics = _step(spec, _config())(state, frozen, batch.replace(old_logprobs_bt=old_logprobs), jax.random.key(0))
+  batch = _batch(behaviour_logprobs=True)
+  batch.old_logprobs_bt[~batch.response_mask_bt] = np.nan
+  _, metrics = _step(spec, _config())(state, frozen, batch, jax.random.key(0))
   assert float(metrics["skipped"]) == 0.0 and np.isfinite(float(metrics["loss"]))
 
 
@@ -230,7 +238,8 @@ def test_lora_step_trains_only_adapters():
   # Adam keeps two moments per trained weight, plus step counters.
   opt_sizes = sum(x.size for x in jax.tree.leaves(state.policy_opt))
   assert 2 * num_adapter <= opt_sizes < 2 * num_adapter + 8
-  state, metrics = _step(spec, _config(), lora_rank=4)(state, frozen, _batch(), jax.random.key(0))
+  state, metrics = _step(spec, _config(), lora_rank=4)(state, frozen, _batch(behaviour_logprobs=True),
+                                                       jax.random.key(0))
   assert float(metrics["skipped"]) == 0.0
   jax.tree.map(np.testing.assert_array_equal, _host(frozen.policy), base_before)
   b_weights = [v for p, v in jax.tree_util.tree_flatten_with_path(_host(state.policy))[0] if p[-1].key == "b"]
@@ -242,7 +251,7 @@ def test_lora_step_trains_only_adapters():
 def test_lora_reference_is_base_model():
   """The LoRA learner's reference model gives the base model's logits, after the adapters have been trained."""
   base = Decoder(CFG, rngs=nnx.Rngs(0))
-  batch = _batch()
+  batch = _batch(behaviour_logprobs=True)
   expected = np.asarray(base(batch.prompt_ids_bp, batch.prompt_mask_bp))
   state, frozen, spec = _learner(lora_rank=4)
   state, _ = _step(spec, _config(), lora_rank=4)(state, frozen, batch, jax.random.key(0))
@@ -255,7 +264,7 @@ def test_lora_reference_is_base_model():
 def test_merged_lora_equals_lora_forward():
   """merge_lora folds trained adapters into the base weights: same logits, no adapters left."""
   state, frozen, spec = _learner(lora_rank=4)
-  batch = _batch()
+  batch = _batch(behaviour_logprobs=True)
   state, _ = _step(spec, _config(), lora_rank=4)(state, frozen, batch, jax.random.key(0))
   policy = ts.policy_model(spec, state, frozen)
   merged = lora.merge_lora(policy)
@@ -282,20 +291,19 @@ def test_value_model_starts_at_zero_and_shares_policy_weights():
   np.testing.assert_array_equal(np.asarray(value_model(batch.prompt_ids_bp, batch.prompt_mask_bp)), 0.0)
 
 
-@pytest.mark.parametrize("algorithm,mesh_shape", [("grpo", (2, 2, 2)), ("ppo", (1, 4, 2))])
-def test_sharded_update_matches_single_device(algorithm, mesh_shape):
-  """The update on a sharded mesh of 8 CPU devices gives the single-device weights and metrics."""
-  config = _config(algorithm=algorithm, micro_batch_size=4, num_minibatches=2, shuffle=True)
-  state, frozen, spec = _learner(algorithm=algorithm)
-  expected_state, expected_metrics = _step(spec, config, algorithm=algorithm)(state, frozen, _batch(), jax.random.key(1))
-  mesh = sharding.make_mesh(mesh_shape)
-  state, frozen, spec = _learner(algorithm=algorithm, mesh=mesh)
+def test_sharded_update_matches_single_device():
+  """PPO with a reference on a (2, 2, 2) mesh of 8 CPU devices gives the single-device weights and metrics."""
+  state, frozen, spec = _learner(algorithm="ppo")
+  batch = _batch(behaviour_logprobs=True)
+  expected_state, expected_metrics = _step(spec, PPO_CONFIG, algorithm="ppo")(state, frozen, batch,
+                                                                              jax.random.key(0))
+  state, frozen, spec = _learner(algorithm="ppo", mesh=sharding.make_mesh((2, 2, 2)))
   embed = state.policy["embed_vd"]
-  assert len(embed.sharding.device_set) == 8 and embed.addressable_shards[0].data.shape[1] < CFG.hidden_size
-  new_state, metrics = up.make_update_step(spec, config)(state, frozen, _batch(), jax.random.key(1))
+  assert len(embed.sharding.device_set) == 8 and embed.addressable_shards[0].data.shape == (VOCAB // 2, 32 // 2)
+  new_state, metrics = up.make_update_step(spec, PPO_CONFIG)(state, frozen, batch, jax.random.key(0))
   assert new_state.policy["embed_vd"].sharding == embed.sharding
   _assert_trees_close(new_state, expected_state, rtol=1e-4, atol=1e-6)
-  for name in ("loss", "grad_norm", "entropy"):
+  for name in ("loss", "value_loss", "kl", "grad_norm", "entropy", "explained_variance"):
     np.testing.assert_allclose(float(metrics[name]), float(expected_metrics[name]), rtol=1e-4, err_msg=name)
 
 

@@ -29,7 +29,7 @@ from memr1_jax.agents import parsers, prompts
 from memr1_jax.data.schema import QA, Conversation, Session, Turn
 from memr1_jax.episodes.policy import ChatPolicy, Sample
 from memr1_jax.eval import metrics
-from memr1_jax.memory.bank import MemoryBank, apply_to_banks, search_banks
+from memr1_jax.memory.bank import MemoryBank, MemoryEntry, apply_to_banks, search_banks
 from memr1_jax.memory.operations import OpKind
 
 BankFactory = Callable[[], MemoryBank]
@@ -163,21 +163,28 @@ def answer_chats(bank: MemoryBank, conv: Conversation, questions: Sequence[QA], 
   return _answer_chats_many([bank], [conv], [list(questions)], k_per_speaker)[0]
 
 
-def _answer_chats_many(banks: Sequence[MemoryBank], convs: Sequence[Conversation],
-                       questions: Sequence[Sequence[QA]], k: int) -> list[list[list[prompts.ChatMessage]]]:
-  """Per bank, per question: the answer chat (one embedding call per speaker slot for all banks)."""
+def _answer_memories_many(banks: Sequence[MemoryBank], convs: Sequence[Conversation],
+                          questions: Sequence[Sequence[QA]], k: int) -> list[list[list[MemoryEntry]]]:
+  """Per bank, per question: the memories the answer agent sees, top `k` of speaker A then of speaker B (one
+  embedding call per speaker slot for all banks)."""
   speakers = [(c.speaker_a, c.speaker_b) for c in convs]
   queries = [[qa.question for qa in qs] for qs in questions]
   per_slot = [search_banks(banks, queries, k, speaker=[s[j] for s in speakers]) for j in range(2)]
-  out = []
-  for b, (conv, qs) in enumerate(zip(convs, questions)):
-    chats = []
-    for q, qa in enumerate(qs):
-      memories = [e for e, _ in per_slot[0][b][q]] + [e for e, _ in per_slot[1][b][q]]
-      chats.append(prompts.answer_messages(qa.question, memories, speakers=speakers[b],
-                                           question_date=qa.question_date, per_speaker=k))
-    out.append(chats)
-  return out
+  return [[[e for e, _ in per_slot[0][b][q]] + [e for e, _ in per_slot[1][b][q]] for q in range(len(qs))]
+          for b, qs in enumerate(questions)]
+
+
+def _answer_chat(conv: Conversation, qa: QA, memories: Sequence[MemoryEntry], k: int) -> list[prompts.ChatMessage]:
+  return prompts.answer_messages(qa.question, memories, speakers=(conv.speaker_a, conv.speaker_b),
+                                 question_date=qa.question_date, per_speaker=k)
+
+
+def _answer_chats_many(banks: Sequence[MemoryBank], convs: Sequence[Conversation],
+                       questions: Sequence[Sequence[QA]], k: int) -> list[list[list[prompts.ChatMessage]]]:
+  """Per bank, per question: the answer chat."""
+  memories = _answer_memories_many(banks, convs, questions, k)
+  return [[_answer_chat(conv, qa, shown, k) for qa, shown in zip(qs, per_question)]
+          for conv, qs, per_question in zip(convs, questions, memories)]
 
 
 def score_answer(text: str, qa: QA, format_penalty: float) -> tuple[float, dict]:
@@ -195,22 +202,25 @@ def answer_episodes(policy: ChatPolicy, banks: dict[str, MemoryBank], items: Seq
   """Answer-agent episodes: `n` responses per (conversation, question), rewarded by exact match.
 
   `banks` maps sample_id to that conversation's bank. Groups are numbered from `group_offset` in item order.
+  Each experience's info holds `memory_ids`: the ids of the memories its prompt showed, in prompt order.
   """
   convs = list(dict.fromkeys(conv.sample_id for conv, _ in items))
   by_conv = {cid: [(i, qa) for i, (c, qa) in enumerate(items) if c.sample_id == cid] for cid in convs}
   conv_of = {c.sample_id: c for c, _ in items}
-  chats_many = _answer_chats_many([banks[c] for c in convs], [conv_of[c] for c in convs],
-                                  [[qa for _, qa in by_conv[c]] for c in convs], cfg.answer_k_per_speaker)
+  memories_many = _answer_memories_many([banks[c] for c in convs], [conv_of[c] for c in convs],
+                                        [[qa for _, qa in by_conv[c]] for c in convs], cfg.answer_k_per_speaker)
   chats: list = [None] * len(items)
-  for cid, conv_chats in zip(convs, chats_many):
-    for (i, _), chat in zip(by_conv[cid], conv_chats):
-      chats[i] = chat
+  shown_ids: list = [None] * len(items)
+  for cid, conv_memories in zip(convs, memories_many):
+    for (i, qa), shown in zip(by_conv[cid], conv_memories):
+      chats[i] = _answer_chat(conv_of[cid], qa, shown, cfg.answer_k_per_speaker)
+      shown_ids[i] = tuple(m.memory_id for m in shown)
   samples = policy.generate(chats, n=n, greedy=greedy)
   out = []
   for i, ((conv, qa), group) in enumerate(zip(items, samples)):
     for s in group:
       reward, info = score_answer(s.text, qa, cfg.format_penalty)
-      info.update(category=qa.category, gold=qa.answer)
+      info.update(category=qa.category, gold=qa.answer, memory_ids=shown_ids[i])
       out.append(Experience(s, reward, group_offset + i, "answer", info))
   return out
 

@@ -42,9 +42,34 @@ def unembedding(model: Decoder) -> jax.Array:
   return w_dv.astype(model.cfg.jnp_dtype)
 
 
+@jax.custom_vjp
+def vocab_logits(hidden_bcd: jax.Array, w_dv: jax.Array) -> jax.Array:
+  """hidden @ w accumulated and returned in float32, for log-probs precise enough for PPO ratios.
+
+  The backward pass casts the float32 cotangent to the inputs' dtype before its two matmuls (as mixed precision
+  does for any other layer), so under bfloat16 they run on bf16 tensor cores rather than in float32.
+  """
+  return jnp.einsum("bcd,dv->bcv", hidden_bcd, w_dv, preferred_element_type=jnp.float32)
+
+
+def _vocab_logits_fwd(hidden_bcd, w_dv):
+  return vocab_logits(hidden_bcd, w_dv), (hidden_bcd, w_dv)
+
+
+def _vocab_logits_bwd(residuals, dlogits_bcv):
+  hidden_bcd, w_dv = residuals
+  dlogits_bcv = dlogits_bcv.astype(hidden_bcd.dtype)
+  dhidden_bcd = jnp.einsum("bcv,dv->bcd", dlogits_bcv, w_dv, preferred_element_type=jnp.float32)
+  dw_dv = jnp.einsum("bcd,bcv->dv", hidden_bcd, dlogits_bcv, preferred_element_type=jnp.float32)
+  return dhidden_bcd.astype(hidden_bcd.dtype), dw_dv.astype(w_dv.dtype)
+
+
+vocab_logits.defvjp(_vocab_logits_fwd, _vocab_logits_bwd)
+
+
 def _chunk_logprobs(hidden_bcd, w_dv, targets_bc):
   """Log-prob of each target and the entropy of each position's distribution, both [B, C] float32."""
-  logits_bcv = jnp.einsum("bcd,dv->bcv", hidden_bcd, w_dv, preferred_element_type=jnp.float32)
+  logits_bcv = vocab_logits(hidden_bcd, w_dv)
   lse_bc = jax.nn.logsumexp(logits_bcv, axis=-1)
   target_logits_bc = jnp.take_along_axis(logits_bcv, targets_bc[..., None], axis=-1)[..., 0]
   probs_bcv = jnp.exp(logits_bcv - lse_bc[..., None])

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from memr1_jax import multihost
 from memr1_jax import sharding as sharding_lib
 from memr1_jax.models.decoder import KVCache, positions_from_mask
 from memr1_jax.sampling.samplers import SamplingParams, sample, token_logprobs
@@ -221,13 +222,13 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, key, max_ne
   row_ids[:len(prompts)] = prompt_index[:, None] * n + np.arange(n)[None, :]
   row_ids = (row_ids % (2**31)).astype(np.int32).reshape(-1)
   if mesh is not None:
-    ids_bt, mask_bt, row_ids = sharding_lib.shard_batch((ids_bt, mask_bt, row_ids), mesh)
+    ids_bt, mask_bt, row_ids = multihost.shard_batch((ids_bt, mask_bt, row_ids), mesh)
   graphdef, state = nnx.split(model)
   cache, last_logits_bv, prompt_len_b = prefill(graphdef, state, ids_bt, mask_bt, n=n, cache_len=p_len + m, mesh=mesh)
   tokens, logprobs, slogprobs, lengths, stopped, _ = decode(
       graphdef, state, cache, last_logits_bv, prompt_len_b, row_ids, as_key(key), params,
       stop_id_array(stop_token_ids), jnp.int32(pad_id), jnp.int32(max_new_tokens), n=n, max_new_bucket=m)
-  tokens, logprobs, slogprobs, lengths, stopped = jax.device_get((tokens, logprobs, slogprobs, lengths, stopped))
+  tokens, logprobs, slogprobs, lengths, stopped = multihost.to_host((tokens, logprobs, slogprobs, lengths, stopped))
   r = len(prompts) * n
   mask = np.arange(max_new_tokens)[None, :] < lengths[:r, None]
   return GenerateOutput(tokens=tokens[:r, :max_new_tokens], logprobs=logprobs[:r, :max_new_tokens],

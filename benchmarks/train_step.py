@@ -1,0 +1,281 @@
+"""Training-step throughput: the jitted GRPO update step vs a PyTorch Hugging Face step, same shapes, same run.
+
+JAX side: `memr1_jax.rl.update` on a random-init policy of a preset's shape: batch x seq_len tokens per step (a
+--prompt_len prompt, the rest response), one optimizer update per step over --micro_batches micro-batches, clipped
+surrogate + k3 KL term (behaviour and reference log-probs given, as a rollout would provide them), AdamW with
+global-norm clipping. Precision: float32 master weights and AdamW moments, --dtype compute (bf16 matmuls).
+PyTorch side: `transformers` *ForCausalLM of the same config, random weights, --dtype parameters, next-token
+cross-entropy over every position, backward, fused AdamW; SDPA attention.
+
+Reported per side: seconds per step (median of --steps after --warmup), tokens/s, and MFU = 6 * params * tokens /
+time / --peak_flops (params = every weight, embeddings counted once when tied; attention FLOPs not counted).
+With --with_reference the JAX step also scores the batch with the frozen reference inside the program
+(MFU then counts 8 * params * tokens).
+
+--fit_search: for each preset (largest first) compiles the full GRPO step (policy fwd/bwd + reference forward
+inside the step + AdamW) on abstract arrays and reads XLA's memory analysis (arguments + outputs - donated + temp);
+reports the largest preset that fits in the device's memory (--device_memory_gib overrides it, e.g. on CPU).
+
+CPU:   python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --dtype float32 --torch
+       python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --fit_search --device_memory_gib 1
+GPU:   python benchmarks/train_step.py --preset qwen2.5-1.5b --batch 8 --seq_len 1024 --dtype bfloat16 \
+           --attention_impl cudnn --peak_flops 989e12 --torch
+       python benchmarks/train_step.py --preset qwen2.5-1.5b --batch 8 --seq_len 1024 --fit_search \
+           --fit_presets qwen2.5-7b,qwen2.5-3b
+Needs only jax, flax, optax, numpy (and torch + transformers for --torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch may share the GPU.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from memr1_jax.models import lora  # pylint: disable=wrong-import-position
+from memr1_jax.models.config import ModelConfig, PRESETS, config_to_hf, get_preset  # pylint: disable=wrong-import-position
+from memr1_jax.models.decoder import Decoder  # pylint: disable=wrong-import-position
+from memr1_jax.rl import train_state as ts  # pylint: disable=wrong-import-position
+from memr1_jax.rl import update as up  # pylint: disable=wrong-import-position
+
+
+def log(msg: str) -> None:
+  print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def model_config(args, preset: str | None = None) -> ModelConfig:
+  return get_preset(preset or args.preset, dtype=args.dtype, param_dtype=args.dtype, remat=args.remat,
+                    attention_impl=args.attention_impl or None)
+
+
+def update_config(args) -> up.UpdateConfig:
+  batch = args.batch
+  if batch % args.micro_batches:
+    raise SystemExit(f"--batch {batch} does not divide into --micro_batches {args.micro_batches}")
+  return up.UpdateConfig(algorithm="grpo", micro_batch_size=batch // args.micro_batches, group_size=batch,
+                         kl_coef=1e-3, shuffle=False, logprob_chunk=args.logprob_chunk or None,
+                         remat_logits=not args.store_logits, aggregation="token_mean")
+
+
+def random_batch(args, vocab: int, seed: int = 0, with_reference_logprobs: bool = True) -> up.RolloutBatch:
+  """Random tokens, behaviour log-probs near uniform, and (optionally) reference log-probs."""
+  rng = np.random.default_rng(seed)
+  t = args.seq_len - args.prompt_len
+  batch = up.RolloutBatch(
+      prompt_ids_bp=rng.integers(0, vocab, (args.batch, args.prompt_len)).astype(np.int32),
+      prompt_mask_bp=np.ones((args.batch, args.prompt_len), bool),
+      response_ids_bt=rng.integers(0, vocab, (args.batch, t)).astype(np.int32),
+      response_mask_bt=np.ones((args.batch, t), bool),
+      scores_b=rng.integers(0, 2, args.batch).astype(np.float32),
+      old_logprobs_bt=(-np.log(vocab) + rng.normal(0, 0.05, (args.batch, t))).astype(np.float32))
+  if with_reference_logprobs:
+    batch = batch.replace(ref_logprobs_bt=batch.old_logprobs_bt + 0.01)
+  return batch
+
+
+def build_learner(cfg: ModelConfig, args):
+  """(state, frozen, spec) of a random-init policy (LoRA when --lora_rank), f32 master weights, reference kept."""
+  policy = Decoder(cfg, rngs=nnx.Rngs(0))
+  if args.lora_rank:
+    policy = lora.add_lora(policy, args.lora_rank)
+  schedule = ts.learning_rate_schedule(1e-6)
+  return ts.init_train_state(policy, ts.make_optimizer(schedule), actor_lr=schedule, reference=True,
+                             master_dtype=args.master_dtype)
+
+
+def time_jax(args) -> dict:
+  cfg = model_config(args)
+  state, frozen, spec = build_learner(cfg, args)
+  config = update_config(args)
+  step = up.make_update_step(spec, config)
+  batch = jax.device_put(random_batch(args, cfg.vocab_size, with_reference_logprobs=not args.with_reference))
+  key = jax.random.key(0)
+  times = []
+  for i in range(args.warmup + args.steps):
+    start = time.perf_counter()
+    state, metrics = step(state, frozen, batch, key)
+    metrics = jax.device_get(metrics)
+    elapsed = time.perf_counter() - start
+    if i == 0:
+      log(f"jax: first step (compile + run) {elapsed:.1f} s, loss {metrics['loss']:.4f}")
+    if i >= args.warmup:
+      times.append(elapsed)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  result = summarize("jax", args, cfg, times, 8 if args.with_reference else 6)
+  result.update(peak_memory_gib=round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
+                attention_impl=args.attention_impl or "xla", with_reference=args.with_reference,
+                versions=f"jax {jax.__version__}")
+  del state, frozen, step
+  gc.collect()
+  jax.clear_caches()
+  return result
+
+
+def time_torch(args) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  cfg = get_preset(args.preset)
+  hf = config_to_hf(cfg)
+  hf.update(eos_token_id=None, bos_token_id=None, pad_token_id=0)
+  config_cls = transformers.Qwen2Config if hf["model_type"] == "qwen2" else transformers.LlamaConfig
+  model_cls = transformers.Qwen2ForCausalLM if hf["model_type"] == "qwen2" else transformers.LlamaForCausalLM
+  config = config_cls(**{k: v for k, v in hf.items() if k not in ("architectures", "model_type", "torch_dtype")})
+  config._attn_implementation = "sdpa"  # pylint: disable=protected-access
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  torch.manual_seed(0)
+  previous = torch.get_default_dtype()
+  torch.set_default_dtype(getattr(torch, args.dtype))
+  try:
+    with torch.device(device):
+      model = model_cls(config)
+  finally:
+    torch.set_default_dtype(previous)
+  if args.remat:
+    model.gradient_checkpointing_enable()
+  model.train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device == "cuda")
+  ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len), device=device)
+  micro = args.batch // args.micro_batches
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  times = []
+  for i in range(args.warmup + args.steps):
+    sync()
+    start = time.perf_counter()
+    for m in range(args.micro_batches):
+      chunk = ids[m * micro:(m + 1) * micro]
+      loss = model(input_ids=chunk, labels=chunk).loss / args.micro_batches
+      loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sync()
+    elapsed = time.perf_counter() - start
+    if i >= args.warmup:
+      times.append(elapsed)
+  result = summarize("torch", args, cfg, times, 6)
+  result.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                versions=f"torch {torch.__version__}, transformers {transformers.__version__}")
+  if device == "cuda":
+    result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+  del model, optimizer
+  gc.collect()
+  if device == "cuda":
+    torch.cuda.empty_cache()
+  return result
+
+
+def summarize(side: str, args, cfg: ModelConfig, times: list[float], flops_per_param_token: int) -> dict:
+  seconds = statistics.median(times)
+  tokens = args.batch * args.seq_len
+  params = cfg.num_params()
+  return {"side": side, "preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "dtype": args.dtype,
+          "remat": args.remat, "micro_batches": args.micro_batches, "params": params,
+          "step_s": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
+          "mfu": float(f"{flops_per_param_token * params * tokens / seconds / args.peak_flops:.4g}"),
+          "device": jax.local_devices()[0].device_kind}
+
+
+def step_memory_bytes(cfg: ModelConfig, args) -> tuple[int, int]:
+  """(estimated peak bytes, bytes of state + frozen weights) of the full GRPO step of `cfg`, from XLA's analysis."""
+  captured = {}
+
+  def build():
+    state, frozen, spec = build_learner(cfg, args)
+    captured["spec"] = spec
+    return state, frozen
+
+  state, frozen = jax.eval_shape(build)
+  step = up.make_update_step(captured["spec"], update_config(args))
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                       random_batch(args, cfg.vocab_size, with_reference_logprobs=False))
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  analysis = step.lower(state, frozen, batch, key).compile().memory_analysis()
+  peak = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
+          + analysis.temp_size_in_bytes)
+  weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state, frozen)))
+  return int(peak), int(weights)
+
+
+def fit_search(args) -> dict:
+  if args.device_memory_gib:
+    capacity = int(args.device_memory_gib * 2**30)
+  else:
+    capacity = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    if not capacity:
+      raise SystemExit("device memory unknown on this backend: pass --device_memory_gib")
+  names = args.fit_presets.split(",") if args.fit_presets else sorted(PRESETS, key=lambda n: -PRESETS[n].num_params())
+  rows, largest = [], None
+  for name in names:
+    cfg = model_config(args, name)
+    start = time.perf_counter()
+    peak, weights = step_memory_bytes(cfg, args)
+    fits = peak <= capacity
+    rows.append({"preset": name, "params": cfg.num_params(), "weights_gib": round(weights / 2**30, 2),
+                 "peak_gib": round(peak / 2**30, 2), "fits": fits,
+                 "compile_s": round(time.perf_counter() - start, 1)})
+    log(json.dumps(rows[-1]))
+    if fits:
+      largest = name
+      break
+  return {"capacity_gib": round(capacity / 2**30, 2), "largest_fitting": largest, "lora_rank": args.lora_rank,
+          "batch": args.batch, "seq_len": args.seq_len, "micro_batches": args.micro_batches, "remat": args.remat,
+          "rows": rows}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--preset", default="tiny")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--seq_len", "--seq-len", type=int, default=128, help="prompt + response tokens per row")
+  parser.add_argument("--prompt_len", "--prompt-len", type=int, default=1,
+                      help="prompt tokens per row (1: every other position is trained, like the torch LM loss)")
+  parser.add_argument("--dtype", default="float32", help="compute dtype (torch: parameter dtype)")
+  parser.add_argument("--master_dtype", "--master-dtype", default="float32", help="JAX trained-weight dtype")
+  parser.add_argument("--remat", action="store_true", help="rematerialise each layer (both sides)")
+  parser.add_argument("--micro_batches", "--micro-batches", type=int, default=1)
+  parser.add_argument("--attention_impl", "--attention-impl", default="", help="'', xla or cudnn")
+  parser.add_argument("--logprob_chunk", "--logprob-chunk", type=int, default=0,
+                      help="response tokens per vocabulary chunk (0: one chunk)")
+  parser.add_argument("--store_logits", "--store-logits", action="store_true",
+                      help="keep each chunk's logits for the backward pass instead of recomputing them")
+  parser.add_argument("--lora_rank", "--lora-rank", type=int, default=0)
+  parser.add_argument("--with_reference", "--with-reference", action="store_true",
+                      help="score the reference inside the timed JAX step")
+  parser.add_argument("--peak_flops", "--peak-flops", type=float, default=989e12,
+                      help="peak FLOP/s of the device (H100/H200 dense bf16: 989e12)")
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--torch", action="store_true", help="also time the PyTorch Hugging Face step")
+  parser.add_argument("--skip_jax", "--skip-jax", action="store_true")
+  parser.add_argument("--fit_search", "--fit-search", action="store_true")
+  parser.add_argument("--fit_presets", "--fit-presets", default="", help="comma-separated, tried in this order")
+  parser.add_argument("--device_memory_gib", "--device-memory-gib", type=float, default=0.0)
+  args = parser.parse_args(argv)
+  log(f"jax {jax.__version__} on {jax.local_devices()[0].device_kind}; args {vars(args)}")
+  if args.fit_search:
+    print(json.dumps(fit_search(args)), flush=True)
+    return
+  results = []
+  if args.torch:
+    results.append(time_torch(args))
+    log(json.dumps(results[-1]))
+  if not args.skip_jax:
+    results.append(time_jax(args))
+    log(json.dumps(results[-1]))
+  print(json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+  main()

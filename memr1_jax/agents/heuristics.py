@@ -1,0 +1,242 @@
+"""Scripted baselines of the CPU demo and the supervised trajectories made from them.
+
+Two deliberately imperfect heuristics, each a function from the chat the episode runner builds to a reply in exactly
+the format the parsers read, so they plug into the runner as a `ScriptedPolicy` and their (chat, reply) pairs are
+SFT data for the model that RL then improves:
+
+- `heuristic_manager_reply`: ADD-only. Every new fact is ADDed, so stale and retracted facts pile up next to the
+  current ones ("I moved to Porto." stays beside "I moved to Lyon."; "I sold my bike." beside "I bought a bike.").
+  With probability `explore` per turn (a deterministic hash of the fact) it instead UPDATEs or DELETEs the most
+  related stored memory, blindly: it does not look at what that memory says. These rare ops are what a model
+  imitating the heuristic samples now and then, so RL has both the right and the wrong use of UPDATE / DELETE to
+  learn from.
+- `heuristic_answer_reply`: reads the memories of the person asked about in the order shown (relevance, not time)
+  and answers from the FIRST statement about the asked attribute. It never compares dates, so with several
+  statements about one attribute it answers "now" questions with whichever is most similar to the question;
+  "Does Anna own a bike now?" is "yes" when any memory says she got one, even if another says she sold it.
+
+Trajectories are JSONL records `{"messages": [...], "response": "..."}` (what `memr1_jax.sft` reads):
+`manager_trajectories` walks conversations through `episodes.runner.build_banks` with the heuristic manager;
+`answer_trajectories` answers every question over given banks with the heuristic answerer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from collections.abc import Sequence
+
+from memr1_jax.agents.prompts import ChatMessage
+from memr1_jax.data import synthetic
+
+# The user message of a manager prompt: its fact lines and memory lines (see `prompts.manager_messages`).
+_FACT_LINE_RE = re.compile(r"^- (.+)$")
+_RELATED_LINE_RE = re.compile(r"^\[(\d+)\] \((.*?)\) (.*)$")
+# The user message of an answer prompt (see `prompts.answer_messages`).
+_BLOCK_RE = re.compile(r"^Memories about (.+):$")
+_ANSWER_MEMORY_RE = re.compile(r"^\[(\d+)\] (?:\((.*?)\) )?(.*)$")
+_QUESTION_RE = re.compile(r"^Question: (.*)$")
+# A stored memory's text: an optional "[date] " and "Name: " before the statement itself.
+_STATEMENT_RE = re.compile(r"^(?:\[[^\]]*\]\s*)?(?:[A-Z][a-z]+:\s+)?(.*)$")
+# What the heuristic answerer says when it finds nothing.
+UNKNOWN_ANSWER = "none"
+
+
+def _user_text(chat: Sequence[ChatMessage]) -> str:
+  return next((m["content"] for m in reversed(chat) if m["role"] == "user"), "")
+
+
+def _chance(text: str, seed: int) -> float:
+  """A deterministic number in [0, 1) from `text` and `seed` (the same in every process)."""
+  return zlib.crc32(f"{seed}:{text}".encode("utf-8")) / 2**32
+
+
+def ops_reply(ops: Sequence[dict]) -> str:
+  """The manager reply for `ops` (dicts as in the prompt: {"op": "ADD", "text": ...}, ...), one JSON object."""
+  return json.dumps({"operations": list(ops)}, ensure_ascii=False)
+
+
+def read_manager_prompt(chat: Sequence[ChatMessage]) -> tuple[list[str], list[int]]:
+  """(facts, related memory ids in the order shown) of a manager chat built by `prompts.manager_messages`."""
+  facts, related, section = [], [], None
+  for line in _user_text(chat).splitlines():
+    if line.startswith("New information from the turn:"):
+      section = "facts"
+    elif line.startswith("Related stored memories"):
+      section = "related"
+    elif section == "facts" and (m := _FACT_LINE_RE.match(line)) and m.group(1) != "(none)":
+      facts.append(m.group(1))
+    elif section == "related" and (m := _RELATED_LINE_RE.match(line)):
+      related.append(int(m.group(1)))
+  return facts, related
+
+
+def heuristic_manager_reply(chat: Sequence[ChatMessage], *, explore: float = 0.0, seed: int = 0) -> str:
+  """The ADD-only manager's reply to a manager chat: ADD every fact verbatim.
+
+  With probability `explore` (per fact, from a hash of the fact and `seed`) and when a related memory is shown, the
+  fact instead UPDATEs the most related memory (half of those cases) or DELETEs it (the other half), whatever that
+  memory says. Returns the JSON reply; NOOP when the turn has no fact.
+  """
+  facts, related = read_manager_prompt(chat)
+  ops = []
+  for fact in facts:
+    draw = _chance(fact, seed)
+    if related and draw < explore / 2:
+      ops.append({"op": "UPDATE", "id": related[0], "text": fact})
+    elif related and draw < explore:
+      ops.append({"op": "DELETE", "id": related[0]})
+    else:
+      ops.append({"op": "ADD", "text": fact})
+  return ops_reply(ops or [{"op": "NOOP"}])
+
+
+def read_answer_prompt(chat: Sequence[ChatMessage]) -> tuple[dict[str, list[tuple[int, str, str]]], str]:
+  """({speaker: [(memory id, timestamp, text), ...] in the order shown}, question) of an answer chat."""
+  blocks: dict[str, list[tuple[int, str, str]]] = {}
+  current, question = None, ""
+  for line in _user_text(chat).splitlines():
+    if m := _BLOCK_RE.match(line):
+      current = blocks.setdefault(m.group(1), [])
+    elif (m := _QUESTION_RE.match(line)):
+      question = m.group(1)
+    elif current is not None and (m := _ANSWER_MEMORY_RE.match(line)):
+      current.append((int(m.group(1)), m.group(2) or "", m.group(3)))
+  return blocks, question
+
+
+def _question_patterns() -> list[tuple[str, str, re.Pattern[str]]]:
+  """(kind, slot, regex with `name` and maybe `value` groups) for every question template of the synthetic task."""
+  out = []
+  for slot in synthetic.SLOTS.values():
+    templates = {"latest": slot.latest_question, "yes_no": slot.yes_no_question, "before": slot.before_question,
+                 "when": slot.when_question}
+    for kind, template in templates.items():
+      if template is None:
+        continue
+      pattern = re.escape(template).replace(re.escape("{name}"), r"(?P<name>\w+)")
+      pattern = pattern.replace(re.escape("{value}"), r"(?P<value>.+?)")
+      out.append((kind, slot.name, re.compile(pattern)))
+  return out
+
+
+_QUESTION_PATTERNS = _question_patterns()
+
+
+def read_question(question: str) -> tuple[str, str, str, str | None] | None:
+  """(kind, slot, name, value) of a synthetic-task question; kind is latest | yes_no | before | when. None if
+  the question is not one of the task's templates."""
+  for kind, slot, pattern in _QUESTION_PATTERNS:
+    if m := pattern.fullmatch(question.strip()):
+      return kind, slot, m.group("name"), m.groupdict().get("value")
+  return None
+
+
+def _date_of(timestamp: str) -> str:
+  try:
+    return synthetic.answer_date_of(timestamp)
+  except ValueError:
+    return timestamp
+
+
+def _candidates(memories, slot: str) -> list[tuple[int, str, str | None, str | None, bool]]:
+  """(id, timestamp, new value, old value, is_retraction) of the memories that state `slot`, in the order shown."""
+  out = []
+  for memory_id, stamp, text in memories:
+    parsed = synthetic.parse_statement(_STATEMENT_RE.match(text).group(1).strip())
+    if parsed is not None and parsed[0] == slot:
+      _, new, old, retraction = parsed
+      out.append((memory_id, stamp, new, old, retraction))
+  return out
+
+
+def answer_reply(answer: str, memory_ids: Sequence[int] = ()) -> str:
+  """An answer-agent reply: the useful memory ids, then the "**Answer:**" line."""
+  useful = "\n".join(f"[{i}]" for i in memory_ids) or "none"
+  return f"Useful memories:\n{useful}\n**Answer:** {answer}"
+
+
+def heuristic_answer(chat: Sequence[ChatMessage]) -> tuple[str, list[int]]:
+  """(answer, ids of the memories used) of the first-match answerer for an answer chat (see the module docstring)."""
+  blocks, question = read_answer_prompt(chat)
+  read = read_question(question)
+  if read is None:
+    return UNKNOWN_ANSWER, []
+  kind, slot, name, value = read
+  found = _candidates(blocks.get(name, []), slot)
+  stated = [c for c in found if not c[4]]
+  if kind == "latest":
+    return (stated[0][2], [stated[0][0]]) if stated else (UNKNOWN_ANSWER, [])
+  if kind == "yes_no":
+    same = [c for c in stated if c[2] == value]
+    return ("yes", [same[0][0]]) if same else ("no", [])
+  if kind == "before":
+    named = [c for c in stated if c[2] == value and c[3]]
+    if named:
+      return named[0][3], [named[0][0]]
+    other = [c for c in stated if c[2] != value]
+    return (other[0][2], [other[0][0]]) if other else (UNKNOWN_ANSWER, [])
+  same = [c for c in stated if c[2] == value] or found
+  return (_date_of(same[0][1]), [same[0][0]]) if same else (UNKNOWN_ANSWER, [])
+
+
+def heuristic_answer_reply(chat: Sequence[ChatMessage]) -> str:
+  """The heuristic answerer's reply to an answer chat, in the format `parsers.parse_answer_output` reads."""
+  answer, ids = heuristic_answer(chat)
+  return answer_reply(answer, ids)
+
+
+class RecordingPolicy:
+  """A scripted ChatPolicy that also records every (chat, reply) it produced (for SFT trajectories)."""
+
+  def __init__(self, respond):
+    self.respond = respond
+    self.records: list[dict] = []
+
+  def generate(self, chats, *, n: int = 1, greedy: bool = False):
+    from memr1_jax.episodes.policy import Sample  # pylint: disable=g-import-not-at-top
+    out = []
+    for chat in chats:
+      reply = self.respond(chat)
+      self.records.append({"messages": [dict(m) for m in chat], "response": reply})
+      out.append([Sample(text=reply)] * n)
+    return out
+
+
+def manager_trajectories(conversations, bank_factory, cfg, *, explore: float = 0.0, seed: int = 0
+                         ) -> tuple[list[dict], list]:
+  """Walks `conversations` with the heuristic manager through `runner.build_banks`.
+
+  Args:
+    conversations: the conversations (their training questions are not used).
+    bank_factory: makes an empty MemoryBank. cfg: a `runner.RunnerConfig`.
+    explore, seed: as `heuristic_manager_reply`.
+
+  Returns:
+    (records, banks): one {"messages", "response"} record per turn, and the built banks in conversation order.
+  """
+  from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
+  policy = RecordingPolicy(lambda chat: heuristic_manager_reply(chat, explore=explore, seed=seed))
+  banks, _ = runner.build_banks(policy, conversations, bank_factory, cfg, greedy=True)
+  return policy.records, banks
+
+
+def answer_trajectories(conversations, banks: dict, cfg) -> list[dict]:
+  """One {"messages", "response"} record per question of `conversations`, answered by the heuristic answerer over
+  `banks` (sample_id -> MemoryBank) with `cfg.answer_k_per_speaker` memories per speaker."""
+  from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
+  policy = RecordingPolicy(heuristic_answer_reply)
+  items = [(conv, qa) for conv in conversations for qa in conv.qa]
+  runner.answer_episodes(policy, banks, items, cfg, n=1, greedy=True)
+  return policy.records
+
+
+def write_jsonl(records: Sequence[dict], path: str) -> str:
+  """Writes `records` one JSON object per line to `path` (directories created); returns `path`."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+  return path

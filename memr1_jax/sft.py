@@ -1,0 +1,271 @@
+"""mode=sft: supervised fine-tuning of the Memory Manager or the Answer Agent on JSONL trajectories.
+
+Each line of `config.sft.path` is `{"messages": [{"role", "content"}, ...], "response": "..."}`. The prompt is the
+chat under the tokenizer's chat template with the generation prompt, the target is the response's tokens followed by
+the first EOS token: exactly the token sequence the rollout engine samples and the RL learner scores, so an SFT model
+starts RL where it left off. The loss is the mean cross-entropy over all response tokens of a batch (prompt tokens
+are context only). One jitted step per batch: micro-batches of `config.sft.micro_batch_size` rows accumulate the
+gradient in a `lax.scan`, each weighted by its share of the batch's response tokens (so the gradient equals the full
+batch's), then one AdamW update (`rl.train_state.make_optimizer`; a non-finite loss or gradient skips it).
+
+This is the paper's Memory-SFT baseline (trajectories from a stronger model) and the warm start of the CPU demo
+(trajectories of the heuristic agents, `agents.heuristics`). Batches follow the trainer's deterministic per-epoch
+permutations, so a resumed run continues exactly.
+
+Output, in the trainer's layout: orbax checkpoints `<workdir>/checkpoints/<step>` holding
+`{"learner": TrainState, "step"}` (resumed from the latest), metrics in `<workdir>/tb` and `metrics.jsonl`, and a
+Hugging Face directory with the tokenizer (`config.sft.export_path`, default `<workdir>/hf`) that mode=train loads
+with `--config.model.path`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from memr1_jax import components, multihost
+from memr1_jax.checkpoint import Checkpointer
+from memr1_jax.metrics_writer import MetricsWriter
+
+logger = logging.getLogger(__name__)
+
+
+class TrajectoryError(ValueError):
+  """A trajectory file or line is unusable (the message names the file and line)."""
+
+
+def read_trajectories(path: str) -> list[dict]:
+  """Reads a JSONL trajectory file: one `{"messages": [...], "response": str}` per non-empty line.
+
+  Raises:
+    TrajectoryError naming the file, the line and the field when a line is not such a record.
+  """
+  if not os.path.exists(path):
+    raise TrajectoryError(f"config.sft.path: {path!r} does not exist")
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}:{number}"
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise TrajectoryError(f"{where}: not valid JSON ({e})") from None
+      if not isinstance(record, dict):
+        raise TrajectoryError(f"{where}: expected a JSON object with 'messages' and 'response'")
+      messages, response = record.get("messages"), record.get("response")
+      if not isinstance(messages, list) or not messages:
+        raise TrajectoryError(f"{where}: 'messages' must be a non-empty list of chat messages")
+      for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+          raise TrajectoryError(f"{where}: messages[{i}] must be an object with string 'role' and 'content'")
+      if not isinstance(response, str) or not response:
+        raise TrajectoryError(f"{where}: 'response' must be a non-empty string")
+      records.append({"messages": messages, "response": response})
+  if not records:
+    raise TrajectoryError(f"{path}: no trajectories")
+  return records
+
+
+def tokenize_trajectory(tokenizer, record: dict, *, max_prompt_len: int, max_response_len: int
+                        ) -> tuple[list[int], list[int], bool]:
+  """(prompt ids, response ids ending with EOS, whether anything was cut) of one trajectory.
+
+  A prompt longer than `max_prompt_len` keeps its end (as the rollout config says); a response longer than
+  `max_response_len` keeps its start (and then has no EOS, like a sample that hit the token limit).
+  """
+  prompt = tokenizer.encode_chat(record["messages"])
+  eos = tokenizer.eos_token_ids[:1]
+  response = tokenizer.encode(record["response"]) + list(eos)
+  cut = len(prompt) > max_prompt_len or len(response) > max_response_len
+  return prompt[-max_prompt_len:], response[:max_response_len], cut
+
+
+def _bucket(n: int, minimum: int) -> int:
+  n = max(int(n), int(minimum), 1)
+  return 1 << (n - 1).bit_length()
+
+
+def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, rows: int, pad_id: int,
+                  min_prompt_bucket: int = 16, min_response_bucket: int = 16) -> dict[str, np.ndarray]:
+  """(prompt ids, response ids) pairs -> numpy arrays for `sft_loss`, prompt and response lengths bucketed.
+
+  Returns prompt_ids_bp / prompt_mask_bp (left-padded), response_ids_bt / response_mask_bt (right-padded) with
+  B = `rows` (>= len(examples); padding rows have an all-false response mask and so no weight).
+  """
+  if len(examples) > rows:
+    raise ValueError(f"pack_examples: {len(examples)} examples do not fit {rows} rows")
+  p = _bucket(max(len(pr) for pr, _ in examples), min_prompt_bucket)
+  t = _bucket(max(len(r) for _, r in examples), min_response_bucket)
+  prompt_ids = np.full((rows, p), pad_id, np.int32)
+  prompt_mask = np.zeros((rows, p), bool)
+  response_ids = np.full((rows, t), pad_id, np.int32)
+  response_mask = np.zeros((rows, t), bool)
+  prompt_mask[len(examples):, -1] = True  # Padding rows: one "token" so no attention row is empty.
+  for i, (prompt, response) in enumerate(examples):
+    prompt_ids[i, p - len(prompt):] = prompt
+    prompt_mask[i, p - len(prompt):] = True
+    response_ids[i, :len(response)] = response
+    response_mask[i, :len(response)] = True
+  return dict(prompt_ids_bp=prompt_ids, prompt_mask_bp=prompt_mask, response_ids_bt=response_ids,
+              response_mask_bt=response_mask)
+
+
+def response_nll_sum(model, rows: dict, *, chunk_size: int | None = 256) -> jax.Array:
+  """Sum over the response tokens of `rows` (arrays as `pack_examples` returns) of -log p(token | context)."""
+  from memr1_jax.rl import logprobs as logprobs_lib  # pylint: disable=g-import-not-at-top
+  logprobs_bt, _ = logprobs_lib.response_logprobs(
+      model, rows["prompt_ids_bp"], rows["prompt_mask_bp"], rows["response_ids_bt"], rows["response_mask_bt"],
+      chunk_size=chunk_size)
+  return -jnp.sum(jnp.where(rows["response_mask_bt"], logprobs_bt, 0.0))
+
+
+def sft_loss(model, rows: dict) -> jax.Array:
+  """Mean cross-entropy (nats) per response token of `rows`: the SFT objective."""
+  tokens = jnp.maximum(jnp.sum(rows["response_mask_bt"]), 1).astype(jnp.float32)
+  return response_nll_sum(model, rows) / tokens
+
+
+def make_sft_step(spec, micro_batch_size: int):
+  """The jitted SFT step `step(state, frozen, rows) -> (state, metrics)` for a learner made by
+  `rl.train_state.init_train_state` (the TrainState is donated).
+
+  `rows` hold B rows (a multiple of `micro_batch_size`), split into B / micro_batch_size micro-batches whose
+  gradients are accumulated; metrics: loss (mean nats per response token), tokens, grad_norm, lr, skipped.
+  """
+  from memr1_jax.rl.update import UpdateConfig, apply_gradients  # pylint: disable=g-import-not-at-top
+  update_config = UpdateConfig(algorithm="grpo", group_size=1)
+
+  def micro_loss(params, frozen_policy, rows_mb, tokens):
+    model = nnx.merge(spec.policy_graphdef, params, frozen_policy)
+    return response_nll_sum(model, rows_mb) / tokens
+
+  grad_fn = jax.value_and_grad(micro_loss)
+
+  def step(state, frozen, rows):
+    b = rows["response_mask_bt"].shape[0]
+    num_micro = b // micro_batch_size
+    tokens = jnp.maximum(jnp.sum(rows["response_mask_bt"]), 1).astype(jnp.float32)
+    rows_kb = jax.tree.map(lambda x: x.reshape(num_micro, micro_batch_size, *x.shape[1:]), rows)
+
+    def micro(carry, rows_mb):
+      loss, grads = grad_fn(state.policy, frozen.policy, rows_mb, tokens)
+      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.policy))
+    (loss, grads), _ = jax.lax.scan(micro, zeros, rows_kb)
+    state, metrics = apply_gradients(spec, update_config, state, (grads, None), {"loss": loss})
+    metrics["tokens"] = tokens
+    return state, metrics
+
+  if spec.mesh is None:
+    return jax.jit(step, donate_argnums=0)
+  from memr1_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  replicated = NamedSharding(spec.mesh, P())
+  return jax.jit(step, donate_argnums=0,
+                 in_shardings=(spec.state_shardings, spec.frozen_shardings, sharding_lib.batch_sharding(spec.mesh)),
+                 out_shardings=(spec.state_shardings, replicated))
+
+
+def _global_step(mesh, step: int):
+  """`step` as a replicated 0-d int32 array (checkpoint leaves must be arrays; multi-host safe)."""
+  return multihost.put_global(np.asarray(step, np.int32), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def export_path(config) -> str:
+  """Where mode=sft writes its Hugging Face directory: config.sft.export_path, else <workdir>/hf."""
+  return config.sft.get("export_path") or os.path.join(config.workdir, "hf")
+
+
+def run(config, progress: bool = True) -> dict:
+  """Entry point of mode=sft. Trains, checkpoints and exports; returns a summary.
+
+  Returns:
+    {"first_loss", "last_loss", "steps", "examples", "truncated", "export_path"} (losses in nats per token, the
+    first and last step of this run).
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  from memr1_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+  from memr1_jax.rl import train_state as ts  # pylint: disable=g-import-not-at-top
+  from memr1_jax.train import batch_for_step  # pylint: disable=g-import-not-at-top
+  c, s = config, config.sft
+  os.makedirs(c.workdir, exist_ok=True)
+  records = read_trajectories(s.path)  # Fails fast on bad data before the model loads.
+  mesh = components.setup_mesh(c)
+  policy, tokenizer = components.load_policy(c, mesh)
+  if not tokenizer.eos_token_ids:
+    raise components.ConfigError("config.model.tokenizer: the tokenizer has no EOS token to end SFT responses")
+  examples, truncated = [], 0
+  for record in records:
+    prompt, response, cut = tokenize_trajectory(tokenizer, record, max_prompt_len=c.rollout.max_prompt_len,
+                                                max_response_len=c.rollout.max_new_tokens)
+    examples.append((prompt, response))
+    truncated += cut
+  if truncated:
+    logger.warning("sft: %d of %d trajectories were cut to max_prompt_len=%d / max_new_tokens=%d", truncated,
+                   len(examples), c.rollout.max_prompt_len, c.rollout.max_new_tokens)
+  if c.model.lora_rank:
+    policy = lora_lib.add_lora(policy, c.model.lora_rank, c.model.lora_alpha, seed=c.seed,
+                               mesh=mesh if mesh.size > 1 else None)
+  lr = ts.learning_rate_schedule(s.lr, s.get("warmup_steps", 0))
+  tx = ts.make_optimizer(lr, weight_decay=s.get("weight_decay", 0.0), max_grad_norm=c.rl.max_grad_norm)
+  state, frozen, spec = ts.init_train_state(policy, tx, actor_lr=lr, reference=False,
+                                            mesh=mesh if mesh.size > 1 else None)
+  micro = min(s.get("micro_batch_size", s.batch_size), s.batch_size)
+  dp = mesh.shape["data"] * mesh.shape["fsdp"]
+  rows = int(np.lcm(micro, dp)) * math.ceil(s.batch_size / int(np.lcm(micro, dp)))
+  step_fn = make_sft_step(spec, micro)
+  num_steps = s.get("num_steps", 0) or s.epochs * math.ceil(len(examples) / s.batch_size)
+
+  ckpt = Checkpointer(os.path.join(c.workdir, "checkpoints"), keep_last=c.train.keep_checkpoints)
+  start = 0
+  if ckpt.latest_step() is not None:
+    restored, meta, _ = ckpt.restore({"learner": state, "step": _global_step(mesh, 0)})
+    state, start = restored["learner"], int(meta["next_step"])
+    logger.info("sft: resumed from %s at step %d", ckpt.directory, start)
+  writer = MetricsWriter(c.workdir, enabled=jax.process_index() == 0)
+  first = last = None
+  every = s.get("checkpoint_every", 0)
+  bar = tqdm(range(start, num_steps), desc="sft", unit="step", disable=not progress or jax.process_index() != 0,
+             dynamic_ncols=True)
+  try:
+    for step in bar:
+      batch = batch_for_step(examples, step, s.batch_size, c.seed)
+      packed = pack_examples(batch, rows=rows, pad_id=tokenizer.pad_token_id,
+                             min_prompt_bucket=c.rollout.get("min_prompt_bucket", 16))
+      if spec.mesh is not None:  # Every host packed the same batch: each places its own shards.
+        packed = multihost.shard_batch(packed, spec.mesh)
+      state, metrics = step_fn(state, frozen, packed)
+      metrics = {f"sft/{k}": float(v) for k, v in multihost.to_host(metrics).items()}
+      first = metrics["sft/loss"] if first is None else first
+      last = metrics["sft/loss"]
+      bar.set_postfix(loss=f"{last:.3f}")
+      if (step + 1) % c.train.log_every == 0 or step + 1 == num_steps:
+        writer.write(step + 1, metrics)
+      if (every and (step + 1) % every == 0) or step + 1 == num_steps:
+        ckpt.save(step + 1, {"learner": state, "step": _global_step(mesh, step + 1)},
+                  {"next_step": step + 1, "mode": "sft", "config": json.loads(c.to_json_best_effort())})
+  finally:
+    bar.close()
+    ckpt.close()
+    writer.close()
+  from memr1_jax.models.loading import export_pretrained  # pylint: disable=g-import-not-at-top
+  model = ts.policy_model(spec, state, frozen)
+  if c.model.lora_rank:
+    model = lora_lib.merge_lora(model)
+  out = export_path(c)
+  export_pretrained(model, out, tokenizer_dir=components.tokenizer_dir(c))
+  logger.info("sft: %d steps, loss %s -> %s; exported to %s", num_steps - start, first, last, out)
+  return {"first_loss": first, "last_loss": last, "steps": num_steps, "examples": len(examples),
+          "truncated": truncated, "export_path": out}
