@@ -123,16 +123,20 @@ class Checkpointer:
 
     `abstract_subtree` holds a subset of the saved state's keys (e.g. {"learner": {"policy": ...}}) with
     jax.ShapeDtypeStruct (with `sharding`) or array leaves. Returns (subtree, meta, step); raises FileNotFoundError
-    when there is no complete checkpoint. Use a Checkpointer that has not saved in this process (orbax binds one
-    handler per item).
+    when there is no complete checkpoint and CheckpointError as `restore` does. Use a Checkpointer that has not
+    saved in this process (orbax binds one handler per item).
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no complete checkpoint to restore")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_subtree)
+    self._check_shapes(step, abstract)
     state_args = ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
                                         partial_restore=True)
-    out = self._manager.restore(step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
+    try:
+      out = self._manager.restore(step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-exception-caught  # orbax / tensorstore raise bare Exception.
+      raise self._unreadable(step, e) from e
     return out.state, out.meta, step
 
   def wait(self) -> None:

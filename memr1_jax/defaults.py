@@ -147,6 +147,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.gamma = 1.0
   c.rl.lam = 1.0
   c.rl.value_clip = 0.2
+  # PPO: whiten advantages over the batch's valid tokens.
+  c.rl.whiten_advantages = True
+  # Response time steps per vocabulary-projection chunk in the loss (bounds [B, chunk, V] float32 logits).
+  c.rl.logprob_chunk = 256
+  # Recompute each chunk's logits in the backward pass (less memory) instead of storing them.
+  c.rl.remat_logits = True
   # Reward for a response the parser could not read (format error).
   c.rl.format_penalty = 0.0
 

@@ -41,8 +41,6 @@ ENUM_FIELDS = {
     "rl.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
     "model.dtype": _DTYPES, "model.param_dtype": _DTYPES, "model.attention_impl": ("", "xla", "cudnn"),
 }
-# Fields a config file may set although defaults.default_config() does not declare them (read with .get()).
-OPTIONAL_FIELDS = frozenset({"rl.whiten_advantages", "rl.logprob_chunk", "rl.remat_logits"})
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
@@ -77,12 +75,12 @@ def _check_no_secret(fields: dict[str, object], source: str) -> None:
 def validate_config(config, source: str = "config") -> None:
   """Checks field names and enumerated values before any expensive work; raises ConfigError naming file and field.
 
-  Unknown fields (not in defaults.default_config() nor OPTIONAL_FIELDS), values outside ENUM_FIELDS, and an API key
+  Unknown fields (not in defaults.default_config()), values outside ENUM_FIELDS, and an API key
   pasted into the config are errors.
   """
   fields = _field_values(config)
   _check_no_secret(fields, source)
-  known = set(_field_values(defaults.default_config())) | OPTIONAL_FIELDS
+  known = set(_field_values(defaults.default_config()))
   for name in fields:
     if name not in known:
       close = difflib.get_close_matches(name, known, n=1)

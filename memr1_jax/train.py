@@ -47,7 +47,7 @@ def make_engine_policy(model, tokenizer, config, mesh, *, seed: int):
   r = config.rollout
   engine = RolloutEngine(model, tokenizer, RolloutConfig(
       max_new_tokens=r.max_new_tokens, max_prompt_len=r.max_prompt_len, max_rows_per_batch=r.max_batch,
-      min_prompt_bucket=r.get("min_prompt_bucket", 64), mesh=mesh if mesh is not None and mesh.size > 1 else None,
+      min_prompt_bucket=r.min_prompt_bucket, mesh=mesh if mesh is not None and mesh.size > 1 else None,
       seed=seed))
   return EnginePolicy(engine, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                       max_new_tokens=r.max_new_tokens, seed=seed)
@@ -129,7 +129,7 @@ def metadata_config(config) -> dict:
   itself have been pasted into any field, "<redacted>" is saved in its place.
   """
   text = config.to_json_best_effort()
-  key_env = config.eval.get("judge_api_key_env", "")
+  key_env = config.eval.judge_api_key_env
   key = os.environ.get(key_env, "") if key_env else ""
   if key:
     text = text.replace(json.dumps(key)[1:-1], "<redacted>")
@@ -283,7 +283,7 @@ class Trainer:
         metrics = {f"rollout/{k}": v for k, v in _summarise(experiences).items()}
         if experiences:
           packed = batching.pack_experiences(experiences, pad_id=pad_id, group_size=g, rows_multiple=rows_multiple,
-                                             min_prompt_bucket=c.rollout.get("min_prompt_bucket", 64))
+                                             min_prompt_bucket=c.rollout.min_prompt_bucket)
           faults.corrupt_rewards(self.faults, step, packed)
           t1 = time.perf_counter()
           update_metrics = self.learner.step(packed, jax.random.fold_in(jax.random.key(c.seed), step))

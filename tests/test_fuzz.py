@@ -138,8 +138,6 @@ def test_manager_episodes_survive_adversarial_replies_in_every_branch():
   assert (stats.format_errors, stats.rejected_ops) == (7, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="parsers keep lone surrogates from JSON escapes such as \\udcff; the "
-                   "tokenizers and the sentence encoder then raise TypeError (fix belongs in agents/parsers.py)")
 def test_parsed_texts_are_always_valid_unicode():
   """Texts read from replies encode as UTF-8 (what tokenizers and the sentence encoder need), even when the reply
   spells a lone surrogate as a JSON escape."""

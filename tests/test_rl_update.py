@@ -169,7 +169,7 @@ def test_gradient_accumulation_equals_full_batch(aggregation):
   rows, _ = jax.jit(lambda s, f, b: up.prepare_rows(spec, config, s, f, b))(state, frozen, _batch())
   grads_fn = jax.jit(lambda r: up.minibatch_gradients(spec, config, (state.policy, None), frozen, r))
   full = grads_fn(jax.tree.map(lambda x: x[None], rows))
-  accumulated = grads_fn(up._split_rows(rows, 4))
+  accumulated = grads_fn(up.split_rows(rows, 4))
   _assert_trees_close(accumulated, full, rtol=1e-4, atol=1e-7)
 
 

@@ -188,12 +188,17 @@ def _op_id(item: dict, valid_ids: Collection[int], index: int, errors: _Errors) 
   return memory_id
 
 
+def valid_unicode(text: str) -> str:
+  """`text` with lone surrogates (e.g. from a JSON escape like \\udcff) replaced by "?", so it encodes as UTF-8."""
+  return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _op_text(item: dict, index: int, max_chars: int, errors: _Errors) -> str | None:
   raw = item.get("text")
   if not isinstance(raw, str) or not raw.strip():
     errors.add(f"operation {index}: missing or empty 'text'")
     return None
-  text = raw.strip()
+  text = valid_unicode(raw.strip())
   if len(text) > max_chars:
     errors.add(f"operation {index}: text longer than {max_chars} characters; cut")
     text = text[:max_chars]
@@ -351,7 +356,7 @@ def parse_answer_output(text: object, valid_ids: Collection[int] | None = None, 
 
 
 def _clean_fact(fact: str, max_chars: int, errors: _Errors) -> str:
-  fact = " ".join(fact.split())
+  fact = valid_unicode(" ".join(fact.split()))
   if len(fact) > max_chars:
     errors.add(f"fact longer than {max_chars} characters; cut")
     fact = fact[:max_chars]

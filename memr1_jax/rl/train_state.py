@@ -106,8 +106,14 @@ def make_optimizer(schedule: Callable[[jax.Array], jax.Array] | float, *, weight
   return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
 
 
-def _cast_floats(tree, dtype):
-  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+def _cast_floats(tree, dtype, *, fresh: bool = False):
+  """Float leaves cast to dtype; with `fresh`, never the input arrays themselves (they may be donated later)."""
+
+  def cast(x):
+    y = x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    return jnp.copy(y) if fresh and y is x else y
+
+  return jax.tree.map(cast, tree)
 
 
 def _shardings(state: nnx.State, mesh: Mesh | None):
@@ -148,16 +154,19 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
     critic_tx, critic_lr: its optimizer and schedule.
     reference: keep a frozen reference for the KL term. Under LoRA it is the base weights (free); under full
       fine-tuning a copy of the policy's current weights in `reference_dtype`.
-    mesh: shard everything by the logical-axis rules over this mesh (None: default device).
+    mesh: shard everything by the logical-axis rules over this mesh (None: default device). Pass models already
+      placed on it (`sharding.shard_model`, `load_pretrained(mesh=...)`), so that arrays shared between the
+      policy, the reference and a LoRA value model are not copied by the placement.
     master_dtype: dtype of the trained parameters.
     reference_dtype: dtype of a full-fine-tuning reference copy (default: `policy.cfg.param_dtype`).
 
   Returns:
-    (state, frozen, spec).
+    (state, frozen, spec). The trained parameters are new arrays (the step donates them); frozen ones may be the
+    models' own arrays.
   """
   lora = policy.cfg.lora_rank > 0
   policy_graphdef, trained, rest = nnx.split(policy, lora_lib.LORA if lora else nnx.Param, ...)
-  trained_pure = _cast_floats(nnx.to_pure_dict(trained), master_dtype)
+  trained_pure = _cast_floats(nnx.to_pure_dict(trained), master_dtype, fresh=True)
   frozen_policy = nnx.to_pure_dict(rest)
   reference_graphdef, reference_pure, reference_shardings = None, None, None
   if reference and lora:
@@ -165,7 +174,6 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
   elif reference:
     reference_graphdef = policy_graphdef
     reference_pure = _cast_floats(nnx.to_pure_dict(trained), reference_dtype or policy.cfg.param_dtype)
-    reference_pure = jax.tree.map(jnp.copy, reference_pure)
     reference_shardings = _shardings(trained, mesh)
 
   value_graphdef, value_pure, value_rest, value_state_shardings, value_rest_shardings = None, None, None, None, None
@@ -174,7 +182,7 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
       raise ValueError("train_state.py: a value model needs critic_tx and critic_lr")
     value_filter = value_lib.LORA_AND_HEAD if value_model.cfg.lora_rank else nnx.Param
     value_graphdef, value_trained, value_rest_state = nnx.split(value_model, value_filter, ...)
-    value_pure = _cast_floats(nnx.to_pure_dict(value_trained), master_dtype)
+    value_pure = _cast_floats(nnx.to_pure_dict(value_trained), master_dtype, fresh=True)
     value_rest = nnx.to_pure_dict(value_rest_state)
     value_state_shardings = _shardings(value_trained, mesh)
     value_rest_shardings = _shardings(value_rest_state, mesh)
@@ -215,9 +223,7 @@ def policy_model(spec: StateSpec, state: TrainState, frozen: FrozenParams, dtype
 
   dtype defaults to the policy config's `param_dtype`; the arrays are new (the state may be donated afterwards).
   """
-  target = jnp.dtype(dtype or spec.policy_cfg.param_dtype)
-  cast = lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
-  params = jax.tree.map(lambda x: jnp.copy(x) if cast(x) is x else cast(x), state.policy)
+  params = _cast_floats(state.policy, dtype or spec.policy_cfg.param_dtype, fresh=True)
   return nnx.merge(spec.policy_graphdef, params, frozen.policy)
 
 

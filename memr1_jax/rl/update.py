@@ -78,14 +78,13 @@ class UpdateConfig:
     """Reads `c.algorithm`, `c.rl.*` and `c.rollout.group_size` of a `memr1_jax.defaults` config."""
     rl = c.rl
     return cls(
-        algorithm=c.algorithm, epochs=rl.epochs, num_minibatches=rl.get("num_minibatches", 1),
+        algorithm=c.algorithm, epochs=rl.epochs, num_minibatches=rl.num_minibatches,
         micro_batch_size=rl.micro_batch_size, clip_eps_low=rl.clip_eps_low, clip_eps_high=rl.clip_eps_high,
         kl_coef=rl.kl_coef, kl_estimator=rl.kl_estimator, kl_in_reward=rl.kl_in_reward,
         entropy_coef=rl.entropy_coef, aggregation=rl.loss_aggregation,
         group_size=c.rollout.group_size if c.algorithm == "grpo" else 1, normalize_std=rl.normalize_std,
         gamma=rl.gamma, lam=rl.lam, value_clip=rl.value_clip,
-        whiten_advantages=rl.get("whiten_advantages", True), logprob_chunk=rl.get("logprob_chunk", 256),
-        remat_logits=rl.get("remat_logits", True))
+        whiten_advantages=rl.whiten_advantages, logprob_chunk=rl.logprob_chunk, remat_logits=rl.remat_logits)
 
 
 @flax.struct.dataclass
@@ -109,9 +108,12 @@ def _scan(fn, carry, xs, length: int):
   return jax.lax.scan(fn, carry, xs)
 
 
-def _split_rows(rows, *lead: int):
-  """[B, ...] -> [*lead, B / prod(lead), ...]; slot r of group g is row r * prod(lead) + g, so every group
-  takes rows from all of the batch's shards."""
+def split_rows(rows, *lead: int):
+  """Splits every [B, ...] leaf of `rows` into groups: [*lead, B / prod(lead), ...].
+
+  Slot r of (flat) group g is row r * prod(lead) + g, so with B sharded in contiguous blocks every group takes
+  the same number of rows from each shard (when B / prod(lead) divides by the shard count).
+  """
   groups = 1
   for n in lead:
     groups *= n
@@ -123,8 +125,8 @@ def _split_rows(rows, *lead: int):
   return jax.tree.map(split, rows)
 
 
-def _merge_rows(rows):
-  """Inverse of `_split_rows(rows, g)` for one leading group axis: [G, b, ...] -> [b * G, ...]."""
+def merge_rows(rows):
+  """Inverse of `split_rows(rows, g)` for one group axis: [G, b, ...] -> [b * G, ...] in the original order."""
   return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(-1, *x.shape[2:]), rows)
 
 
@@ -205,8 +207,8 @@ def prepare_rows(spec: StateSpec, config: UpdateConfig, state: TrainState, froze
   scored = {}
   if need_old or need_ref or is_ppo:
     groups = b // config.micro_batch_size
-    _, scored = _scan(score, None, _split_rows(rows, groups), groups)
-    scored = _merge_rows(scored)
+    _, scored = _scan(score, None, split_rows(rows, groups), groups)
+    scored = merge_rows(scored)
   old_logprobs_bt = scored["old_logprobs_bt"] if need_old else batch.old_logprobs_bt
   rows["old_logprobs_bt"] = jnp.where(mask_bt, old_logprobs_bt.astype(jnp.float32), 0.0)
   scores_b = batch.scores_b.astype(jnp.float32)
@@ -235,7 +237,7 @@ def prepare_rows(spec: StateSpec, config: UpdateConfig, state: TrainState, froze
     advantages_b = adv_lib.grpo_advantages(scores_b, config.group_size, normalize_std=config.normalize_std)
     advantages_bt = jnp.broadcast_to(advantages_b[:, None], mask_bt.shape)
   rows["advantages_bt"] = jnp.where(mask_bt, advantages_bt, 0.0)
-  metrics["advantage_std"] = jnp.sqrt(losses.masked_mean(jnp.square(rows["advantages_bt"]), mask_bt))
+  metrics["advantage_rms"] = jnp.sqrt(losses.masked_mean(jnp.square(rows["advantages_bt"]), mask_bt))
   return rows, metrics
 
 
@@ -361,7 +363,7 @@ def make_update_step(spec: StateSpec, config: UpdateConfig
       if config.shuffle:
         order = jax.random.permutation(epoch_key, b)
         epoch_rows = jax.tree.map(lambda x: x[order], rows)
-      return _scan(minibatch, state, _split_rows(epoch_rows, config.num_minibatches, num_micro),
+      return _scan(minibatch, state, split_rows(epoch_rows, config.num_minibatches, num_micro),
                    config.num_minibatches)
 
     state, metrics = _scan(epoch, state, jax.random.split(key, config.epochs), config.epochs)
