@@ -39,12 +39,12 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch may sha
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from memr1_jax.models import lora  # pylint: disable=wrong-import-position
-from memr1_jax.models.config import ModelConfig, PRESETS, config_to_hf, get_preset  # pylint: disable=wrong-import-position
+from memr1_jax.models.config import (  # pylint: disable=wrong-import-position
+    PRESETS, ModelConfig, config_to_hf, get_preset)
 from memr1_jax.models.decoder import Decoder  # pylint: disable=wrong-import-position
 from memr1_jax.rl import train_state as ts  # pylint: disable=wrong-import-position
 from memr1_jax.rl import update as up  # pylint: disable=wrong-import-position

@@ -6,6 +6,8 @@ expensive work starts.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import logging
 import os
@@ -154,10 +156,47 @@ def make_embedder(name: str):
   return SentenceEncoder.from_pretrained(name or default_encoder_path())
 
 
+class CachedEmbedder:
+  """An `embed_fn` that remembers the embeddings of the last `size` distinct texts (LRU).
+
+  Misses are embedded together in one call to `embed`, padded (by repeating a text) to `min_batch` rows when fewer,
+  so that a jitted encoder sees few distinct batch shapes.
+  """
+
+  def __init__(self, embed, size: int, min_batch: int = 8):
+    self.embed, self.size, self.min_batch = embed, int(size), int(min_batch)
+    self.dim = embed.dim
+    self._cache: collections.OrderedDict = collections.OrderedDict()
+
+  def __call__(self, texts):
+    """float32 [N, dim] embeddings of the sequence of strings `texts`."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    texts = list(texts)
+    missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+    if missing:
+      padded = missing + missing[-1:] * (self.min_batch - len(missing))
+      for text, vec in zip(missing, np.asarray(self.embed(padded), np.float32)):
+        self._cache[text] = vec
+    rows = []
+    for text in texts:
+      self._cache.move_to_end(text)
+      rows.append(self._cache[text])
+    while len(self._cache) > self.size:
+      self._cache.popitem(last=False)
+    return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_embedder(name: str, size: int):
+  """`make_embedder(name)` behind one shared `CachedEmbedder` of `size` texts (the embedder itself when size is 0)."""
+  embed = make_embedder(name)
+  return CachedEmbedder(embed, size) if size > 0 else embed
+
+
 def bank_factory(config):
   """A zero-argument function making an empty MemoryBank as config.memory describes."""
   from memr1_jax.memory.bank import MemoryBank  # pylint: disable=g-import-not-at-top
-  embed = make_embedder(config.memory.encoder)
+  embed = cached_embedder(config.memory.encoder, int(config.memory.get("embedding_cache", 0)))
   dim = embed.dim
   return lambda: MemoryBank(embed, dim, index=config.memory.index, max_ops_per_call=config.memory.max_ops_per_output)
 
@@ -168,7 +207,12 @@ def load_splits(config) -> dict[str, list[Conversation]]:
   d = config.data
   if d.name == "synthetic":
     from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    train, heldout = synthetic.train_heldout_split(d.synthetic_train, d.synthetic_eval, config.seed)
+    try:
+      task = synthetic.TaskKnobs(**d.get("synthetic_task", {}))
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config.data.synthetic_task: {e}") from None
+    train, heldout = synthetic.train_heldout_split(d.synthetic_train, d.synthetic_eval, config.seed,
+                                                   **dataclasses.asdict(task))
     return {"train": train, "validation": heldout, "test": heldout}
   path = d.path or os.path.join(d.data_dir, d.name, {"locomo": "locomo10.json", "longmemeval": "longmemeval_s.json",
                                                       "msc": "msc_self_instruct.jsonl"}.get(d.name, ""))

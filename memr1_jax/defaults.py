@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-MODES = ("train", "sft", "eval", "export")
+MODES = ("train", "sft", "eval", "export", "demo")
 AGENTS = ("manager", "answer")
 ALGORITHMS = ("grpo", "ppo")
 
@@ -76,6 +76,21 @@ def default_config() -> ml_collections.ConfigDict:
   # Synthetic task size (data.name == "synthetic"): conversations for train / held-out eval.
   c.data.synthetic_train = 64
   c.data.synthetic_eval = 16
+  # Synthetic task difficulty (data.synthetic.TaskKnobs): dated sessions per conversation.
+  c.data.synthetic_task = ml_collections.ConfigDict()
+  c.data.synthetic_task.num_sessions = 4
+  # Attributes (city, job, pet, ...) each speaker holds.
+  c.data.synthetic_task.facts_per_speaker = 3
+  # Chances per later session that a live fact changes value / is retracted / is restated unchanged.
+  c.data.synthetic_task.update_prob = 0.4
+  c.data.synthetic_task.retract_prob = 0.15
+  c.data.synthetic_task.restate_prob = 0.1
+  # Chance (repeated) of one more chit-chat exchange before each fact turn.
+  c.data.synthetic_task.filler_ratio = 0.3
+  # Chance that the other speaker's reply repeats the new value.
+  c.data.synthetic_task.echo_prob = 0.3
+  # Changes a fact takes before it only stays, is restated or is retracted.
+  c.data.synthetic_task.max_updates_per_fact = 2
 
   c.memory = ml_collections.ConfigDict()
   # Sentence encoder directory for memory embeddings (empty: the bundled all-MiniLM-L6-v2); "hashing" for a model-free one.
@@ -90,6 +105,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.memory.extraction = "simple"
   # Maximum operations applied from one manager output.
   c.memory.max_ops_per_output = 64
+  # Embeddings kept in an LRU cache keyed by text (0: off); repeated facts and questions are embedded once.
+  c.memory.embedding_cache = 0
 
   c.rollout = ml_collections.ConfigDict()
   # Prompts per RL step (the paper: batch 128).
@@ -209,6 +226,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.judge_max_tokens = 64
   # Checkpoint of <workdir>/checkpoints the policy is read from: latest | best (by validation EM) | none (base).
   c.eval.checkpoint = "latest"
+
+  c.demo = ml_collections.ConfigDict()
+  # mode=demo: agents trained with RL after the SFT warm start, in this order (comma-separated).
+  c.demo.agents = "answer,manager"
+  # RL steps of the answer agent and of the manager (train.num_steps is set from these per run).
+  c.demo.answer_steps = 20
+  c.demo.manager_steps = 10
+  # Conversations per manager RL step (rollout.batch_size counts questions for the answer agent).
+  c.demo.manager_batch_size = 4
+  # Share of turns on which the heuristic manager blindly UPDATEs or DELETEs the top related memory (SFT data).
+  c.demo.explore = 0.2
+  # Training conversations whose heuristic trajectories make the SFT data (0: all of data.synthetic_train).
+  c.demo.sft_conversations = 0
 
   c.export = ml_collections.ConfigDict()
   # Where mode=export writes the Hugging Face directory.

@@ -36,6 +36,7 @@ from memr1_jax.episodes.policy import ChatPolicy, EnginePolicy
 from memr1_jax.eval import judge as judge_lib
 from memr1_jax.eval import report as report_lib
 from memr1_jax.memory.bank import MemoryBank
+from memr1_jax.memory.operations import OpKind
 
 logger = logging.getLogger(__name__)
 
@@ -107,20 +108,21 @@ def evaluate_conversations(conversations: Sequence[Conversation], *, manager: Ch
   t1 = time.perf_counter()
   experiences = runner.answer_episodes(answerer, banks, items, rcfg, n=1, greedy=True)
   t2 = time.perf_counter()
-  labels: list[bool | None] = [None] * len(items)
+  verdicts: list[judge_lib.JudgeVerdict | None] = [None] * len(items)
   if judge is not None:
     verdicts = judge.verdicts([qa.question for _, qa in items], [qa.answer for _, qa in items],
                               [e.info["answer"] for e in experiences])
-    labels = [v.correct for v in verdicts]
   t3 = time.perf_counter()
   records, predictions = [], []
-  for (conv, qa), exp, label in zip(items, experiences, labels):
+  for (conv, qa), exp, verdict in zip(items, experiences, verdicts):
+    label = None if verdict is None else verdict.correct
     records.append(report_lib.EvalRecord(qa.category, exp.info["answer"], qa.answer, label))
     bank = banks[conv.sample_id]
     predictions.append({
         "sample_id": conv.sample_id, "qid": qa.qid, "category": qa.category, "question": qa.question,
         "gold": qa.answer, "prediction": exp.info["answer"], "response": exp.sample.text, "em": exp.info["em"],
         "f1": exp.info["f1"], "format_error": bool(exp.info["format_error"]), "judge": label,
+        "judge_format_error": None if verdict is None else verdict.format_error,
         "memories": [_memory_json(bank, i) for i in exp.info["memory_ids"]]})
   rows = report_lib.category_report(records, with_locomo_f1=all(1 <= r.category <= 5 for r in records))
   return EvalOutcome(rows, predictions, stats, {"banks": t1 - t0, "answers": t2 - t1, "judge": t3 - t2})
@@ -128,7 +130,7 @@ def evaluate_conversations(conversations: Sequence[Conversation], *, manager: Ch
 
 def operation_mix(stats: runner.BankStats) -> dict:
   """Bank-building summary: operation counts and shares, format errors, rejected operations, manager calls."""
-  counts = {kind: int(stats.ops.get(kind, 0)) for kind in ("ADD", "UPDATE", "DELETE", "NOOP")}
+  counts = {kind.value: int(stats.ops.get(kind.value, 0)) for kind in OpKind}
   total = sum(counts.values())
   return {"counts": counts, "shares": {k: (v / total if total else 0.0) for k, v in counts.items()},
           "format_errors": stats.format_errors, "rejected_ops": stats.rejected_ops,

@@ -28,6 +28,7 @@ MODE_MODULES = {
     "sft": "memr1_jax.sft",
     "eval": "memr1_jax.evaluate",
     "export": "memr1_jax.export",
+    "demo": "memr1_jax.demo",
 }
 
 
@@ -37,6 +38,7 @@ ENUM_FIELDS = {
     "mode": defaults.MODES, "agent": defaults.AGENTS, "algorithm": defaults.ALGORITHMS,
     "data.name": ("locomo", "longmemeval", "msc", "synthetic"),
     "memory.index": ("scann", "brute_force"), "memory.extraction": ("simple", "llm"),
+    "eval.checkpoint": ("latest", "best", "none"),
     "rl.kl_estimator": ("k1", "k2", "k3"),
     "rl.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
     "model.dtype": _DTYPES, "model.param_dtype": _DTYPES, "model.attention_impl": ("", "xla", "cudnn"),

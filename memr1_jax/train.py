@@ -189,7 +189,7 @@ class Trainer:
     self.items = _training_items(config, self.splits)
     self.answer_banks = {}
     self.ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep_last=config.train.keep_checkpoints,
-                             best_metric="eval/em")
+                             best_metric=components.BEST_METRIC)
     self.writer = MetricsWriter(self.workdir, enabled=jax.process_index() == 0)
     self.start_step = 0
     self._stop_signal = None

@@ -7,6 +7,7 @@ tokenizer to it; `ScriptedPolicy` wraps a plain Python function (heuristic basel
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -71,8 +72,15 @@ class EnginePolicy:
                ) -> list[list[Sample]]:
     if not chats:
       return []
+    limit = self.engine.config.max_prompt_len
+    prompts = [self.engine.tokenizer.encode_chat(chat) for chat in chats]
+    cut = sum(len(p) > limit for p in prompts)
+    if cut:
+      logging.warning("%d of %d prompts are longer than max_prompt_len=%d: kept their last %d tokens", cut,
+                      len(prompts), limit, limit)
+      prompts = [p[-limit:] for p in prompts]
     completions = self.engine.generate(
-        list(chats), n=n, key=self._next_key(), temperature=0.0 if greedy else self.temperature,
+        prompts, n=n, key=self._next_key(), temperature=0.0 if greedy else self.temperature,
         top_p=self.top_p, top_k=self.top_k, max_new_tokens=self.max_new_tokens)
     out: list[list[Sample]] = [[] for _ in chats]
     for c in completions:

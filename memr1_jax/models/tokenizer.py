@@ -63,7 +63,13 @@ class Tokenizer:
     if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
       raise CheckpointError(f"{path}: no tokenizer file (expected one of {TOKENIZER_FILES})")
     try:
-      hf_tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+      if os.path.exists(os.path.join(path, "tokenizer.json")):
+        # The checkpoint's own tokenizer.json, exactly: AutoTokenizer would pick a class from config.json's
+        # model_type (e.g. Qwen2Tokenizer), which may rebuild the pre-tokenizer differently.
+        hf_tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+      else:
+        hf_tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                                  trust_remote_code=False)
     except Exception as e:  # pylint: disable=broad-except: `tokenizers` raises a bare Exception on a bad file.
       raise CheckpointError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
     generation = _read_json(path, "generation_config.json")
