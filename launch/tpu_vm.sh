@@ -102,7 +102,7 @@ if ((COPY)); then
   if ((DRY_RUN)); then
     echo "# pack the checkout: (cd $REPO && git ls-files -co --exclude-standard | tar czf $archive -T -)"
   else
-    (cd "$REPO" && git ls-files -co --exclude-standard -z | tar czf "$archive" --null -T -)
+    (cd "$REPO" && git ls-files -co --exclude-standard -z | tar czf "$archive" --ignore-failed-read --null -T -)
   fi
   run "${GCLOUD[@]}" scp "$archive" "$TPU_NAME:memr1_jax_code.tar.gz" "${WHERE[@]}" --worker=all
   on_all_workers "rm -rf $REMOTE_DIR && mkdir -p $REMOTE_DIR && tar xzf memr1_jax_code.tar.gz -C $REMOTE_DIR"

@@ -276,7 +276,10 @@ class Trainer:
     pad_id = self.rollout.engine.pad_token_id
     nonfinite, last = 0, {}
     try:
-      for step in range(self.start_step, c.train.num_steps):
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      bar = tqdm(range(self.start_step, c.train.num_steps), desc=f"{c.agent} {c.algorithm}", unit="step",
+                 disable=jax.process_index() != 0, dynamic_ncols=True)
+      for step in bar:
         t0 = time.perf_counter()
         experiences = self.episodes(step)
         t_rollout = time.perf_counter() - t0
@@ -307,6 +310,7 @@ class Trainer:
         if c.train.eval_every and (step + 1) % c.train.eval_every == 0:
           metrics.update(self.evaluate(c.data.eval_split))
         self.writer.write(step + 1, metrics)
+        bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in ("rollout/reward", "eval/em") if k in metrics})
         last = metrics
         if (step + 1) % c.train.checkpoint_every == 0 or step + 1 == c.train.num_steps or self._stop_signal:
           self.save(step + 1, {k: v for k, v in metrics.items() if k == "eval/em"} or None)

@@ -1,0 +1,216 @@
+r"""mode=demo: the CPU showcase. RL makes a memory manager and an answer agent better than the heuristic they start from.
+
+  python -m memr1_jax.main --config=configs/demo.py
+
+Every stage is one of this package's ordinary modes, run on a config derived from the demo's, so the demo goes
+through the code path of the real configs (episode runner, memory bank with the MiniLM encoder, rollout engine,
+GRPO / PPO update, orbax checkpoints, evaluation):
+
+1. Heuristic trajectories (`agents.heuristics`): the ADD-only heuristic manager walks the training conversations
+   through `episodes.runner.build_banks`, the first-match heuristic answerer answers their questions over ADD-all
+   banks; every (prompt, reply) pair becomes a line of `<workdir>/sft_data.jsonl`.
+2. SFT warm start (`mode=sft`): one model imitates both heuristics -> `<workdir>/sft/hf`.
+3. RL (`mode=train`) of each agent of `config.demo.agents`, each starting from the SFT model, in
+   `<workdir>/<agent>_<algorithm>/`. The manager's reward comes through a frozen answer agent: the SFT model.
+   Held-out exact match / F1 (and, for the manager, the operation mix of the banks it builds) are measured with
+   greedy decoding before the first RL step (the SFT start) and after the last.
+4. The table of results (console and `<workdir>/results.md`), `<workdir>/results.json`, and the reward curves
+   `<workdir>/reward.png` next to the runs' TensorBoard logs (`tensorboard --logdir <workdir>`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from memr1_jax import components, sft, train
+from memr1_jax.agents import heuristics
+from memr1_jax.episodes import runner
+from memr1_jax.episodes.policy import ScriptedPolicy
+from memr1_jax.metrics_writer import read_jsonl
+
+logger = logging.getLogger(__name__)
+
+OPS = ("ADD", "UPDATE", "DELETE", "NOOP")
+
+
+@dataclasses.dataclass
+class AgentResult:
+  """Held-out scores of one agent's RL run: `before` (the SFT start) and `after` (the last step), each a dict of
+  eval/em, eval/f1 and, for the manager, eval/ops/<OP> shares; the run's directory and its wall time."""
+
+  agent: str
+  algorithm: str
+  before: dict
+  after: dict
+  workdir: str
+  seconds: float
+
+
+def stage_config(config, **fields):
+  """A copy of `config` with dotted `fields` replaced (e.g. `**{"rl.actor_lr": 0.0}`)."""
+  c = config.copy_and_resolve_references()
+  for dotted, value in fields.items():
+    node = c
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return c
+
+
+def make_sft_data(config, path: str) -> dict:
+  """Writes the heuristic agents' trajectories on the training conversations to `path` (JSONL).
+
+  Returns {"manager": records, "answer": records} counts.
+  """
+  splits = components.load_splits(config)
+  convs = splits["train"][:config.demo.sft_conversations or None]
+  factory = components.bank_factory(config)
+  rcfg = train.runner_config(config)
+  manager, _ = heuristics.manager_trajectories(convs, factory, rcfg, explore=config.demo.explore, seed=config.seed)
+  answer = heuristics.answer_trajectories(convs, train.add_all_banks(convs, factory), rcfg)
+  heuristics.write_jsonl(manager + answer, path)
+  return {"manager": len(manager), "answer": len(answer)}
+
+
+def warm_start(config) -> str:
+  """Stages 1-2: heuristic trajectories, then SFT of config.model on them. Returns the SFT model's HF directory."""
+  data = os.path.join(config.workdir, "sft_data.jsonl")
+  counts = make_sft_data(config, data)
+  logger.info("demo: %d manager and %d answer trajectories in %s", counts["manager"], counts["answer"], data)
+  sft_config = stage_config(config, **{"mode": "sft", "workdir": os.path.join(config.workdir, "sft"),
+                                       "sft.path": data, "sft.export_path": ""})
+  return sft.run(sft_config)["export_path"]
+
+
+def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
+  """The mode=train config of `agent` starting from the HF directory `init_path` (evaluated only at the end)."""
+  steps = config.demo.answer_steps if agent == "answer" else config.demo.manager_steps
+  fields = {"mode": "train", "agent": agent, "model.path": init_path, "model.tokenizer": "",
+            "workdir": workdir or os.path.join(config.workdir, f"{agent}_{config.algorithm}"),
+            "train.num_steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps}
+  if agent == "manager":
+    fields["rollout.batch_size"] = config.demo.manager_batch_size
+  return stage_config(config, **fields)
+
+
+def _eval_scores(metrics: dict) -> dict:
+  return {k: v for k, v in metrics.items() if k.startswith("eval/")}
+
+
+def train_agent(config, agent: str, init_path: str, workdir: str | None = None) -> AgentResult:
+  """Stage 3 for one agent: held-out scores of the SFT start, RL, held-out scores after the last step."""
+  start = time.perf_counter()
+  trainer = train.Trainer(rl_config(config, agent, init_path, workdir))
+  before = trainer.evaluate(trainer.config.data.eval_split)
+  trainer.writer.write(0, before)
+  last = trainer.run()
+  after = _eval_scores(last) or trainer.evaluate(trainer.config.data.eval_split)  # (a resumed, finished run)
+  return AgentResult(agent, config.algorithm, _eval_scores(before), after, trainer.workdir,
+                     time.perf_counter() - start)
+
+
+def heuristic_scores(config) -> dict:
+  """Held-out scores of the scripted heuristics: {"answer": answerer over ADD-all banks, "manager": ADD-only
+  manager's banks answered by the heuristic answerer (with the banks' operation mix)}."""
+  splits = components.load_splits(config)
+  convs = splits[config.data.eval_split]
+  factory = components.bank_factory(config)
+  rcfg = train.runner_config(config)
+  answerer = ScriptedPolicy(heuristics.heuristic_answer_reply)
+  items = [(conv, qa) for conv in convs for qa in conv.qa]
+
+  def scores(banks):
+    exps = runner.answer_episodes(answerer, banks, items, rcfg, n=1, greedy=True)
+    return {"eval/em": float(np.mean([e.info["em"] for e in exps])),
+            "eval/f1": float(np.mean([e.info["f1"] for e in exps]))}
+
+  built, stats = runner.build_banks(ScriptedPolicy(heuristics.heuristic_manager_reply), convs, factory, rcfg)
+  total = max(sum(stats.ops.values()), 1)
+  manager = scores({conv.sample_id: bank for conv, bank in zip(convs, built)})
+  manager.update({f"eval/ops/{op}": stats.ops.get(op, 0) / total for op in OPS})
+  return {"answer": scores(train.add_all_banks(convs, factory)), "manager": manager}
+
+
+def results_table(heuristic: dict, results: list[AgentResult]) -> str:
+  """The demo's outcome as a Markdown table: held-out EM / F1 and operation mix per agent and stage."""
+  lines = ["| agent | policy | held-out EM | held-out F1 | ADD | UPDATE | DELETE | NOOP |",
+           "|---|---|---|---|---|---|---|---|"]
+
+  def row(agent, name, scores):
+    ops = [f"{scores[f'eval/ops/{op}']:.0%}" if f"eval/ops/{op}" in scores else "-" for op in OPS]
+    lines.append(f"| {agent} | {name} | {scores['eval/em']:.3f} | {scores['eval/f1']:.3f} | " + " | ".join(ops) + " |")
+
+  for agent in dict.fromkeys(r.agent for r in results):
+    label = "answer agent (ADD-all banks)" if agent == "answer" else "memory manager (SFT answer agent answers)"
+    row(label, "heuristic" if agent == "answer" else "heuristic ADD-only (heuristic answerer)", heuristic[agent])
+    for r in (r for r in results if r.agent == agent):
+      row(label, "SFT start", r.before)
+      row(label, f"after {r.algorithm.upper()}", r.after)
+  return "\n".join(lines)
+
+
+def plot_rewards(results: list[AgentResult], path: str) -> str:
+  """Saves the training reward (and held-out EM before / after) over RL steps of every run as a PNG at `path`."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 3.8), squeeze=False)
+  for ax, r in zip(axes[0], results):
+    records = [rec for rec in read_jsonl(r.workdir) if "rollout/reward" in rec]
+    steps = [rec["step"] for rec in records]
+    ax.plot(steps, [rec["rollout/reward"] for rec in records], marker=".", label="training reward (mean)")
+    last = max(steps, default=1)
+    ax.plot([0, last], [r.before["eval/em"], r.after["eval/em"]], "s--", color="C3", label="held-out EM")
+    ax.set_title(f"{r.agent} agent, {r.algorithm.upper()}" if r.agent == "answer" else f"memory manager, "
+                 f"{r.algorithm.upper()}")
+    ax.set_xlabel("RL step")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def run(config) -> dict:
+  """Entry point of mode=demo (see the module docstring). Returns the results dict also written to results.json."""
+  start = time.perf_counter()
+  os.makedirs(config.workdir, exist_ok=True)
+  agents = [a.strip() for a in config.demo.agents.split(",") if a.strip()]
+  for agent in agents:
+    if agent not in ("answer", "manager"):
+      raise components.ConfigError(f"config.demo.agents: {agent!r} is not one of answer, manager")
+  timings = {}
+  t = time.perf_counter()
+  init_path = warm_start(config)
+  timings["heuristic trajectories + SFT"] = time.perf_counter() - t
+  results = []
+  for agent in agents:
+    result = train_agent(config, agent, init_path)
+    timings[f"{agent} {config.algorithm.upper()} (with evaluations)"] = result.seconds
+    results.append(result)
+  t = time.perf_counter()
+  heuristic = heuristic_scores(config)
+  timings["heuristic baselines"] = time.perf_counter() - t
+  table = results_table(heuristic, results)
+  plot = plot_rewards(results, os.path.join(config.workdir, "reward.png"))
+  timings["total"] = time.perf_counter() - start
+  out = {"heuristic": heuristic, "runs": [dataclasses.asdict(r) for r in results], "table": table,
+         "plot": plot, "seconds": timings, "sft_model": init_path}
+  with open(os.path.join(config.workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=2)
+  with open(os.path.join(config.workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(table + "\n")
+  timing_lines = "\n".join(f"  {name}: {seconds:.0f} s" for name, seconds in timings.items())
+  print(f"\nHeld-out results ({len(components.load_splits(config)[config.data.eval_split])} conversations, greedy "
+        f"decoding):\n\n{table}\n\nReward curves: {plot}\nTensorBoard: tensorboard --logdir {config.workdir}\n"
+        f"Wall time:\n{timing_lines}", flush=True)
+  return out
