@@ -62,6 +62,9 @@ class Tokenizer:
       raise CheckpointError(f"{path}: tokenizer directory not found")
     if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
       raise CheckpointError(f"{path}: no tokenizer file (expected one of {TOKENIZER_FILES})")
+    if "auto_map" in _read_json(path, "tokenizer_config.json"):
+      raise CheckpointError(f"{os.path.join(path, 'tokenizer_config.json')}: the tokenizer asks for custom code "
+                            "(auto_map); remote / custom code is never run (trust_remote_code=False)")
     try:
       if os.path.exists(os.path.join(path, "tokenizer.json")):
         # The checkpoint's own tokenizer.json, exactly: AutoTokenizer would pick a class from config.json's
