@@ -207,6 +207,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   # Stop after this many consecutive non-finite updates.
   c.train.max_nonfinite_steps = 3
+  # Peak dense bf16 FLOP/s of one device, for the logged MFU (e.g. 989e12 for H100 / H200; 0: not logged).
+  c.train.peak_flops_per_device = 0.0
   # At the end, every process prints a SHA-256 of the whole train state (all-gathers it: small models only).
   c.train.log_param_checksum = False
 

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 # Shown on the console line of each step, in this order, when present.
 CONSOLE_KEYS = ("rollout/reward", "rollout/em", "rollout/format_error", "train/loss", "train/kl", "train/entropy",
                 "train/clip_fraction", "train/grad_norm", "eval/em", "eval/f1", "perf/rollout_tokens_per_s",
-                "perf/update_tokens_per_s")
+                "perf/update_tokens_per_s", "perf/mfu")
 
 
 class MetricsWriter:

@@ -297,6 +297,10 @@ class Trainer:
                           "perf/update_tokens_per_s": tokens / max(t_update, 1e-9),
                           "perf/rollout_tokens_per_s": sum(len(e.sample.response_ids) for e in experiences)
                           / max(t_rollout, 1e-9), "train/rows": packed["real_rows"]})
+          if c.train.peak_flops_per_device:
+            # 6 N per token and epoch (forward + backward of the policy); scoring passes are not counted.
+            flops = 6 * self.learner.spec.policy_cfg.num_params() * tokens * c.rl.epochs
+            metrics["perf/mfu"] = flops / max(t_update, 1e-9) / (c.train.peak_flops_per_device * jax.device_count())
           if update_metrics.get("skipped", 0.0) > 0 or not math.isfinite(update_metrics.get("loss", 0.0)):
             nonfinite += 1
             logger.error("step %d: non-finite loss or gradient, update skipped (%d in a row); batch: %s", step,

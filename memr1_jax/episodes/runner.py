@@ -121,6 +121,34 @@ class BankStats:
   manager_calls: int = 0
 
 
+def _turn_chats(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerConfig,
+                extractor: ChatPolicy | None):
+  """The manager chats of turn `step` of every conversation that has one: (live indexes, (session, turn) items,
+  chats, the memory ids each chat shows)."""
+  live = [i for i, turns in enumerate(turn_lists) if step < len(turns)]
+  items = [turn_lists[i][step] for i in live]
+  chats, valid = [], []
+  for i, (session, turn), ext in zip(live, items, _facts_for_turns(items, cfg, extractor)):
+    chat, ids = _manager_prompt(banks[i], ext.facts, session, turn, cfg.related_k)
+    chats.append(chat)
+    valid.append(ids)
+  return live, items, chats, valid
+
+
+def _apply_replies(banks: Sequence[MemoryBank], items, valid, texts: Sequence[str], cfg: RunnerConfig,
+                   stats: BankStats) -> None:
+  """Parses one manager reply per bank, applies it (one batched embedding call) and counts it in `stats`."""
+  ops = []
+  for (_, turn), ids, text in zip(items, valid, texts):
+    parsed = parsers.parse_manager_output(text, ids, speaker=turn.speaker, max_ops=cfg.max_ops_per_output)
+    stats.format_errors += parsed.format_error is not None
+    stats.ops.update(op.kind.value for op in parsed.ops)
+    ops.append(parsed.ops)
+  results = apply_to_banks(list(banks), ops, timestamps=[s.date_time for s, _ in items],
+                           source_turn_ids=[(t.dia_id,) for _, t in items])
+  stats.rejected_ops += sum(not r.applied for rs in results for r in rs)
+
+
 def build_banks(manager: ChatPolicy, conversations: Sequence[Conversation], bank_factory: BankFactory,
                 cfg: RunnerConfig, *, extractor: ChatPolicy | None = None, greedy: bool = True,
                 progress: Callable[[int, int], None] | None = None) -> tuple[list[MemoryBank], BankStats]:
@@ -133,25 +161,10 @@ def build_banks(manager: ChatPolicy, conversations: Sequence[Conversation], bank
   stats = BankStats()
   longest = max((len(t) for t in turn_lists), default=0)
   for step in range(longest):
-    live = [i for i, turns in enumerate(turn_lists) if step < len(turns)]
-    items = [turn_lists[i][step] for i in live]
-    extractions = _facts_for_turns(items, cfg, extractor)
-    chats, valid = [], []
-    for i, (session, turn), ext in zip(live, items, extractions):
-      chat, ids = _manager_prompt(banks[i], ext.facts, session, turn, cfg.related_k)
-      chats.append(chat)
-      valid.append(ids)
+    live, items, chats, valid = _turn_chats(banks, turn_lists, step, cfg, extractor)
     samples = manager.generate(chats, n=1, greedy=greedy)
     stats.manager_calls += len(chats)
-    all_ops = []
-    for (session, turn), ids, s in zip(items, valid, samples):
-      parsed = parsers.parse_manager_output(s[0].text, ids, speaker=turn.speaker, max_ops=cfg.max_ops_per_output)
-      stats.format_errors += parsed.format_error is not None
-      stats.ops.update(op.kind.value for op in parsed.ops)
-      all_ops.append(parsed.ops)
-    results = apply_to_banks([banks[i] for i in live], all_ops, timestamps=[s.date_time for s, _ in items],
-                             source_turn_ids=[(t.dia_id,) for _, t in items])
-    stats.rejected_ops += sum(not r.applied for rs in results for r in rs)
+    _apply_replies([banks[i] for i in live], items, valid, [s[0].text for s in samples], cfg, stats)
     if progress:
       progress(step + 1, longest)
   return banks, stats
@@ -256,14 +269,7 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
   group = group_offset
   turn_lists = [conv.turns for conv in conversations]
   for step in range(max((len(t) for t in turn_lists), default=0)):
-    live = [i for i, turns in enumerate(turn_lists) if step < len(turns)]
-    items = [turn_lists[i][step] for i in live]
-    extractions = _facts_for_turns(items, cfg, extractor)
-    chats, valid = [], []
-    for i, (session, turn), ext in zip(live, items, extractions):
-      chat, ids = _manager_prompt(banks[i], ext.facts, session, turn, cfg.related_k)
-      chats.append(chat)
-      valid.append(ids)
+    live, items, chats, valid = _turn_chats(banks, turn_lists, step, cfg, extractor)
     trained = [j for j, i in enumerate(live) if targets[i].get(step)]
     plain = [j for j, i in enumerate(live) if not targets[i].get(step)]
     samples: list = [None] * len(live)
@@ -308,14 +314,5 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
             "em": sum(ems) / len(ems), "format_error": fmt, "questions": len(ems), **op_counts(parsed.ops)}))
       group += len(groups)
     # Advance every bank with its first sample.
-    ops = []
-    for j, (session, turn) in enumerate(items):
-      parsed = parsers.parse_manager_output(samples[j][0].text, valid[j], speaker=turn.speaker,
-                                            max_ops=cfg.max_ops_per_output)
-      stats.format_errors += parsed.format_error is not None
-      stats.ops.update(op.kind.value for op in parsed.ops)
-      ops.append(parsed.ops)
-    results = apply_to_banks([banks[i] for i in live], ops, timestamps=[s.date_time for s, _ in items],
-                             source_turn_ids=[(t.dia_id,) for _, t in items])
-    stats.rejected_ops += sum(not r.applied for rs in results for r in rs)
+    _apply_replies([banks[i] for i in live], items, valid, [s[0].text for s in samples], cfg, stats)
   return experiences, stats

@@ -1,0 +1,122 @@
+"""mode=sft: trajectory reading, the loss against a hand computation, gradient accumulation, training and export."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from memr1_jax import sft
+from memr1_jax.defaults import default_config
+from memr1_jax.models import config as model_config
+from memr1_jax.models import decoder as decoder_lib
+from memr1_jax.rl import train_state as ts
+
+
+def _write(path, lines):
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return str(path)
+
+
+def _record(question, answer):
+  return json.dumps({"messages": [{"role": "user", "content": question}], "response": answer})
+
+
+def _tiny_model(seed=0, vocab=64):
+  cfg = model_config.get_preset("tiny", vocab_size=vocab)
+  return decoder_lib.Decoder(cfg, rngs=nnx.Rngs(seed))
+
+
+def _examples():
+  # (prompt ids, response ids) of different lengths, so both kinds of padding occur.
+  return [([5, 9, 3, 17, 2], [7, 8, 1]), ([11, 4], [6, 30, 31, 32, 1]), ([40, 41, 42], [1])]
+
+
+def _log_softmax(x):
+  x = x - x.max(axis=-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def test_read_trajectories_names_file_line_and_field(tmp_path):
+  """A line without a string 'response' is rejected with the file, the line number and the field."""
+  path = _write(tmp_path / "t.jsonl", [_record("q", "a"), json.dumps({"messages": [{"role": "user",
+                                                                                       "content": "q"}]})])
+  with pytest.raises(sft.TrajectoryError, match=r"t\.jsonl:2: 'response'"):
+    sft.read_trajectories(path)
+
+
+def test_read_trajectories_rejects_invalid_json(tmp_path):
+  """A line that is not JSON is rejected naming its line."""
+  path = _write(tmp_path / "t.jsonl", [_record("q", "a"), "{not json"])
+  with pytest.raises(sft.TrajectoryError, match=r":2: not valid JSON"):
+    sft.read_trajectories(path)
+
+
+def test_sft_loss_equals_numpy_cross_entropy_over_response_tokens():
+  """The packed, padded loss equals a numpy cross-entropy over the response tokens of each unpadded sequence."""
+  model = _tiny_model()
+  examples = _examples()
+  rows = sft.pack_examples(examples, rows=4, pad_id=0, min_prompt_bucket=8, min_response_bucket=8)
+  loss = float(sft.sft_loss(model, rows))
+  nll = []
+  for prompt, response in examples:
+    ids = np.array([prompt + response])
+    logits = np.asarray(model(ids), np.float64)[0]
+    logp = _log_softmax(logits)
+    for t, token in enumerate(response):
+      nll.append(-logp[len(prompt) - 1 + t, token])
+  np.testing.assert_allclose(loss, np.mean(nll), rtol=1e-5)
+
+
+def test_sft_step_gradient_is_independent_of_micro_batching():
+  """One step with 4 micro-batches of 1 row updates the weights as one micro-batch of 4 rows does."""
+  rows = sft.pack_examples(_examples(), rows=4, pad_id=0, min_prompt_bucket=8, min_response_bucket=8)
+  params = []
+  for micro in (1, 4):
+    tx = ts.make_optimizer(1e-2)
+    state, frozen, spec = ts.init_train_state(_tiny_model(), tx, actor_lr=ts.learning_rate_schedule(1e-2),
+                                              reference=False)
+    state, metrics = sft.make_sft_step(spec, micro)(state, frozen, rows)
+    assert float(metrics["skipped"]) == 0.0
+    params.append(jax.tree.leaves(jax.device_get(state.policy)))
+  for a, b in zip(*params):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+def _toy_config(workdir, path, steps):
+  c = default_config()
+  c.mode = "sft"
+  c.workdir = str(workdir)
+  c.model.preset = "tiny"
+  c.model.tokenizer = "demo_tokenizer"
+  c.model.dtype = c.model.param_dtype = "float32"
+  c.model.remat = False
+  c.mesh.shape = (1, 1, 1)
+  c.sft.path = path
+  c.sft.lr = 3e-3
+  c.sft.warmup_steps = 5
+  c.sft.batch_size = 4
+  c.sft.micro_batch_size = 2
+  c.sft.num_steps = steps
+  c.rollout.max_prompt_len = 64
+  c.rollout.max_new_tokens = 16
+  c.rollout.min_prompt_bucket = 16
+  return c
+
+
+def test_sft_run_lowers_the_loss_and_the_export_reproduces_a_trained_response(tmp_path):
+  """After SFT on a toy set the loss has dropped and the exported model greedily answers a prompt as trained."""
+  from memr1_jax import components  # pylint: disable=g-import-not-at-top
+  from memr1_jax.sampling.engine import RolloutConfig, RolloutEngine  # pylint: disable=g-import-not-at-top
+  pairs = [("Where does Anna live now?", "**Answer:** Lyon"), ("What pet does Ben have now?", "**Answer:** cat"),
+           ("Who is Carla dating now?", "**Answer:** Leo")]
+  path = _write(tmp_path / "toy.jsonl", [_record(q, a) for q, a in pairs])
+  config = _toy_config(tmp_path / "run", path, steps=60)
+  out = sft.run(config, progress=False)
+  assert out["last_loss"] < 0.1 * out["first_loss"]
+  model, tokenizer = components.load_policy(config, None, path=out["export_path"])
+  engine = RolloutEngine(model, tokenizer, RolloutConfig(max_new_tokens=16, max_prompt_len=64, min_prompt_bucket=16))
+  completions = engine.generate([[{"role": "user", "content": pairs[0][0]}]], temperature=0.0)
+  assert completions[0].text == pairs[0][1]
+  assert completions[0].finish_reason == "stop"
