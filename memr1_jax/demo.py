@@ -37,6 +37,10 @@ from memr1_jax.metrics_writer import read_jsonl
 logger = logging.getLogger(__name__)
 
 OPS = ("ADD", "UPDATE", "DELETE", "NOOP")
+# The pretrained tiny base model the demo starts from (an HF directory with its tokenizer; `build_base` makes it).
+DEMO_BASE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "assets", "demo_base")
+# Synthetic-task seed of the base model's pretraining text (the demo's own conversations use config.seed).
+BASE_CORPUS_SEED = 1000
 
 
 @dataclasses.dataclass
@@ -214,3 +218,105 @@ def run(config) -> dict:
         f"decoding):\n\n{table}\n\nReward curves: {plot}\nTensorBoard: tensorboard --logdir {config.workdir}\n"
         f"Wall time:\n{timing_lines}", flush=True)
   return out
+
+
+# ----------------------------------------------------------------------------------------- the pretrained base
+
+
+def instruction_tokenizer(out_dir: str) -> str:
+  """Writes the demo tokenizer with each agent's fixed system prompt added as one token to `out_dir`.
+
+  The model reads exactly the same text; the constant instructions (324 and 148 tokens otherwise) just cost one
+  position each, which makes a CPU-sized model's prompts 2-3x shorter. Returns `out_dir`.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  from tokenizers import AddedToken, Tokenizer  # pylint: disable=g-import-not-at-top
+
+  from memr1_jax.agents import prompts  # pylint: disable=g-import-not-at-top
+  from memr1_jax.data.demo_tokenizer import DEMO_TOKENIZER_DIR  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  shutil.copy(os.path.join(DEMO_TOKENIZER_DIR, "tokenizer_config.json"), out_dir)
+  tokenizer = Tokenizer.from_file(os.path.join(DEMO_TOKENIZER_DIR, "tokenizer.json"))
+  tokenizer.add_tokens([AddedToken(text, normalized=False, special=False) for text in (
+      prompts.MANAGER_SYSTEM_PROMPT, prompts.ANSWER_SYSTEM_PROMPT, prompts.EXTRACTION_SYSTEM_PROMPT)])
+  tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+  return out_dir
+
+
+def check_instruction_tokens(tokenizer) -> None:
+  """Raises ConfigError when an agent's system prompt no longer encodes as one token of `tokenizer` (the prompts
+  changed since the base was built: rebuild it with `python -m memr1_jax.demo`)."""
+  from memr1_jax.agents import prompts  # pylint: disable=g-import-not-at-top
+  for name in ("MANAGER_SYSTEM_PROMPT", "ANSWER_SYSTEM_PROMPT"):
+    if len(tokenizer.encode(getattr(prompts, name))) != 1:
+      raise components.ConfigError(
+          f"config.model.path: prompts.{name} is not one token of this tokenizer: the prompts changed after the "
+          f"demo base was built; rebuild it with `python -m memr1_jax.demo {DEMO_BASE_DIR}`")
+
+
+def base_corpus(tokenizer, num_conversations: int, rcfg: runner.RunnerConfig) -> list[list[int]]:
+  """Token ids of the manager and answer-agent prompts (no replies) the ADD-only heuristic meets on
+  `num_conversations` synthetic conversations of seed BASE_CORPUS_SEED (half of them short and change-heavy like
+  configs/demo.py's, half with the task's default knobs). Retrieval uses a hashing embedder (text only matters)."""
+  from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from memr1_jax.memory.bank import MemoryBank  # pylint: disable=g-import-not-at-top
+  from memr1_jax.memory.embedders import HashingEmbedder  # pylint: disable=g-import-not-at-top
+  embed = HashingEmbedder(256)
+  factory = lambda: MemoryBank(embed, embed.dim, index="brute_force")  # noqa: E731
+  half = num_conversations // 2
+  short = dict(num_sessions=2, facts_per_speaker=2, update_prob=0.35, retract_prob=0.35, filler_ratio=0.0)
+  convs = (synthetic.generate_conversations(half, BASE_CORPUS_SEED, **short)
+           + synthetic.generate_conversations(num_conversations - half, BASE_CORPUS_SEED + 1))
+  manager, _ = heuristics.manager_trajectories(convs, factory, rcfg)
+  answer = heuristics.answer_trajectories(convs, train.add_all_banks(convs, factory), rcfg)
+  return [tokenizer.encode_chat(r["messages"]) for r in manager + answer]
+
+
+def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 3000, batch_size: int = 16, lr: float = 3e-3,
+               num_conversations: int = 400, max_len: int = 512, seed: int = 0) -> str:
+  """Pretrains the demo's tiny base model and writes it, with its tokenizer, as an HF directory `out_dir`.
+
+  A "tiny"-preset decoder learns, as a plain language model (next-token loss on every token), the prompts of both
+  agents on synthetic conversations that the demo never evaluates on (`base_corpus`): the stand-in for the
+  pretraining of the LLM the paper starts from. It sees no reply, so it knows the task's text but no policy; the
+  demo's SFT stage then teaches it the heuristics' replies. About 15 minutes on 2 CPU cores.
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  from memr1_jax.models import config as model_config  # pylint: disable=g-import-not-at-top
+  from memr1_jax.models import decoder as decoder_lib  # pylint: disable=g-import-not-at-top
+  from memr1_jax.models.loading import export_pretrained  # pylint: disable=g-import-not-at-top
+  from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  from memr1_jax.rl import train_state as ts  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    tokenizer_dir = instruction_tokenizer(os.path.join(tmp, "tokenizer"))
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    corpus = [ids[:max_len] for ids in base_corpus(tokenizer, num_conversations, runner.RunnerConfig(
+        related_k=2, answer_k_per_speaker=3))]
+    # Next-token loss on every token: the first token is the "prompt", the rest the scored "response".
+    examples = [(ids[:1], ids[1:]) for ids in corpus]
+    cfg = model_config.get_preset("tiny", vocab_size=tokenizer.vocab_size)
+    model = nnx.merge(*jax.jit(lambda: nnx.split(decoder_lib.Decoder(cfg, rngs=nnx.Rngs(seed))))())
+    schedule = ts.learning_rate_schedule(lr, 100)
+    state, frozen, spec = ts.init_train_state(model, ts.make_optimizer(schedule), actor_lr=schedule,
+                                              reference=False)
+    step_fn = sft.make_sft_step(spec, batch_size)
+    bar = tqdm(range(steps), desc="pretraining the demo base", unit="step", dynamic_ncols=True)
+    for step in bar:
+      rows = sft.pack_examples(train.batch_for_step(examples, step, batch_size, seed), rows=batch_size,
+                               pad_id=tokenizer.pad_token_id, min_prompt_bucket=1, min_response_bucket=256)
+      state, metrics = step_fn(state, frozen, rows)
+      if step % 50 == 0:
+        bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
+    export_pretrained(ts.policy_model(spec, state, frozen), out_dir, tokenizer_dir=tokenizer_dir)
+  return out_dir
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=g-import-not-at-top
+  print(build_base(*sys.argv[1:2]))
