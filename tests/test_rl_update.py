@@ -96,14 +96,15 @@ def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 
 
 def test_chunked_logprobs_match_full_log_softmax():
-  """Chunked response log-probs and entropies equal log_softmax / entropy of the full forward's shifted logits."""
+  """Chunked response log-probs and entropies equal log_softmax / entropy of the full forward's shifted logits
+  (response holes are scored out but stay in context, as they were when the response was sampled)."""
   model = Decoder(CFG, rngs=nnx.Rngs(0))
   batch = _batch()
   logprobs_bt, entropy_bt = jax.jit(lambda m: logprobs_lib.response_logprobs(
       m, batch.prompt_ids_bp, batch.prompt_mask_bp, batch.response_ids_bt, batch.response_mask_bt,
       chunk_size=2))(model)
   ids = np.concatenate([batch.prompt_ids_bp, batch.response_ids_bt], 1)
-  mask = np.concatenate([batch.prompt_mask_bp, batch.response_mask_bt], 1)
+  mask = np.concatenate([batch.prompt_mask_bp, np.ones_like(batch.response_mask_bt)], 1)
   logits_btv = np.asarray(jax.jit(lambda m: m(ids, mask))(model))[:, P - 1:P + T - 1]
   log_probs_btv = np.asarray(jax.nn.log_softmax(logits_btv))
   expected = np.take_along_axis(log_probs_btv, batch.response_ids_bt[..., None], -1)[..., 0]

@@ -134,9 +134,10 @@ class Attention(nnx.Module):
       k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, cache_end, 0, 0))
       v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, cache_end, 0, 0))
       new_cache = (k, v)
+    # mask_bts None: plain causal attention, which fused kernels (cuDNN flash attention) run without a bias.
     out = jax.nn.dot_product_attention(
-        q, k.astype(dt), v.astype(dt), mask=mask_bts[:, None, :, :], scale=cfg.head_dim ** -0.5,
-        implementation=cfg.attention_impl)
+        q, k.astype(dt), v.astype(dt), mask=None if mask_bts is None else mask_bts[:, None, :, :],
+        is_causal=mask_bts is None, scale=cfg.head_dim ** -0.5, implementation=cfg.attention_impl)
     out_btd = jnp.einsum("btnh,nhd->btd", out, self.o_nhd[...].astype(dt))
     if cfg.lora_rank:
       out_btd = out_btd + self.o_lora(out)
@@ -212,11 +213,14 @@ class Decoder(nnx.Module):
   def forward_hidden(self, input_ids_bt, attention_mask_bt=None, positions_bt=None, cache: KVCache | None = None):
     """Runs the layers and the final norm. Returns (hidden_btd, updated cache or None).
 
-    Without a cache the attention is causal over this chunk. With a cache, the chunk's keys / values are written
-    at slots [cache.end, cache.end + T) and each query attends every valid slot at or before its own.
+    Without a cache the attention is causal over this chunk; with no attention_mask_bt either, it is plain causal
+    attention with no mask array (right padding is harmless then: no real token attends to a later position).
+    With a cache, the chunk's keys / values are written at slots [cache.end, cache.end + T) and each query attends
+    every valid slot at or before its own.
     """
     cfg = self.cfg
     b, t = input_ids_bt.shape
+    causal_only = attention_mask_bt is None and cache is None
     if attention_mask_bt is None:
       attention_mask_bt = jnp.ones((b, t), bool)
     attention_mask_bt = attention_mask_bt.astype(bool)
@@ -225,7 +229,9 @@ class Decoder(nnx.Module):
     inv_freq_h = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     x = self.embed_vd[...][input_ids_bt].astype(cfg.jnp_dtype)
 
-    if cache is None:
+    if causal_only:
+      mask_bts, cache_end, valid_bs = None, None, None
+    elif cache is None:
       causal_tt = jnp.tril(jnp.ones((t, t), bool))
       mask_bts = causal_tt[None] & attention_mask_bt[:, None, :]
       cache_end, valid_bs = None, None

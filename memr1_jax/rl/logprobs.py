@@ -1,8 +1,9 @@
 """Per-token log-probs and entropies of response tokens under a decoder, with the vocabulary projection chunked.
 
-A row is a left-padded prompt [P] followed by a right-padded response [T]. The response token at t is predicted by
-the hidden state at position P - 1 + t, so the model runs once over [P + T] and only T positions are projected to
-the vocabulary. The projection, log-softmax and entropy run over time chunks of `chunk_size` in a `lax.scan`; with
+A row is a left-padded prompt [P] followed by a right-padded response [T]. Each row is rotated left by its prompt
+padding, so every pad sits at the end and the model runs once over [P + T] with plain causal attention (no mask
+array: fused attention kernels such as cuDNN's run at full speed). The response token at t is predicted by the
+hidden state at rotated position P - 1 + t - pad, and only those T positions are projected to the vocabulary. The projection, log-softmax and entropy run over time chunks of `chunk_size` in a `lax.scan`; with
 `remat_chunks` each chunk's float32 logits [B, chunk, V] are recomputed in the backward pass instead of being
 stored, so at most one chunk's logits are alive at once (152k-vocabulary models would otherwise hold [B, T, V]).
 """
@@ -30,10 +31,13 @@ def response_hidden(model: Decoder, prompt_ids_bp: jax.Array, prompt_mask_bp: ja
   p, t = prompt_ids_bp.shape[1], response_ids_bt.shape[1]
   if p < 1:
     raise ValueError("logprobs.py: prompts need at least one position (P >= 1) to predict the first response token")
+  s = p + t
   ids_bs = jnp.concatenate([prompt_ids_bp, response_ids_bt], axis=1)
-  mask_bs = jnp.concatenate([prompt_mask_bp.astype(bool), response_mask_bt.astype(bool)], axis=1)
-  hidden_bsd, _ = model.forward_hidden(ids_bs, mask_bs)
-  return hidden_bsd[:, p - 1:p + t - 1]
+  pad_b = p - jnp.sum(prompt_mask_bp.astype(jnp.int32), axis=1)
+  ids_bs = jnp.take_along_axis(ids_bs, (jnp.arange(s)[None, :] + pad_b[:, None]) % s, axis=1)
+  hidden_bsd, _ = model.forward_hidden(ids_bs)
+  index_bt = jnp.clip(jnp.arange(p - 1, s - 1)[None, :] - pad_b[:, None], 0, s - 1)
+  return jnp.take_along_axis(hidden_bsd, index_bt[..., None], axis=1)
 
 
 def unembedding(model: Decoder) -> jax.Array:
