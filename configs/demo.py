@@ -1,31 +1,37 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
   python -m memr1_jax.main --config=configs/demo.py                      # GRPO (about 5 minutes on 2 CPU cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo --config.rollout.group_size=1
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo
 
-Nothing is downloaded: the synthetic memory task (`memr1_jax.data.synthetic`), the shipped demo tokenizer, a tiny
-decoder, and the bundled all-MiniLM-L6-v2 encoder for the memory bank. The same code path as configs/grpo_qwen7b.py
-(episode runner, memory bank, rollout engine, GRPO / PPO update, checkpoints, evaluation) with every size shrunk;
-see memr1_jax/demo.py for the stages. Prints a table of held-out EM / F1 and the manager's operation mix for the
-SFT start and after RL, and writes <workdir>/reward.png next to the TensorBoard logs.
+Nothing is downloaded: the synthetic memory task (`memr1_jax.data.synthetic`), the shipped tiny base model with its
+tokenizer (memr1_jax/data/assets/demo_base, built by `python -m memr1_jax.demo`), and the bundled all-MiniLM-L6-v2
+encoder for the memory bank. The same code path as configs/grpo_qwen7b.py (an HF checkpoint directory as
+model.path, episode runner, memory bank, rollout engine, GRPO / PPO update, checkpoints, evaluation) with every size
+shrunk; see memr1_jax/demo.py for the stages. Prints a table of held-out EM / F1 and the manager's operation mix for
+the heuristics, the SFT start and after RL, and writes <workdir>/reward.png next to the TensorBoard logs.
 """
 
+import os
+
+import memr1_jax
 from memr1_jax.defaults import default_config
+
+# The shipped tiny base model (an HF directory with its tokenizer), built by `python -m memr1_jax.demo`.
+DEMO_BASE_DIR = os.path.join(os.path.dirname(memr1_jax.__file__), "data", "assets", "demo_base")
 
 
 def get_config():
   c = default_config()
   c.mode = "demo"
   c.workdir = "runs/demo"
-  c.model.preset = "tiny"
-  c.model.tokenizer = "demo_tokenizer"
+  c.model.path = DEMO_BASE_DIR
   c.model.dtype = "float32"
   c.model.param_dtype = "float32"
   c.model.remat = False
 
   c.data.name = "synthetic"
-  c.data.synthetic_train = 24
-  c.data.synthetic_eval = 8
+  c.data.synthetic_train = 48
+  c.data.synthetic_eval = 16
   # A short, change-heavy task: facts stated in session 1, changed / retracted / restated in session 2.
   c.data.synthetic_task.num_sessions = 2
   c.data.synthetic_task.facts_per_speaker = 2
@@ -40,28 +46,29 @@ def get_config():
   c.memory.answer_k_per_speaker = 3
 
   c.rollout.batch_size = 8
-  c.rollout.group_size = 4
+  c.rollout.group_size = 8
   c.rollout.max_prompt_len = 512
-  c.rollout.min_prompt_bucket = 512
-  c.rollout.max_new_tokens = 48
+  c.rollout.min_prompt_bucket = 256
+  c.rollout.max_new_tokens = 64
   c.rollout.max_batch = 64
 
-  c.rl.actor_lr = 5e-4
+  c.rl.actor_lr = 1e-3
   c.rl.critic_lr = 1e-3
   c.rl.kl_coef = 0.0
   c.rl.micro_batch_size = 16
 
-  c.sft.lr = 5e-3
+  c.sft.lr = 3e-3
   c.sft.warmup_steps = 20
-  c.sft.batch_size = 8
-  c.sft.micro_batch_size = 8
-  c.sft.num_steps = 150
+  c.sft.batch_size = 16
+  c.sft.micro_batch_size = 16
+  c.sft.num_steps = 200
 
   c.train.keep_checkpoints = 1
 
   c.demo.agents = "answer,manager"
-  c.demo.answer_steps = 20
+  c.demo.answer_steps = 40
   c.demo.manager_steps = 8
   c.demo.manager_batch_size = 4
   c.demo.explore = 0.2
+  c.demo.sft_manager_conversations = 24
   return c

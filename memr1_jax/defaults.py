@@ -239,8 +239,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.demo.manager_batch_size = 4
   # Share of turns on which the heuristic manager blindly UPDATEs or DELETEs the top related memory (SFT data).
   c.demo.explore = 0.2
-  # Training conversations whose heuristic trajectories make the SFT data (0: all of data.synthetic_train).
-  c.demo.sft_conversations = 0
+  # Training conversations whose heuristic manager trajectories join the SFT data (0: all; answers use all).
+  c.demo.sft_manager_conversations = 0
 
   c.export = ml_collections.ConfigDict()
   # Where mode=export writes the Hugging Face directory.

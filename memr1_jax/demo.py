@@ -3,8 +3,12 @@ r"""mode=demo: the CPU showcase. RL makes a memory manager and an answer agent b
   python -m memr1_jax.main --config=configs/demo.py
 
 Every stage is one of this package's ordinary modes, run on a config derived from the demo's, so the demo goes
-through the code path of the real configs (episode runner, memory bank with the MiniLM encoder, rollout engine,
-GRPO / PPO update, orbax checkpoints, evaluation):
+through the code path of the real configs (an HF checkpoint directory as the policy, episode runner, memory bank
+with the MiniLM encoder, rollout engine, GRPO / PPO update, orbax checkpoints, evaluation). The policy starts from
+a small pretrained base shipped in the repo (`DEMO_BASE_DIR`, rebuilt by `python -m memr1_jax.demo`, see
+`build_base`): a 0.5M-parameter decoder that has read the task's prompts with random, uninformed replies, so it
+knows the formats and can copy text, but has no policy. Its tokenizer is the demo tokenizer plus one token per
+agent instruction (`instruction_tokenizer`), which keeps prompts around 250 tokens on a CPU.
 
 1. Heuristic trajectories (`agents.heuristics`): the ADD-only heuristic manager walks the training conversations
    through `episodes.runner.build_banks`, the first-match heuristic answerer answers their questions over ADD-all
@@ -69,15 +73,16 @@ def stage_config(config, **fields):
 
 
 def make_sft_data(config, path: str) -> dict:
-  """Writes the heuristic agents' trajectories on the training conversations to `path` (JSONL).
+  """Writes the heuristic agents' trajectories on the training conversations to `path` (JSONL): the answerer's on
+  every training question, the manager's on every turn of the first `config.demo.sft_manager_conversations`.
 
   Returns {"manager": records, "answer": records} counts.
   """
-  splits = components.load_splits(config)
-  convs = splits["train"][:config.demo.sft_conversations or None]
+  convs = components.load_splits(config)["train"]
   factory = components.bank_factory(config)
   rcfg = train.runner_config(config)
-  manager, _ = heuristics.manager_trajectories(convs, factory, rcfg, explore=config.demo.explore, seed=config.seed)
+  manager, _ = heuristics.manager_trajectories(convs[:config.demo.sft_manager_conversations or None], factory, rcfg,
+                                               explore=config.demo.explore, seed=config.seed)
   answer = heuristics.answer_trajectories(convs, train.add_all_banks(convs, factory), rcfg)
   heuristics.write_jsonl(manager + answer, path)
   return {"manager": len(manager), "answer": len(answer)}
@@ -99,8 +104,9 @@ def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
   fields = {"mode": "train", "agent": agent, "model.path": init_path, "model.tokenizer": "",
             "workdir": workdir or os.path.join(config.workdir, f"{agent}_{config.algorithm}"),
             "train.num_steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps}
-  if agent == "manager":
-    fields["rollout.batch_size"] = config.demo.manager_batch_size
+  batch = config.rollout.batch_size if agent == "answer" else config.demo.manager_batch_size
+  # PPO samples one response per prompt: as many prompts as GRPO has responses keep the update's size.
+  fields["rollout.batch_size"] = batch * (config.rollout.group_size if config.algorithm == "ppo" else 1)
   return stage_config(config, **fields)
 
 
@@ -192,6 +198,12 @@ def run(config) -> dict:
   for agent in agents:
     if agent not in ("answer", "manager"):
       raise components.ConfigError(f"config.demo.agents: {agent!r} is not one of answer, manager")
+  if config.model.path and os.path.abspath(config.model.path) == DEMO_BASE_DIR:
+    from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(os.path.join(DEMO_BASE_DIR, "model.safetensors")):
+      raise components.ConfigError(f"config.model.path: the demo base {DEMO_BASE_DIR} is missing; build it with "
+                                   "`python -m memr1_jax.demo`")
+    check_instruction_tokens(Tokenizer.from_pretrained(DEMO_BASE_DIR))
   timings = {}
   t = time.perf_counter()
   init_path = warm_start(config)
@@ -255,10 +267,14 @@ def check_instruction_tokens(tokenizer) -> None:
           f"demo base was built; rebuild it with `python -m memr1_jax.demo {DEMO_BASE_DIR}`")
 
 
-def base_corpus(tokenizer, num_conversations: int, rcfg: runner.RunnerConfig) -> list[list[int]]:
-  """Token ids of the manager and answer-agent prompts (no replies) the ADD-only heuristic meets on
-  `num_conversations` synthetic conversations of seed BASE_CORPUS_SEED (half of them short and change-heavy like
-  configs/demo.py's, half with the task's default knobs). Retrieval uses a hashing embedder (text only matters)."""
+def base_corpus(tokenizer, num_conversations: int, rcfg: runner.RunnerConfig, seed: int = 0) -> list[list[int]]:
+  """Token ids of pretraining text for the demo base: the manager and answer-agent prompts that the ADD-only
+  heuristic meets on `num_conversations` synthetic conversations of seed BASE_CORPUS_SEED (half short and
+  change-heavy like configs/demo.py's, half with the task's default knobs), each followed by an uninformed random
+  reply (`heuristics.random_manager_reply` / `random_answer_reply`) and the EOS token. Retrieval uses a hashing
+  embedder (only the text matters here)."""
+  import random  # pylint: disable=g-import-not-at-top
+
   from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from memr1_jax.memory.bank import MemoryBank  # pylint: disable=g-import-not-at-top
   from memr1_jax.memory.embedders import HashingEmbedder  # pylint: disable=g-import-not-at-top
@@ -270,17 +286,26 @@ def base_corpus(tokenizer, num_conversations: int, rcfg: runner.RunnerConfig) ->
            + synthetic.generate_conversations(num_conversations - half, BASE_CORPUS_SEED + 1))
   manager, _ = heuristics.manager_trajectories(convs, factory, rcfg)
   answer = heuristics.answer_trajectories(convs, train.add_all_banks(convs, factory), rcfg)
-  return [tokenizer.encode_chat(r["messages"]) for r in manager + answer]
+  rng = random.Random(seed)
+  eos = list(tokenizer.eos_token_ids[:1])
+  out = []
+  for records, reply in ((manager, heuristics.random_manager_reply), (answer, heuristics.random_answer_reply)):
+    for r in records:
+      out.append(tokenizer.encode_chat(r["messages"]) + tokenizer.encode(reply(r["messages"], rng)) + eos)
+  return out
 
 
 def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 3000, batch_size: int = 16, lr: float = 3e-3,
-               num_conversations: int = 400, max_len: int = 512, seed: int = 0) -> str:
-  """Pretrains the demo's tiny base model and writes it, with its tokenizer, as an HF directory `out_dir`.
+               num_conversations: int = 400, max_len: int = 512, seed: int = 0, init_from: str = "",
+               preset: str = "small") -> str:
+  """Pretrains the demo's base model and writes it, with its tokenizer, as an HF directory `out_dir`.
 
-  A "tiny"-preset decoder learns, as a plain language model (next-token loss on every token), the prompts of both
-  agents on synthetic conversations that the demo never evaluates on (`base_corpus`): the stand-in for the
-  pretraining of the LLM the paper starts from. It sees no reply, so it knows the task's text but no policy; the
-  demo's SFT stage then teaches it the heuristics' replies. About 15 minutes on 2 CPU cores.
+  A decoder of `preset` learns, as a plain language model (next-token loss on every token), the prompts of both
+  agents on synthetic conversations that the demo never trains or evaluates on, each followed by a random,
+  well-formed reply (`base_corpus`): the stand-in for the pretraining of the LLM the paper starts from. It learns
+  the formats and to copy facts, memories, values and dates, but no decision (which operation, which memory, which
+  answer); the demo's SFT stage teaches it the heuristics' decisions. `init_from` continues from an HF directory
+  instead of a random init. About 25 minutes on 2 CPU cores with the defaults.
   """
   import tempfile  # pylint: disable=g-import-not-at-top
 
@@ -297,11 +322,15 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 3000, batch_size: i
     tokenizer_dir = instruction_tokenizer(os.path.join(tmp, "tokenizer"))
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
     corpus = [ids[:max_len] for ids in base_corpus(tokenizer, num_conversations, runner.RunnerConfig(
-        related_k=2, answer_k_per_speaker=3))]
+        related_k=2, answer_k_per_speaker=3), seed)]
     # Next-token loss on every token: the first token is the "prompt", the rest the scored "response".
     examples = [(ids[:1], ids[1:]) for ids in corpus]
-    cfg = model_config.get_preset("tiny", vocab_size=tokenizer.vocab_size)
-    model = nnx.merge(*jax.jit(lambda: nnx.split(decoder_lib.Decoder(cfg, rngs=nnx.Rngs(seed))))())
+    if init_from:
+      from memr1_jax.models.loading import load_pretrained  # pylint: disable=g-import-not-at-top
+      model, _ = load_pretrained(init_from)
+    else:
+      cfg = model_config.get_preset(preset, vocab_size=tokenizer.vocab_size)
+      model = nnx.merge(*jax.jit(lambda: nnx.split(decoder_lib.Decoder(cfg, rngs=nnx.Rngs(seed))))())
     schedule = ts.learning_rate_schedule(lr, 100)
     state, frozen, spec = ts.init_train_state(model, ts.make_optimizer(schedule), actor_lr=schedule,
                                               reference=False)
@@ -313,7 +342,8 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 3000, batch_size: i
       state, metrics = step_fn(state, frozen, rows)
       if step % 50 == 0:
         bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
-    export_pretrained(ts.policy_model(spec, state, frozen), out_dir, tokenizer_dir=tokenizer_dir)
+    # bfloat16 halves the file shipped in the repo; the demo computes in float32 (config.model.dtype).
+    export_pretrained(ts.policy_model(spec, state, frozen), out_dir, dtype="bfloat16", tokenizer_dir=tokenizer_dir)
   return out_dir
 
 

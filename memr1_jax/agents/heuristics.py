@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import zlib
 from collections.abc import Sequence
@@ -152,40 +153,89 @@ def _candidates(memories, slot: str) -> list[tuple[int, str, str | None, str | N
   return out
 
 
-def answer_reply(answer: str, memory_ids: Sequence[int] = ()) -> str:
-  """An answer-agent reply: the useful memory ids, then the "**Answer:**" line."""
-  useful = "\n".join(f"[{i}]" for i in memory_ids) or "none"
+def answer_reply(answer: str, lines: Sequence[str] = ()) -> str:
+  """An answer-agent reply: the useful memories quoted as their prompt lines ("[id] (date) text", the id and text
+  the system prompt asks for), then the "**Answer:**" line."""
+  useful = "\n".join(lines) or "none"
   return f"Useful memories:\n{useful}\n**Answer:** {answer}"
 
 
-def heuristic_answer(chat: Sequence[ChatMessage]) -> tuple[str, list[int]]:
-  """(answer, ids of the memories used) of the first-match answerer for an answer chat (see the module docstring)."""
+def _line(memory: tuple[int, str, str]) -> str:
+  """A memory (id, timestamp, text) as `prompts.format_memory_line` shows it in an answer prompt."""
+  memory_id, stamp, text = memory
+  return f"[{memory_id}] ({stamp}) {text}" if stamp else f"[{memory_id}] {text}"
+
+
+def heuristic_answer(chat: Sequence[ChatMessage]) -> tuple[str, list[str]]:
+  """(answer, prompt lines of the memories used) of the first-match answerer for an answer chat (see the module
+  docstring)."""
   blocks, question = read_answer_prompt(chat)
   read = read_question(question)
   if read is None:
     return UNKNOWN_ANSWER, []
   kind, slot, name, value = read
-  found = _candidates(blocks.get(name, []), slot)
+  shown = blocks.get(name, [])
+  line_of = {memory[0]: _line(memory) for memory in shown}
+  found = _candidates(shown, slot)
   stated = [c for c in found if not c[4]]
   if kind == "latest":
-    return (stated[0][2], [stated[0][0]]) if stated else (UNKNOWN_ANSWER, [])
+    return (stated[0][2], [_used(stated[0], line_of)]) if stated else (UNKNOWN_ANSWER, [])
   if kind == "yes_no":
     same = [c for c in stated if c[2] == value]
-    return ("yes", [same[0][0]]) if same else ("no", [])
+    return ("yes", [_used(same[0], line_of)]) if same else ("no", [])
   if kind == "before":
     named = [c for c in stated if c[2] == value and c[3]]
     if named:
-      return named[0][3], [named[0][0]]
+      return named[0][3], [_used(named[0], line_of)]
     other = [c for c in stated if c[2] != value]
-    return (other[0][2], [other[0][0]]) if other else (UNKNOWN_ANSWER, [])
+    return (other[0][2], [_used(other[0], line_of)]) if other else (UNKNOWN_ANSWER, [])
   same = [c for c in stated if c[2] == value] or found
-  return (_date_of(same[0][1]), [same[0][0]]) if same else (UNKNOWN_ANSWER, [])
+  return (_date_of(same[0][1]), [_used(same[0], line_of)]) if same else (UNKNOWN_ANSWER, [])
+
+
+def _used(candidate, line_of: dict[int, str]) -> str:
+  return line_of[candidate[0]]
 
 
 def heuristic_answer_reply(chat: Sequence[ChatMessage]) -> str:
   """The heuristic answerer's reply to an answer chat, in the format `parsers.parse_answer_output` reads."""
-  answer, ids = heuristic_answer(chat)
-  return answer_reply(answer, ids)
+  answer, used = heuristic_answer(chat)
+  return answer_reply(answer, used)
+
+
+def random_manager_reply(chat: Sequence[ChatMessage], rng: random.Random) -> str:
+  """An uninformed but well-formed manager reply: per fact, an operation drawn uniformly from ADD / UPDATE / DELETE /
+  NOOP (UPDATE and DELETE only when a related memory is shown) on a uniformly drawn shown memory. The pretraining
+  text of the demo's base model: the reply format and the copying of a fact, no decision."""
+  facts, related = read_manager_prompt(chat)
+  ops = []
+  for fact in facts:
+    kind = rng.choice(("ADD", "UPDATE", "DELETE", "NOOP") if related else ("ADD", "NOOP"))
+    if kind == "ADD":
+      ops.append({"op": "ADD", "text": fact})
+    elif kind == "UPDATE":
+      ops.append({"op": "UPDATE", "id": rng.choice(related), "text": fact})
+    elif kind == "DELETE":
+      ops.append({"op": "DELETE", "id": rng.choice(related)})
+  return ops_reply(ops or [{"op": "NOOP"}])
+
+
+def random_answer_reply(chat: Sequence[ChatMessage], rng: random.Random) -> str:
+  """An uninformed but well-formed answer reply, whatever the question: "yes", "no", or the value or the date of a
+  uniformly drawn shown memory (quoted with its id). The pretraining text of the demo's base model: the reply
+  format and reading a value or a date out of a memory, no decision."""
+  blocks, _ = read_answer_prompt(chat)
+  memories = [m for shown in blocks.values() for m in shown]
+  statements = [(m, parsed) for m in memories
+                if (parsed := synthetic.parse_statement(_STATEMENT_RE.match(m[2]).group(1).strip()))]
+  kind = rng.choice(("yes", "no", "value", "date"))
+  if kind == "value" and statements:
+    memory, (_, new, old, _) = rng.choice(statements)
+    return answer_reply(new or old, [_line(memory)])
+  if kind == "date" and memories:
+    memory = rng.choice(memories)
+    return answer_reply(_date_of(memory[1]), [_line(memory)])
+  return answer_reply("yes" if kind == "yes" else "no")
 
 
 class RecordingPolicy:

@@ -101,6 +101,10 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
         num_kv_heads=2, head_dim=16, qkv_bias=True, tie_word_embeddings=True, max_position_embeddings=2048),
+    # The CPU demo's base model: "tiny" twice as wide (copying from a 250-token prompt is learned much faster).
+    "small": ModelConfig(
+        model_type="qwen2", vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
+        num_kv_heads=2, head_dim=32, qkv_bias=True, tie_word_embeddings=True, max_position_embeddings=2048),
 }
 
 
