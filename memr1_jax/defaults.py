@@ -239,6 +239,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.demo.manager_batch_size = 4
   # Share of turns on which the heuristic manager blindly UPDATEs or DELETEs the top related memory (SFT data).
   c.demo.explore = 0.2
+  # Share of questions the heuristic answerer answers from a random statement instead of the first shown (SFT data).
+  c.demo.answer_explore = 0.0
   # Training conversations whose heuristic manager trajectories join the SFT data (0: all; answers use all).
   c.demo.sft_manager_conversations = 0
 

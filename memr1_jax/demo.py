@@ -6,8 +6,8 @@ Every stage is one of this package's ordinary modes, run on a config derived fro
 through the code path of the real configs (an HF checkpoint directory as the policy, episode runner, memory bank
 with the MiniLM encoder, rollout engine, GRPO / PPO update, orbax checkpoints, evaluation). The policy starts from
 a small pretrained base shipped in the repo (`DEMO_BASE_DIR`, rebuilt by `python -m memr1_jax.demo`, see
-`build_base`): a 0.5M-parameter decoder that has read the task's prompts with random, uninformed replies, so it
-knows the formats and can copy text, but has no policy. Its tokenizer is the demo tokenizer plus one token per
+`build_base`): a 0.5M-parameter decoder that has read the task's prompts with well-formed but uninformed replies, so
+it knows the formats, can copy text and find what a question asks about, but has no policy. Its tokenizer is the demo tokenizer plus one token per
 agent instruction (`instruction_tokenizer`), which keeps prompts around 250 tokens on a CPU.
 
 1. Heuristic trajectories (`agents.heuristics`): the ADD-only heuristic manager walks the training conversations
@@ -83,7 +83,8 @@ def make_sft_data(config, path: str) -> dict:
   rcfg = train.runner_config(config)
   manager, _ = heuristics.manager_trajectories(convs[:config.demo.sft_manager_conversations or None], factory, rcfg,
                                                explore=config.demo.explore, seed=config.seed)
-  answer = heuristics.answer_trajectories(convs, train.add_all_banks(convs, factory), rcfg)
+  answer = heuristics.answer_trajectories(convs, train.add_all_banks(convs, factory), rcfg,
+                                         explore=config.demo.answer_explore, seed=config.seed)
   heuristics.write_jsonl(manager + answer, path)
   return {"manager": len(manager), "answer": len(answer)}
 
@@ -270,8 +271,9 @@ def check_instruction_tokens(tokenizer) -> None:
 def base_corpus(tokenizer, num_conversations: int, rcfg: runner.RunnerConfig, seed: int = 0) -> list[list[int]]:
   """Token ids of pretraining text for the demo base: the manager and answer-agent prompts that the ADD-only
   heuristic meets on `num_conversations` synthetic conversations of seed BASE_CORPUS_SEED (half short and
-  change-heavy like configs/demo.py's, half with the task's default knobs), each followed by an uninformed random
-  reply (`heuristics.random_manager_reply` / `random_answer_reply`) and the EOS token. Retrieval uses a hashing
+  change-heavy like configs/demo.py's, half with the task's default knobs), each followed by an uninformed reply
+  (`heuristics.random_manager_reply`: random operations; `random_answer_reply`: a random statement of the asked
+  attribute, random yes / no) and the EOS token. Retrieval uses a hashing
   embedder (only the text matters here)."""
   import random  # pylint: disable=g-import-not-at-top
 
@@ -295,7 +297,7 @@ def base_corpus(tokenizer, num_conversations: int, rcfg: runner.RunnerConfig, se
   return out
 
 
-def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 3000, batch_size: int = 16, lr: float = 3e-3,
+def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: int = 16, lr: float = 3e-3,
                num_conversations: int = 400, max_len: int = 512, seed: int = 0, init_from: str = "",
                preset: str = "small") -> str:
   """Pretrains the demo's base model and writes it, with its tokenizer, as an HF directory `out_dir`.
@@ -303,9 +305,10 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 3000, batch_size: i
   A decoder of `preset` learns, as a plain language model (next-token loss on every token), the prompts of both
   agents on synthetic conversations that the demo never trains or evaluates on, each followed by a random,
   well-formed reply (`base_corpus`): the stand-in for the pretraining of the LLM the paper starts from. It learns
-  the formats and to copy facts, memories, values and dates, but no decision (which operation, which memory, which
-  answer); the demo's SFT stage teaches it the heuristics' decisions. `init_from` continues from an HF directory
-  instead of a random init. About 25 minutes on 2 CPU cores with the defaults.
+  the formats, to copy facts, memories, values and dates, and to find the memories about what a question asks, but
+  no decision (which operation on which memory; which of several statements is current, whether a thing is still
+  owned); the demo's SFT stage teaches it the heuristics' decisions. `init_from` continues from an HF directory
+  instead of a random init. About 20 minutes on 2 CPU cores with the defaults.
   """
   import tempfile  # pylint: disable=g-import-not-at-top
 

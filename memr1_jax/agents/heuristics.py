@@ -166,17 +166,31 @@ def _line(memory: tuple[int, str, str]) -> str:
   return f"[{memory_id}] ({stamp}) {text}" if stamp else f"[{memory_id}] {text}"
 
 
-def heuristic_answer(chat: Sequence[ChatMessage]) -> tuple[str, list[str]]:
+def heuristic_answer(chat: Sequence[ChatMessage], *, explore: float = 0.0, seed: int = 0
+                     ) -> tuple[str, list[str]]:
   """(answer, prompt lines of the memories used) of the first-match answerer for an answer chat (see the module
-  docstring)."""
+  docstring). With probability `explore` (from a hash of the question, its memories and `seed`) it reads the
+  statements in a random order instead, so it answers from a random one of them, and flips a yes / no answer."""
   blocks, question = read_answer_prompt(chat)
   read = read_question(question)
   if read is None:
     return UNKNOWN_ANSWER, []
   kind, slot, name, value = read
   shown = blocks.get(name, [])
-  line_of = {memory[0]: _line(memory) for memory in shown}
   found = _candidates(shown, slot)
+  draw = _chance(_user_text(chat), seed)
+  if draw < explore:
+    random.Random(draw).shuffle(found)
+  answer, used = _first_match(kind, value, found, shown)
+  if kind == "yes_no" and draw < explore:  # Exploring flips the answer.
+    answer = "no" if answer == "yes" else "yes"
+  return answer, used
+
+
+def _first_match(kind: str, value: str | None, found, shown) -> tuple[str, list[str]]:
+  """(answer, prompt lines used) read off the first of the `found` statements (see `_candidates`) that answers a
+  question of `kind` about `value`; `shown` are the (id, timestamp, text) memories of the person asked about."""
+  line_of = {memory[0]: _line(memory) for memory in shown}
   stated = [c for c in found if not c[4]]
   if kind == "latest":
     return (stated[0][2], [_used(stated[0], line_of)]) if stated else (UNKNOWN_ANSWER, [])
@@ -197,9 +211,10 @@ def _used(candidate, line_of: dict[int, str]) -> str:
   return line_of[candidate[0]]
 
 
-def heuristic_answer_reply(chat: Sequence[ChatMessage]) -> str:
-  """The heuristic answerer's reply to an answer chat, in the format `parsers.parse_answer_output` reads."""
-  answer, used = heuristic_answer(chat)
+def heuristic_answer_reply(chat: Sequence[ChatMessage], *, explore: float = 0.0, seed: int = 0) -> str:
+  """The heuristic answerer's reply to an answer chat, in the format `parsers.parse_answer_output` reads
+  (`explore`, `seed` as in `heuristic_answer`)."""
+  answer, used = heuristic_answer(chat, explore=explore, seed=seed)
   return answer_reply(answer, used)
 
 
@@ -221,21 +236,23 @@ def random_manager_reply(chat: Sequence[ChatMessage], rng: random.Random) -> str
 
 
 def random_answer_reply(chat: Sequence[ChatMessage], rng: random.Random) -> str:
-  """An uninformed but well-formed answer reply, whatever the question: "yes", "no", or the value or the date of a
-  uniformly drawn shown memory (quoted with its id). The pretraining text of the demo's base model: the reply
-  format and reading a value or a date out of a memory, no decision."""
-  blocks, _ = read_answer_prompt(chat)
-  memories = [m for shown in blocks.values() for m in shown]
-  statements = [(m, parsed) for m in memories
-                if (parsed := synthetic.parse_statement(_STATEMENT_RE.match(m[2]).group(1).strip()))]
-  kind = rng.choice(("yes", "no", "value", "date"))
-  if kind == "value" and statements:
-    memory, (_, new, old, _) = rng.choice(statements)
-    return answer_reply(new or old, [_line(memory)])
-  if kind == "date" and memories:
-    memory = rng.choice(memories)
-    return answer_reply(_date_of(memory[1]), [_line(memory)])
-  return answer_reply("yes" if kind == "yes" else "no")
+  """A well-formed answer reply that understands the question but not time: it reads the memories of the person
+  asked about that state the asked attribute, in a random order, and answers from the first that fits (as
+  `heuristic_answer` does in the order shown); a yes / no question gets a random "yes" or "no". The pretraining
+  text of the demo's base model, the stand-in for an LLM's reading skill: the reply format, finding the statements
+  a question is about and reading a value or a date out of one; no notion of which statement is current."""
+  blocks, question = read_answer_prompt(chat)
+  read = read_question(question)
+  if read is None:
+    return answer_reply(UNKNOWN_ANSWER)
+  kind, slot, name, value = read
+  shown = blocks.get(name, [])
+  found = _candidates(shown, slot)
+  rng.shuffle(found)
+  answer, used = _first_match(kind, value, found, shown)
+  if kind == "yes_no":
+    answer = rng.choice(("yes", "no"))
+  return answer_reply(answer, used)
 
 
 class RecordingPolicy:
@@ -273,11 +290,12 @@ def manager_trajectories(conversations, bank_factory, cfg, *, explore: float = 0
   return policy.records, banks
 
 
-def answer_trajectories(conversations, banks: dict, cfg) -> list[dict]:
+def answer_trajectories(conversations, banks: dict, cfg, *, explore: float = 0.0, seed: int = 0) -> list[dict]:
   """One {"messages", "response"} record per question of `conversations`, answered by the heuristic answerer over
-  `banks` (sample_id -> MemoryBank) with `cfg.answer_k_per_speaker` memories per speaker."""
+  `banks` (sample_id -> MemoryBank) with `cfg.answer_k_per_speaker` memories per speaker (`explore`, `seed` as in
+  `heuristic_answer`)."""
   from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
-  policy = RecordingPolicy(heuristic_answer_reply)
+  policy = RecordingPolicy(lambda chat: heuristic_answer_reply(chat, explore=explore, seed=seed))
   items = [(conv, qa) for conv in conversations for qa in conv.qa]
   runner.answer_episodes(policy, banks, items, cfg, n=1, greedy=True)
   return policy.records

@@ -1,0 +1,139 @@
+"""The CPU demo: heuristic agents, the shipped base, and a shortened demo in which GRPO beats the SFT start."""
+
+import importlib.util
+import json
+import os
+import random
+
+from memr1_jax import demo
+from memr1_jax.agents import heuristics, parsers, prompts
+from memr1_jax.memory.bank import MemoryEntry
+from memr1_jax.memory.operations import OpKind
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def demo_config(workdir, **overrides):
+  spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "demo.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return demo.stage_config(module.get_config(), workdir=str(workdir), **overrides)
+
+
+def _memory(memory_id, text, speaker="Anna", stamp="1:56 pm on 8 May, 2023"):
+  return MemoryEntry(memory_id, text, speaker, stamp, ())
+
+
+def test_heuristic_manager_adds_the_fact_in_the_parsed_format():
+  """Without exploration the heuristic manager's reply parses to one ADD of the fact, verbatim."""
+  fact = "[1:56 pm on 8 May, 2023] Anna: I sold my bike."
+  chat = prompts.manager_messages([fact], [_memory(3, "[1:00 pm on 1 May, 2023] Anna: I bought a bike.")],
+                                  speaker="Anna", date="1:56 pm on 8 May, 2023")
+  parsed = parsers.parse_manager_output(heuristics.heuristic_manager_reply(chat), {3}, speaker="Anna")
+  assert parsed.format_error is None
+  assert [(op.kind, op.text) for op in parsed.ops] == [(OpKind.ADD, fact)]
+
+
+def test_heuristic_manager_explores_update_and_delete_of_the_top_memory():
+  """With explore=1 every fact UPDATEs or DELETEs the first related memory shown, both kinds occurring."""
+  kinds = set()
+  for i in range(20):
+    fact = f"[1:56 pm on 8 May, 2023] Anna: I took up chess {i}."
+    chat = prompts.manager_messages([fact], [_memory(7, "x"), _memory(2, "y")], speaker="Anna", date="d")
+    parsed = parsers.parse_manager_output(heuristics.heuristic_manager_reply(chat, explore=1.0), {7, 2})
+    assert parsed.format_error is None and len(parsed.ops) == 1 and parsed.ops[0].memory_id == 7
+    kinds.add(parsed.ops[0].kind)
+  assert kinds == {OpKind.UPDATE, OpKind.DELETE}
+
+
+def test_heuristic_answerer_takes_the_first_statement_shown():
+  """The answerer quotes (as shown) and reads the first statement of the asked attribute, ignoring dates and retractions."""
+  memories = [_memory(4, "[1:56 pm on 8 May, 2023] Anna: I moved to Porto."),
+              _memory(9, "[2:00 pm on 20 May, 2023] Anna: We left Porto for Lyon.", stamp="2:00 pm on 20 May, 2023"),
+              _memory(5, "[1:00 pm on 2 May, 2023] Anna: I bought a bike."),
+              _memory(6, "[3:00 pm on 25 May, 2023] Anna: I sold my bike.")]
+
+  def answer(question):
+    chat = prompts.answer_messages(question, memories, speakers=("Anna", "Ben"))
+    reply = heuristics.heuristic_answer_reply(chat)
+    parsed = parsers.parse_answer_output(reply)
+    assert parsed.format_error is None
+    shown = chat[1]["content"].splitlines()
+    assert all(any(line.startswith(f"[{i}] ") and line in shown for line in reply.splitlines())
+               for i in parsed.selected_ids)
+    return parsed.answer, parsed.selected_ids
+
+  assert answer("Where does Anna live now?") == ("Porto", [4])  # Stale: Lyon is current.
+  assert answer("Where did Anna live before Lyon?") == ("Porto", [9])
+  assert answer("When did Anna move to Lyon?") == ("20 May 2023", [9])
+  assert answer("Does Anna own a bike now?") == ("yes", [5])  # Wrong: she sold it.
+
+
+def test_heuristic_answerer_explores_other_statements_and_flips_yes_no():
+  """With explore=1 the answerer answers "now" questions from either statement (over seeds) and flips yes / no."""
+  memories = [_memory(4, "[1:56 pm on 8 May, 2023] Anna: I moved to Porto."),
+              _memory(9, "[2:00 pm on 20 May, 2023] Anna: We left Porto for Lyon.", stamp="2:00 pm on 20 May, 2023"),
+              _memory(5, "[1:00 pm on 2 May, 2023] Anna: I bought a bike.")]
+
+  def answers(question, explore):
+    chat = prompts.answer_messages(question, memories, speakers=("Anna", "Ben"))
+    return {heuristics.heuristic_answer(chat, explore=explore, seed=seed)[0] for seed in range(40)}
+
+  assert answers("Where does Anna live now?", 0.0) == {"Porto"}
+  assert answers("Where does Anna live now?", 1.0) == {"Porto", "Lyon"}
+  assert answers("Does Anna own a bike now?", 0.0) == {"yes"}
+  assert answers("Does Anna own a bike now?", 1.0) == {"no"}
+
+
+def test_random_replies_are_well_formed_and_answer_the_asked_attribute():
+  """The base model's uninformed replies parse, name only shown memories, and answer from a random statement of the
+  asked attribute (both statements over draws; a random yes / no)."""
+  rng = random.Random(0)
+  manager_chat = prompts.manager_messages(["[d] Anna: I took up chess."], [_memory(7, "x"), _memory(2, "y")],
+                                          speaker="Anna", date="d")
+  memories = [_memory(4, "[1:56 pm on 8 May, 2023] Anna: I moved to Porto."),
+              _memory(9, "[2:00 pm on 20 May, 2023] Anna: We left Porto for Lyon.", stamp="2:00 pm on 20 May, 2023"),
+              _memory(5, "[1:00 pm on 2 May, 2023] Anna: I bought a bike.")]
+  answers = {}
+  for _ in range(40):
+    parsed = parsers.parse_manager_output(heuristics.random_manager_reply(manager_chat, rng), {7, 2})
+    assert parsed.format_error is None
+    for question in ("Where does Anna live now?", "Does Anna own a bike now?"):
+      chat = prompts.answer_messages(question, memories, speakers=("Anna", "Ben"))
+      answer = parsers.parse_answer_output(heuristics.random_answer_reply(chat, rng))
+      assert answer.format_error is None and set(answer.selected_ids) <= {4, 9, 5}
+      answers.setdefault(question, set()).add(answer.answer)
+  assert answers == {"Where does Anna live now?": {"Porto", "Lyon"}, "Does Anna own a bike now?": {"yes", "no"}}
+
+
+def test_sft_data_are_parseable_replies_to_runner_prompts(tmp_path):
+  """Every SFT record is a runner chat with a reply the parsers read without a format error."""
+  config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "data.synthetic_train": 2})
+  path = str(tmp_path / "sft.jsonl")
+  counts = demo.make_sft_data(config, path)
+  with open(path, encoding="utf-8") as f:
+    records = [json.loads(line) for line in f]
+  assert len(records) == counts["manager"] + counts["answer"] > 0
+  for r in records:
+    system = r["messages"][0]["content"]
+    if system == prompts.MANAGER_SYSTEM_PROMPT:
+      assert parsers.parse_manager_output(r["response"], range(1000)).format_error is None
+    else:
+      assert system == prompts.ANSWER_SYSTEM_PROMPT
+      assert parsers.parse_answer_output(r["response"]).format_error is None
+
+
+def test_shipped_base_encodes_each_agent_instruction_as_one_token():
+  """The shipped base's tokenizer still matches agents.prompts (else the base must be rebuilt)."""
+  from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  demo.check_instruction_tokens(Tokenizer.from_pretrained(demo.DEMO_BASE_DIR))
+
+
+def test_shortened_demo_lr0_control_keeps_the_sft_start(tmp_path):
+  """A shortened demo through the real stages: with lr 0 the answer agent's held-out scores stay at the SFT start."""
+  config = demo_config(tmp_path, **{"demo.agents": "answer", "sft.num_steps": 20, "demo.answer_steps": 2,
+                                    "data.synthetic_train": 8, "data.synthetic_eval": 4})
+  init = demo.warm_start(config)
+  control = demo.train_agent(demo.stage_config(config, **{"rl.actor_lr": 0.0}), "answer", init,
+                             str(tmp_path / "lr0"))
+  assert control.after == control.before
