@@ -1,4 +1,4 @@
-r"""mode=demo: the CPU showcase. RL makes a memory manager and an answer agent better than the heuristic they start from.
+r"""mode=demo: the CPU showcase. GRPO / PPO train a memory manager and an answer agent that start from heuristics.
 
   python -m memr1_jax.main --config=configs/demo.py
 
@@ -6,9 +6,10 @@ Every stage is one of this package's ordinary modes, run on a config derived fro
 through the code path of the real configs (an HF checkpoint directory as the policy, episode runner, memory bank
 with the MiniLM encoder, rollout engine, GRPO / PPO update, orbax checkpoints, evaluation). The policy starts from
 a small pretrained base shipped in the repo (`DEMO_BASE_DIR`, rebuilt by `python -m memr1_jax.demo`, see
-`build_base`): a 0.5M-parameter decoder that has read the task's prompts with well-formed but uninformed replies, so
-it knows the formats, can copy text and find what a question asks about, but has no policy. Its tokenizer is the demo tokenizer plus one token per
-agent instruction (`instruction_tokenizer`), which keeps prompts around 250 tokens on a CPU.
+`build_base`): a 0.5M-parameter decoder that has read the task's prompts with well-formed but uninformed replies
+(random operations; a random statement of the asked attribute), so it has seen the formats, but has no policy. Its
+tokenizer is the demo tokenizer plus one token per agent instruction (`instruction_tokenizer`), which keeps prompts
+around 250 tokens on a CPU.
 
 1. Heuristic trajectories (`agents.heuristics`): the ADD-only heuristic manager walks the training conversations
    through `episodes.runner.build_banks`, the first-match heuristic answerer answers their questions over ADD-all
@@ -273,8 +274,7 @@ def base_corpus(tokenizer, num_conversations: int, rcfg: runner.RunnerConfig, se
   heuristic meets on `num_conversations` synthetic conversations of seed BASE_CORPUS_SEED (half short and
   change-heavy like configs/demo.py's, half with the task's default knobs), each followed by an uninformed reply
   (`heuristics.random_manager_reply`: random operations; `random_answer_reply`: a random statement of the asked
-  attribute, random yes / no) and the EOS token. Retrieval uses a hashing
-  embedder (only the text matters here)."""
+  attribute, random yes / no) and the EOS token. Retrieval uses a hashing embedder (only the text matters here)."""
   import random  # pylint: disable=g-import-not-at-top
 
   from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
@@ -304,11 +304,11 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
 
   A decoder of `preset` learns, as a plain language model (next-token loss on every token), the prompts of both
   agents on synthetic conversations that the demo never trains or evaluates on, each followed by a random,
-  well-formed reply (`base_corpus`): the stand-in for the pretraining of the LLM the paper starts from. It learns
-  the formats, to copy facts, memories, values and dates, and to find the memories about what a question asks, but
-  no decision (which operation on which memory; which of several statements is current, whether a thing is still
-  owned); the demo's SFT stage teaches it the heuristics' decisions. `init_from` continues from an HF directory
-  instead of a random init. About 20 minutes on 2 CPU cores with the defaults.
+  well-formed reply (`base_corpus`): the stand-in for the pretraining of the LLM the paper starts from. Its text
+  shows the formats, copied facts, memories, values and dates, and answers read from the memories a question asks
+  about, but no decision (which operation on which memory; which of several statements is current, whether a thing
+  is still owned); the demo's SFT stage teaches it the heuristics' decisions. `init_from` continues from an HF directory
+  instead of a random init. About 21 minutes on 2 CPU cores with the defaults.
   """
   import tempfile  # pylint: disable=g-import-not-at-top
 

@@ -166,18 +166,27 @@ def _line(memory: tuple[int, str, str]) -> str:
   return f"[{memory_id}] ({stamp}) {text}" if stamp else f"[{memory_id}] {text}"
 
 
+def _read_answer_chat(chat: Sequence[ChatMessage]):
+  """(kind, value, statements of the asked attribute as `_candidates`, shown memories of the person asked about) of
+  an answer chat; None when its question is not one of the synthetic task's templates."""
+  blocks, question = read_answer_prompt(chat)
+  read = read_question(question)
+  if read is None:
+    return None
+  kind, slot, name, value = read
+  shown = blocks.get(name, [])
+  return kind, value, _candidates(shown, slot), shown
+
+
 def heuristic_answer(chat: Sequence[ChatMessage], *, explore: float = 0.0, seed: int = 0
                      ) -> tuple[str, list[str]]:
   """(answer, prompt lines of the memories used) of the first-match answerer for an answer chat (see the module
   docstring). With probability `explore` (from a hash of the question, its memories and `seed`) it reads the
   statements in a random order instead, so it answers from a random one of them, and flips a yes / no answer."""
-  blocks, question = read_answer_prompt(chat)
-  read = read_question(question)
+  read = _read_answer_chat(chat)
   if read is None:
     return UNKNOWN_ANSWER, []
-  kind, slot, name, value = read
-  shown = blocks.get(name, [])
-  found = _candidates(shown, slot)
+  kind, value, found, shown = read
   draw = _chance(_user_text(chat), seed)
   if draw < explore:
     random.Random(draw).shuffle(found)
@@ -241,13 +250,10 @@ def random_answer_reply(chat: Sequence[ChatMessage], rng: random.Random) -> str:
   `heuristic_answer` does in the order shown); a yes / no question gets a random "yes" or "no". The pretraining
   text of the demo's base model, the stand-in for an LLM's reading skill: the reply format, finding the statements
   a question is about and reading a value or a date out of one; no notion of which statement is current."""
-  blocks, question = read_answer_prompt(chat)
-  read = read_question(question)
+  read = _read_answer_chat(chat)
   if read is None:
     return answer_reply(UNKNOWN_ANSWER)
-  kind, slot, name, value = read
-  shown = blocks.get(name, [])
-  found = _candidates(shown, slot)
+  kind, value, found, shown = read
   rng.shuffle(found)
   answer, used = _first_match(kind, value, found, shown)
   if kind == "yes_no":
