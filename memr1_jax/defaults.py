@@ -101,7 +101,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.memory.related_k = 10
   # Memories retrieved per speaker for the answer agent (the paper: 30 + 30).
   c.memory.answer_k_per_speaker = 30
-  # Fact extraction: simple (turn text with speaker and date) | llm (a frozen model extracts facts).
+  # Fact extraction: simple ("<speaker>: <turn text>", dated by its session) | llm (a frozen model extracts facts).
   c.memory.extraction = "simple"
   # Maximum operations applied from one manager output.
   c.memory.max_ops_per_output = 64
@@ -211,6 +211,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.peak_flops_per_device = 0.0
   # At the end, every process prints a SHA-256 of the whole train state (all-gathers it: small models only).
   c.train.log_param_checksum = False
+  # The frozen answer agent whose exact match rewards the manager: "" (the starting policy), an HF checkpoint
+  # directory, or "heuristic" (the scripted first-match answerer of the synthetic task; the CPU demo).
+  c.train.manager_answerer = ""
 
   c.eval = ml_collections.ConfigDict()
   # Split to evaluate in mode=eval.

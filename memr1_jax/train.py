@@ -23,7 +23,7 @@ from memr1_jax import components, multihost
 from memr1_jax import faults
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.episodes import batching, runner
-from memr1_jax.episodes.policy import EnginePolicy
+from memr1_jax.episodes.policy import EnginePolicy, ScriptedPolicy
 from memr1_jax.metrics_writer import MetricsWriter
 
 logger = logging.getLogger(__name__)
@@ -184,8 +184,8 @@ class Trainer:
     self.learner = Learner.create(config, policy, self.mesh)
     self.rcfg = runner_config(config)
     self.rollout = make_engine_policy(self.learner.policy(), self.tokenizer, config, self.mesh, seed=config.seed)
-    self.frozen = make_engine_policy(self.learner.reference(), self.tokenizer, config, self.mesh,
-                                     seed=config.seed + 1)
+    # The frozen answer agent that rewards and evaluates the manager.
+    self.manager_answerer = self._frozen_answerer() if config.agent == "manager" else None
     self.items = _training_items(config, self.splits)
     self.answer_banks = {}
     self.ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep_last=config.train.keep_checkpoints,
@@ -193,6 +193,20 @@ class Trainer:
     self.writer = MetricsWriter(self.workdir, enabled=jax.process_index() == 0)
     self.start_step = 0
     self._stop_signal = None
+
+  def _frozen_answerer(self):
+    """The frozen answer agent of config.train.manager_answerer (see defaults.py)."""
+    choice = self.config.train.manager_answerer
+    if choice == "heuristic":
+      from memr1_jax.agents import heuristics  # pylint: disable=g-import-not-at-top
+      return ScriptedPolicy(heuristics.heuristic_answer_reply)
+    model, tokenizer = self.learner.reference(), self.tokenizer
+    if choice:
+      if not os.path.isdir(choice):
+        raise components.ConfigError(f"config.train.manager_answerer: {choice!r} is neither 'heuristic' nor a "
+                                     "checkpoint directory")
+      model, tokenizer = components.load_policy(self.config, self.mesh, choice)
+    return make_engine_policy(model, tokenizer, self.config, self.mesh, seed=self.config.seed + 1)
 
   # Checkpoints.
 
@@ -231,13 +245,14 @@ class Trainer:
     batch = batch_for_step(self.items, step, c.rollout.batch_size, c.seed)
     self.rollout.engine.model = self.learner.policy()
     self.rollout.set_step(step)
-    self.frozen.set_step(step)
+    if isinstance(self.manager_answerer, EnginePolicy):
+      self.manager_answerer.set_step(step)
     if c.agent == "answer":
       banks = self._answer_bank(list({conv.sample_id: conv for conv, _ in batch}.values()))
       return runner.answer_episodes(self.rollout, banks, batch, self.rcfg, n=g)
     questions = {conv.sample_id: conv.qa for conv in batch}
-    experiences, _ = runner.manager_episodes(self.rollout, self.frozen, batch, questions, self.bank_factory,
-                                             self.rcfg, n=g)
+    experiences, _ = runner.manager_episodes(self.rollout, self.manager_answerer, batch, questions,
+                                             self.bank_factory, self.rcfg, n=g)
     return experiences
 
   def evaluate(self, split: str) -> dict:
@@ -252,7 +267,7 @@ class Trainer:
       built, stats = runner.build_banks(self.rollout, convs, self.bank_factory, self.rcfg, greedy=True)
       banks = {conv.sample_id: b for conv, b in zip(convs, built)}
       items = [(conv, qa) for conv in convs for qa in conv.qa]
-      exps = runner.answer_episodes(self.frozen, banks, items, self.rcfg, n=1, greedy=True)
+      exps = runner.answer_episodes(self.manager_answerer, banks, items, self.rcfg, n=1, greedy=True)
       total = max(sum(stats.ops.values()), 1)
       ops = {f"eval/ops/{k}": v / total for k, v in stats.ops.items()}
       return {"eval/em": float(np.mean([e.info["em"] for e in exps])),

@@ -470,11 +470,11 @@ _SESSION = Session(index=1, date_time="1:56 pm on 8 May, 2023", turns=(
 ))
 
 
-def test_simple_fact_prefixes_date_and_speaker():
-  """The simple fact is '[<date>] <speaker>: <text>' with the turn's id as source."""
+def test_simple_fact_prefixes_speaker():
+  """The simple fact is '<speaker>: <text>', timestamped with the session date, with the turn's id as source."""
   fact = extraction.simple_fact(_SESSION, _SESSION.turns[1])
   assert fact == extraction.Fact(
-      "[1:56 pm on 8 May, 2023] Caroline: I went to a LGBTQ support group yesterday.",
+      "Caroline: I went to a LGBTQ support group yesterday.",
       "Caroline", "1:56 pm on 8 May, 2023", ("D1:2",))
 
 

@@ -26,8 +26,8 @@ def _memory(memory_id, text, speaker="Anna", stamp="1:56 pm on 8 May, 2023"):
 
 def test_heuristic_manager_adds_the_fact_in_the_parsed_format():
   """Without exploration the heuristic manager's reply parses to one ADD of the fact, verbatim."""
-  fact = "[1:56 pm on 8 May, 2023] Anna: I sold my bike."
-  chat = prompts.manager_messages([fact], [_memory(3, "[1:00 pm on 1 May, 2023] Anna: I bought a bike.")],
+  fact = "Anna: I sold my bike."
+  chat = prompts.manager_messages([fact], [_memory(3, "Anna: I bought a bike.")],
                                   speaker="Anna", date="1:56 pm on 8 May, 2023")
   parsed = parsers.parse_manager_output(heuristics.heuristic_manager_reply(chat), {3}, speaker="Anna")
   assert parsed.format_error is None
@@ -38,7 +38,7 @@ def test_heuristic_manager_explores_update_and_delete_of_the_top_memory():
   """With explore=1 every fact UPDATEs or DELETEs the first related memory shown, both kinds occurring."""
   kinds = set()
   for i in range(20):
-    fact = f"[1:56 pm on 8 May, 2023] Anna: I took up chess {i}."
+    fact = f"Anna: I took up chess {i}."
     chat = prompts.manager_messages([fact], [_memory(7, "x"), _memory(2, "y")], speaker="Anna", date="d")
     parsed = parsers.parse_manager_output(heuristics.heuristic_manager_reply(chat, explore=1.0), {7, 2})
     assert parsed.format_error is None and len(parsed.ops) == 1 and parsed.ops[0].memory_id == 7
@@ -47,20 +47,19 @@ def test_heuristic_manager_explores_update_and_delete_of_the_top_memory():
 
 
 def test_heuristic_answerer_takes_the_first_statement_shown():
-  """The answerer quotes (as shown) and reads the first statement of the asked attribute, ignoring dates and retractions."""
-  memories = [_memory(4, "[1:56 pm on 8 May, 2023] Anna: I moved to Porto."),
-              _memory(9, "[2:00 pm on 20 May, 2023] Anna: We left Porto for Lyon.", stamp="2:00 pm on 20 May, 2023"),
-              _memory(5, "[1:00 pm on 2 May, 2023] Anna: I bought a bike."),
-              _memory(6, "[3:00 pm on 25 May, 2023] Anna: I sold my bike.")]
+  """The answerer reads (and lists the id of) the first statement of the asked attribute, ignoring dates and
+  retractions."""
+  memories = [_memory(4, "Anna: I moved to Porto."),
+              _memory(9, "Anna: We left Porto for Lyon.", stamp="2:00 pm on 20 May, 2023"),
+              _memory(5, "Anna: I bought a bike."),
+              _memory(6, "Anna: I sold my bike.")]
 
   def answer(question):
     chat = prompts.answer_messages(question, memories, speakers=("Anna", "Ben"))
     reply = heuristics.heuristic_answer_reply(chat)
     parsed = parsers.parse_answer_output(reply)
     assert parsed.format_error is None
-    shown = chat[1]["content"].splitlines()
-    assert all(any(line.startswith(f"[{i}] ") and line in shown for line in reply.splitlines())
-               for i in parsed.selected_ids)
+    assert [line for line in reply.splitlines() if line.startswith("[")] == [f"[{i}]" for i in parsed.selected_ids]
     return parsed.answer, parsed.selected_ids
 
   assert answer("Where does Anna live now?") == ("Porto", [4])  # Stale: Lyon is current.
@@ -71,9 +70,9 @@ def test_heuristic_answerer_takes_the_first_statement_shown():
 
 def test_heuristic_answerer_explores_other_statements_and_flips_yes_no():
   """With explore=1 the answerer answers "now" questions from either statement (over seeds) and flips yes / no."""
-  memories = [_memory(4, "[1:56 pm on 8 May, 2023] Anna: I moved to Porto."),
-              _memory(9, "[2:00 pm on 20 May, 2023] Anna: We left Porto for Lyon.", stamp="2:00 pm on 20 May, 2023"),
-              _memory(5, "[1:00 pm on 2 May, 2023] Anna: I bought a bike.")]
+  memories = [_memory(4, "Anna: I moved to Porto."),
+              _memory(9, "Anna: We left Porto for Lyon.", stamp="2:00 pm on 20 May, 2023"),
+              _memory(5, "Anna: I bought a bike.")]
 
   def answers(question, explore):
     chat = prompts.answer_messages(question, memories, speakers=("Anna", "Ben"))
@@ -89,11 +88,11 @@ def test_random_replies_are_well_formed_and_answer_the_asked_attribute():
   """The base model's uninformed replies parse, name only shown memories, and answer from a random statement of the
   asked attribute (both statements over draws; a random yes / no)."""
   rng = random.Random(0)
-  manager_chat = prompts.manager_messages(["[d] Anna: I took up chess."], [_memory(7, "x"), _memory(2, "y")],
+  manager_chat = prompts.manager_messages(["Anna: I took up chess."], [_memory(7, "x"), _memory(2, "y")],
                                           speaker="Anna", date="d")
-  memories = [_memory(4, "[1:56 pm on 8 May, 2023] Anna: I moved to Porto."),
-              _memory(9, "[2:00 pm on 20 May, 2023] Anna: We left Porto for Lyon.", stamp="2:00 pm on 20 May, 2023"),
-              _memory(5, "[1:00 pm on 2 May, 2023] Anna: I bought a bike.")]
+  memories = [_memory(4, "Anna: I moved to Porto."),
+              _memory(9, "Anna: We left Porto for Lyon.", stamp="2:00 pm on 20 May, 2023"),
+              _memory(5, "Anna: I bought a bike.")]
   answers = {}
   for _ in range(40):
     parsed = parsers.parse_manager_output(heuristics.random_manager_reply(manager_chat, rng), {7, 2})
@@ -137,3 +136,4 @@ def test_shortened_demo_lr0_control_keeps_the_sft_start(tmp_path):
   control = demo.train_agent(demo.stage_config(config, **{"rl.actor_lr": 0.0}), "answer", init,
                              str(tmp_path / "lr0"))
   assert control.after == control.before
+

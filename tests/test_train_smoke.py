@@ -77,3 +77,26 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   moved = [np.abs(np.asarray(x, np.float32)).sum() for x in leaves_a]
   assert all(np.isfinite(moved))
+
+
+def test_manager_answerer_heuristic_scores_the_banks_with_the_scripted_answerer(tmp_path):
+  """train.manager_answerer="heuristic": the manager's held-out EM is the heuristic answerer's over the banks the
+  policy builds; a value that is neither a mode nor a directory is a ConfigError naming the field."""
+  from memr1_jax import components  # pylint: disable=g-import-not-at-top
+  from memr1_jax.agents import heuristics  # pylint: disable=g-import-not-at-top
+  from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
+  from memr1_jax.episodes.policy import ScriptedPolicy  # pylint: disable=g-import-not-at-top
+  c = smoke_config(tmp_path, agent="manager", **{"train.manager_answerer": "heuristic"})
+  trainer = train.Trainer(c)
+  assert isinstance(trainer.manager_answerer, ScriptedPolicy)
+  scores = trainer.evaluate(c.data.eval_split)
+  convs = trainer.splits[c.data.eval_split]
+  built, _ = runner.build_banks(trainer.rollout, convs, trainer.bank_factory, trainer.rcfg, greedy=True)
+  banks = {conv.sample_id: bank for conv, bank in zip(convs, built)}
+  items = [(conv, qa) for conv in convs for qa in conv.qa]
+  exps = runner.answer_episodes(ScriptedPolicy(heuristics.heuristic_answer_reply), banks, items, trainer.rcfg, n=1,
+                                greedy=True)
+  expected = np.mean([e.info["em"] for e in exps])
+  assert expected > 0 and scores["eval/em"] == pytest.approx(expected)  # > 0: it says "no" to yes / no questions
+  with pytest.raises(components.ConfigError, match="train.manager_answerer"):
+    train.Trainer(smoke_config(tmp_path / "bad", agent="manager", **{"train.manager_answerer": "no/such/dir"}))

@@ -1,7 +1,8 @@
 """Fact extraction per dialogue turn: what the Memory Manager is asked to store.
 
 Two modes:
-- simple: the fact is the turn itself, "[<session date>] <speaker>: <text>";
+- simple: the fact is the turn itself, "<speaker>: <text>" (the session date is the memory's timestamp, which
+  every prompt shows beside its text);
 - LLM: a frozen model reads `prompts.extraction_messages` and replies with a JSON list of facts
   (`parsers.parse_fact_list`); a reply with no usable fact and a format error falls back to the
   simple fact, so a turn is never lost to a bad reply. A well-formed "[]" means nothing to store.
@@ -38,8 +39,8 @@ class Extraction:
 
 
 def simple_fact(session: Session, turn: Turn) -> Fact:
-  """The turn as a fact: "[<session date>] <speaker>: <text>"."""
-  return Fact(text=f"[{session.date_time}] {turn.speaker}: {turn.text}", speaker=turn.speaker,
+  """The turn as a fact: "<speaker>: <text>", timestamped with the session's date."""
+  return Fact(text=f"{turn.speaker}: {turn.text}", speaker=turn.speaker,
               timestamp=session.date_time, source_turn_ids=(turn.dia_id,))
 
 

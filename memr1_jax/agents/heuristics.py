@@ -154,70 +154,63 @@ def _candidates(memories, slot: str) -> list[tuple[int, str, str | None, str | N
 
 
 def answer_reply(answer: str, lines: Sequence[str] = ()) -> str:
-  """An answer-agent reply: the useful memories quoted as their prompt lines ("[id] (date) text", the id and text
-  the system prompt asks for), then the "**Answer:**" line."""
+  """An answer-agent reply: the useful memories as "[id]" lines (what the system prompt asks for), then the
+  "**Answer:**" line."""
   useful = "\n".join(lines) or "none"
   return f"Useful memories:\n{useful}\n**Answer:** {answer}"
 
 
-def _line(memory: tuple[int, str, str]) -> str:
-  """A memory (id, timestamp, text) as `prompts.format_memory_line` shows it in an answer prompt."""
-  memory_id, stamp, text = memory
-  return f"[{memory_id}] ({stamp}) {text}" if stamp else f"[{memory_id}] {text}"
-
-
 def _read_answer_chat(chat: Sequence[ChatMessage]):
-  """(kind, value, statements of the asked attribute as `_candidates`, shown memories of the person asked about) of
-  an answer chat; None when its question is not one of the synthetic task's templates."""
+  """(kind, value, statements of the asked attribute as `_candidates`) of an answer chat; None when its question is
+  not one of the synthetic task's templates."""
   blocks, question = read_answer_prompt(chat)
   read = read_question(question)
   if read is None:
     return None
   kind, slot, name, value = read
-  shown = blocks.get(name, [])
-  return kind, value, _candidates(shown, slot), shown
+  return kind, value, _candidates(blocks.get(name, []), slot)
 
 
 def heuristic_answer(chat: Sequence[ChatMessage], *, explore: float = 0.0, seed: int = 0
                      ) -> tuple[str, list[str]]:
-  """(answer, prompt lines of the memories used) of the first-match answerer for an answer chat (see the module
+  """(answer, reply lines of the memories used) of the first-match answerer for an answer chat (see the module
   docstring). With probability `explore` (from a hash of the question, its memories and `seed`) it reads the
   statements in a random order instead, so it answers from a random one of them, and flips a yes / no answer."""
   read = _read_answer_chat(chat)
   if read is None:
     return UNKNOWN_ANSWER, []
-  kind, value, found, shown = read
+  kind, value, found = read
   draw = _chance(_user_text(chat), seed)
   if draw < explore:
     random.Random(draw).shuffle(found)
-  answer, used = _first_match(kind, value, found, shown)
+  answer, used = _first_match(kind, value, found)
   if kind == "yes_no" and draw < explore:  # Exploring flips the answer.
     answer = "no" if answer == "yes" else "yes"
   return answer, used
 
 
-def _first_match(kind: str, value: str | None, found, shown) -> tuple[str, list[str]]:
-  """(answer, prompt lines used) read off the first of the `found` statements (see `_candidates`) that answers a
-  question of `kind` about `value`; `shown` are the (id, timestamp, text) memories of the person asked about."""
-  line_of = {memory[0]: _line(memory) for memory in shown}
+def _first_match(kind: str, value: str | None, found) -> tuple[str, list[str]]:
+  """(answer, reply lines of the memories used) read off the first of the `found` statements (see `_candidates`)
+  that answers a question of `kind` about `value`."""
   stated = [c for c in found if not c[4]]
   if kind == "latest":
-    return (stated[0][2], [_used(stated[0], line_of)]) if stated else (UNKNOWN_ANSWER, [])
+    return (stated[0][2], [_used(stated[0])]) if stated else (UNKNOWN_ANSWER, [])
   if kind == "yes_no":
     same = [c for c in stated if c[2] == value]
-    return ("yes", [_used(same[0], line_of)]) if same else ("no", [])
+    return ("yes", [_used(same[0])]) if same else ("no", [])
   if kind == "before":
     named = [c for c in stated if c[2] == value and c[3]]
     if named:
-      return named[0][3], [_used(named[0], line_of)]
+      return named[0][3], [_used(named[0])]
     other = [c for c in stated if c[2] != value]
-    return (other[0][2], [_used(other[0], line_of)]) if other else (UNKNOWN_ANSWER, [])
+    return (other[0][2], [_used(other[0])]) if other else (UNKNOWN_ANSWER, [])
   same = [c for c in stated if c[2] == value] or found
-  return (_date_of(same[0][1]), [_used(same[0], line_of)]) if same else (UNKNOWN_ANSWER, [])
+  return (_date_of(same[0][1]), [_used(same[0])]) if same else (UNKNOWN_ANSWER, [])
 
 
-def _used(candidate, line_of: dict[int, str]) -> str:
-  return line_of[candidate[0]]
+def _used(candidate) -> str:
+  """The reply line that lists a statement (see `_candidates`) as useful: "[id]"."""
+  return f"[{candidate[0]}]"
 
 
 def heuristic_answer_reply(chat: Sequence[ChatMessage], *, explore: float = 0.0, seed: int = 0) -> str:
@@ -253,9 +246,9 @@ def random_answer_reply(chat: Sequence[ChatMessage], rng: random.Random) -> str:
   read = _read_answer_chat(chat)
   if read is None:
     return answer_reply(UNKNOWN_ANSWER)
-  kind, value, found, shown = read
+  kind, value, found = read
   rng.shuffle(found)
-  answer, used = _first_match(kind, value, found, shown)
+  answer, used = _first_match(kind, value, found)
   if kind == "yes_no":
     answer = rng.choice(("yes", "no"))
   return answer_reply(answer, used)
