@@ -1,6 +1,6 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (212 s on 2 CPU cores)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (256 s on 2 CPU cores)
   python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.data.synthetic`), the shipped tiny base model with its

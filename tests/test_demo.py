@@ -137,3 +137,32 @@ def test_shortened_demo_lr0_control_keeps_the_sft_start(tmp_path):
                              str(tmp_path / "lr0"))
   assert control.after == control.before
 
+
+
+def test_copy_exercises_repeat_their_random_spans_in_another_order():
+  """Each copy exercise lists random spans (no special, instruction or newline token inside), then the same spans
+  again, mostly in another order, within the length limit."""
+  from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  tokenizer = Tokenizer.from_pretrained(demo.DEMO_BASE_DIR)
+  (newline,) = tokenizer.encode("\n")
+  forbidden = set(tokenizer.eos_token_ids) | {tokenizer.pad_token_id} | {
+      tokenizer.encode(p)[0] for p in (prompts.MANAGER_SYSTEM_PROMPT, prompts.ANSWER_SYSTEM_PROMPT)}
+  reordered = 0
+  for ids in demo.copy_exercises(tokenizer, 20, random.Random(0), 128):
+    assert 40 <= len(ids) <= 128 and ids[-1] == newline and not set(ids) & forbidden
+    lines = [tuple(line) for line in _split(ids, newline)]
+    half = len(lines) // 2
+    assert len(lines) == 2 * half >= 4 and sorted(lines[:half]) == sorted(lines[half:])
+    reordered += lines[:half] != lines[half:]
+  assert reordered > 10
+
+
+def _split(ids, separator):
+  out, line = [], []
+  for i in ids:
+    if i == separator:
+      out.append(line)
+      line = []
+    else:
+      line.append(i)
+  return out
