@@ -6,8 +6,9 @@ Every stage is one of this package's ordinary modes, run on a config derived fro
 through the code path of the real configs (an HF checkpoint directory as the policy, episode runner, memory bank
 with the MiniLM encoder, rollout engine, GRPO / PPO update, orbax checkpoints, evaluation). The policy starts from
 a small pretrained base shipped in the repo (`DEMO_BASE_DIR`, rebuilt by `python -m memr1_jax.demo`, see
-`build_base`): a 0.5M-parameter decoder that has read the task's prompts with well-formed but uninformed replies
-(random operations; a random statement of the asked attribute), so it has seen the formats, but has no policy. Its
+`build_base`): a 0.5M-parameter decoder that has learned to copy (random-token copy exercises) and has read the
+task's prompts with well-formed but uninformed replies (random operations; a random statement of the asked
+attribute), so it copies and has seen the formats, but has no policy. Its
 tokenizer is the demo tokenizer plus one token per agent instruction (`instruction_tokenizer`), which keeps prompts
 around 250 tokens on a CPU.
 
@@ -36,7 +37,7 @@ import time
 import numpy as np
 
 from memr1_jax import components, sft, train
-from memr1_jax.agents import heuristics
+from memr1_jax.agents import heuristics, prompts
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import ScriptedPolicy
 from memr1_jax.metrics_writer import read_jsonl
@@ -48,6 +49,8 @@ OPS = ("ADD", "UPDATE", "DELETE", "NOOP")
 DEMO_BASE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "assets", "demo_base")
 # Synthetic-task seed of the base model's pretraining text (the demo's own conversations use config.seed).
 BASE_CORPUS_SEED = 1000
+# The agents' fixed system prompts: one token each in the demo base's tokenizer (`instruction_tokenizer`).
+INSTRUCTIONS = (prompts.MANAGER_SYSTEM_PROMPT, prompts.ANSWER_SYSTEM_PROMPT, prompts.EXTRACTION_SYSTEM_PROMPT)
 
 
 @dataclasses.dataclass
@@ -256,13 +259,11 @@ def instruction_tokenizer(out_dir: str) -> str:
 
   from tokenizers import AddedToken, Tokenizer  # pylint: disable=g-import-not-at-top
 
-  from memr1_jax.agents import prompts  # pylint: disable=g-import-not-at-top
   from memr1_jax.data.demo_tokenizer import DEMO_TOKENIZER_DIR  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   shutil.copy(os.path.join(DEMO_TOKENIZER_DIR, "tokenizer_config.json"), out_dir)
   tokenizer = Tokenizer.from_file(os.path.join(DEMO_TOKENIZER_DIR, "tokenizer.json"))
-  tokenizer.add_tokens([AddedToken(text, normalized=False, special=False) for text in (
-      prompts.MANAGER_SYSTEM_PROMPT, prompts.ANSWER_SYSTEM_PROMPT, prompts.EXTRACTION_SYSTEM_PROMPT)])
+  tokenizer.add_tokens([AddedToken(text, normalized=False, special=False) for text in INSTRUCTIONS])
   tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
   return out_dir
 
@@ -270,7 +271,6 @@ def instruction_tokenizer(out_dir: str) -> str:
 def check_instruction_tokens(tokenizer) -> None:
   """Raises ConfigError when an agent's system prompt no longer encodes as one token of `tokenizer` (the prompts
   changed since the base was built: rebuild it with `python -m memr1_jax.demo`)."""
-  from memr1_jax.agents import prompts  # pylint: disable=g-import-not-at-top
   for name in ("MANAGER_SYSTEM_PROMPT", "ANSWER_SYSTEM_PROMPT"):
     if len(tokenizer.encode(getattr(prompts, name))) != 1:
       raise components.ConfigError(
@@ -310,10 +310,9 @@ def copy_exercises(tokenizer, count: int, rng, max_len: int) -> list[list[int]]:
   """`count` token-id sequences of pure copying, each at most `max_len` long: random spans of 3-16 random tokens,
   one per line, then the same spans again in a shuffled order. Only a model that copies (an induction head)
   predicts the repeats: random tokens have no prior to fall back on."""
-  from memr1_jax.agents import prompts  # pylint: disable=g-import-not-at-top
   newline = tokenizer.encode("\n")
   skip = set(tokenizer.eos_token_ids) | {tokenizer.pad_token_id} | set(newline)
-  for text in (prompts.MANAGER_SYSTEM_PROMPT, prompts.ANSWER_SYSTEM_PROMPT, prompts.EXTRACTION_SYSTEM_PROMPT):
+  for text in INSTRUCTIONS:
     skip.update(tokenizer.encode(text))
   vocab = [i for i in range(tokenizer.vocab_size) if i not in skip]
   out = []
@@ -341,11 +340,11 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
   agents on synthetic conversations that the demo never trains or evaluates on, each followed by a random,
   well-formed reply (`base_corpus`), after a first phase of short copy exercises (`copy_exercises`), where a
   2-layer model forms the induction heads it needs to copy facts and values: the stand-in for the pretraining of
-  the LLM the paper starts from. Its text
-  shows the formats, copied facts, memories, values and dates, and answers read from the memories a question asks
-  about, but no decision (which operation on which memory; which of several statements is current, whether a thing
-  is still owned); the demo's SFT stage teaches it the heuristics' decisions. `init_from` continues from an HF directory
-  instead of a random init. About 13 minutes on 2 CPU cores with the defaults.
+  the LLM the paper starts from. Its text shows the formats, copied facts, memories, values and dates, and answers
+  read from the memories a question asks about, but no decision (which operation on which memory; which of several
+  statements is current, whether a thing is still owned); the demo's SFT stage teaches it the heuristics'
+  decisions. `init_from` continues from an HF directory instead of a random init. About 13 minutes on 2 CPU cores
+  with the defaults.
   """
   import random  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
@@ -365,7 +364,7 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
     corpus = [ids[:max_len] for ids in base_corpus(tokenizer, num_conversations, runner.RunnerConfig(
         related_k=2, answer_k_per_speaker=3), seed)]
     rng = random.Random(seed)
-    copying = copy_exercises(tokenizer, 8 * copy_batch_size * 50, rng, copy_len)
+    copying = copy_exercises(tokenizer, 12_800, rng, copy_len)  # The pool the copy phase cycles through.
     corpus += copy_exercises(tokenizer, int(len(corpus) * copy_share / (1 - copy_share)), rng, 128)
     # Next-token loss on every token: the first token is the "prompt", the rest the scored "response".
     examples = [(ids[:1], ids[1:]) for ids in corpus]
@@ -378,8 +377,9 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
     schedule = ts.learning_rate_schedule(lr, 100)
     state, frozen, spec = ts.init_train_state(model, ts.make_optimizer(schedule), actor_lr=schedule,
                                               reference=False)
-    # Short copy exercises first: a 2-layer model forms its induction heads there in about 1000 steps, and never
-    # within thousands of steps of 256-token sequences; the task's text then keeps a share of longer ones.
+    # Short copy exercises first: the 2-layer preset forms its induction heads on 64-token ones at lr 1e-3 in about
+    # 1000 steps, and did not within 800-900 steps of 128- or 256-token ones at lr 3e-3; the task's text then keeps a
+    # share of longer ones.
     phases = ((copy_steps, [(ids[:1], ids[1:]) for ids in copying], copy_batch_size, copy_len, "copying"),
               (steps, examples, batch_size, 256, "the task's text"))
     for num_steps, items, rows_per_step, bucket, what in phases:

@@ -1,6 +1,7 @@
 """The CPU demo: heuristic agents, the shipped base, and a shortened demo in which GRPO beats the SFT start."""
 
 import importlib.util
+import itertools
 import json
 import os
 import random
@@ -138,7 +139,6 @@ def test_shortened_demo_lr0_control_keeps_the_sft_start(tmp_path):
   assert control.after == control.before
 
 
-
 def test_copy_exercises_repeat_their_random_spans_in_another_order():
   """Each copy exercise lists random spans (no special, instruction or newline token inside), then the same spans
   again, mostly in another order, within the length limit."""
@@ -150,19 +150,29 @@ def test_copy_exercises_repeat_their_random_spans_in_another_order():
   reordered = 0
   for ids in demo.copy_exercises(tokenizer, 20, random.Random(0), 128):
     assert 40 <= len(ids) <= 128 and ids[-1] == newline and not set(ids) & forbidden
-    lines = [tuple(line) for line in _split(ids, newline)]
+    lines = [tuple(g) for is_newline, g in itertools.groupby(ids, lambda i: i == newline) if not is_newline]
     half = len(lines) // 2
     assert len(lines) == 2 * half >= 4 and sorted(lines[:half]) == sorted(lines[half:])
     reordered += lines[:half] != lines[half:]
   assert reordered > 10
 
 
-def _split(ids, separator):
-  out, line = [], []
-  for i in ids:
-    if i == separator:
-      out.append(line)
-      line = []
-    else:
-      line.append(i)
-  return out
+def test_shipped_base_copies_repeated_random_spans():
+  """The shipped base predicts the repeat of random-token spans (mean loss < 1.5 nats) that it cannot predict on
+  their first showing (> 5 nats): it copies from its context (the copy phase of `build_base`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from memr1_jax.models.loading import load_pretrained  # pylint: disable=g-import-not-at-top
+  from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  model, _ = load_pretrained(demo.DEMO_BASE_DIR)
+  exercises = demo.copy_exercises(Tokenizer.from_pretrained(demo.DEMO_BASE_DIR), 4, random.Random(123), 128)
+  first, repeat = [], []
+  for ids in exercises:
+    logp_tv = np.asarray(jax.nn.log_softmax(model(np.asarray([ids]))[0], axis=-1))
+    nll_t = -logp_tv[np.arange(len(ids) - 1), ids[1:]]  # nll_t[t] scores token t + 1.
+    half = len(ids) // 2
+    first.append(nll_t[:half - 1].mean())
+    repeat.append(nll_t[half:].mean())
+  print(f"first showing {np.mean(first):.2f} nats, repeat {np.mean(repeat):.2f} nats")
+  assert np.mean(first) > 5.0 and np.mean(repeat) < 1.5
