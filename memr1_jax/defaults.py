@@ -172,6 +172,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.remat_logits = True
   # Reward for a response the parser could not read (format error).
   c.rl.format_penalty = 0.0
+  # Questions that score a manager response: turn (those its turn completes, the paper) | answerable (every
+  # question whose evidence is complete by its turn: an UPDATE / DELETE of a memory still needed costs reward).
+  c.rl.manager_reward_questions = "turn"
 
   c.sft = ml_collections.ConfigDict()
   # JSONL trajectories ({"messages": [...], "response": "..."} per line) for supervised fine-tuning.
@@ -238,6 +241,8 @@ def default_config() -> ml_collections.ConfigDict:
   # RL steps of the answer agent and of the manager (train.num_steps is set from these per run).
   c.demo.answer_steps = 20
   c.demo.manager_steps = 10
+  # RL learning rate of the answer agent (0: rl.actor_lr, which the manager uses).
+  c.demo.answer_actor_lr = 0.0
   # Conversations per manager RL step (rollout.batch_size counts questions for the answer agent).
   c.demo.manager_batch_size = 4
   # Share of turns on which the heuristic manager blindly UPDATEs or DELETEs the top related memory (SFT data).

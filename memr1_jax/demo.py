@@ -111,6 +111,8 @@ def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
   fields = {"mode": "train", "agent": agent, "model.path": init_path, "model.tokenizer": "",
             "workdir": workdir or os.path.join(config.workdir, f"{agent}_{config.algorithm}"),
             "train.num_steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps}
+  if agent == "answer" and config.demo.answer_actor_lr:
+    fields["rl.actor_lr"] = config.demo.answer_actor_lr
   batch = config.rollout.batch_size if agent == "answer" else config.demo.manager_batch_size
   # PPO samples one response per prompt: as many prompts as GRPO has responses keep the update's size.
   fields["rollout.batch_size"] = batch * (config.rollout.group_size if config.algorithm == "ppo" else 1)

@@ -39,7 +39,7 @@ ENUM_FIELDS = {
     "data.name": ("locomo", "longmemeval", "msc", "synthetic"),
     "memory.index": ("scann", "brute_force"), "memory.extraction": ("simple", "llm"),
     "eval.checkpoint": ("latest", "best", "none"),
-    "rl.kl_estimator": ("k1", "k2", "k3"),
+    "rl.kl_estimator": ("k1", "k2", "k3"), "rl.manager_reward_questions": ("turn", "answerable"),
     "rl.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
     "model.dtype": _DTYPES, "model.param_dtype": _DTYPES, "model.attention_impl": ("", "xla", "cudnn"),
 }

@@ -38,7 +38,7 @@ def runner_config(config) -> runner.RunnerConfig:
   return runner.RunnerConfig(
       related_k=config.memory.related_k, answer_k_per_speaker=config.memory.answer_k_per_speaker,
       format_penalty=config.rl.format_penalty, max_ops_per_output=config.memory.max_ops_per_output,
-      extraction=config.memory.extraction)
+      extraction=config.memory.extraction, manager_reward_questions=config.rl.manager_reward_questions)
 
 
 def make_engine_policy(model, tokenizer, config, mesh, *, seed: int):

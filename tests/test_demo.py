@@ -129,14 +129,18 @@ def test_shipped_base_encodes_each_agent_instruction_as_one_token():
   demo.check_instruction_tokens(Tokenizer.from_pretrained(demo.DEMO_BASE_DIR))
 
 
-def test_shortened_demo_lr0_control_keeps_the_sft_start(tmp_path):
-  """A shortened demo through the real stages: with lr 0 the answer agent's held-out scores stay at the SFT start."""
-  config = demo_config(tmp_path, **{"demo.agents": "answer", "sft.num_steps": 20, "demo.answer_steps": 2,
-                                    "data.synthetic_train": 8, "data.synthetic_eval": 4})
+def test_shortened_demo_grpo_raises_the_answer_agents_held_out_em(tmp_path):
+  """The demo's answer half (SFT, then 40 GRPO steps): held-out EM rises at least 0.02 above the SFT start (measured
+  +0.054 / +0.036 / +0.100 for seeds 0 / 1 / 2 by the demo command); with lr 0 it stays exactly there."""
+  config = demo_config(tmp_path, **{"demo.agents": "answer"})
   init = demo.warm_start(config)
-  control = demo.train_agent(demo.stage_config(config, **{"rl.actor_lr": 0.0}), "answer", init,
-                             str(tmp_path / "lr0"))
-  assert control.after == control.before
+  grpo = demo.train_agent(config, "answer", init)
+  print(f"answer agent held-out EM: SFT start {grpo.before['eval/em']:.3f}, after GRPO {grpo.after['eval/em']:.3f}")
+  assert grpo.after["eval/em"] >= grpo.before["eval/em"] + 0.02
+  # The control: the same run at lr 0 (2 steps: the weights cannot move, whatever the step count).
+  lr0 = demo.stage_config(config, **{"rl.actor_lr": 0.0, "demo.answer_actor_lr": 0.0, "demo.answer_steps": 2})
+  control = demo.train_agent(lr0, "answer", init, str(tmp_path / "lr0"))
+  assert control.before == grpo.before and control.after == control.before
 
 
 def test_copy_exercises_repeat_their_random_spans_in_another_order():

@@ -13,7 +13,9 @@ Episodes and credit assignment:
   that is the last evidence turn of some training questions, sample `n` manager responses to the same prompt;
   each is applied to its own fork of the bank and a frozen answer agent answers those questions from the fork:
   the response's reward is the mean exact match (minus the format penalty). So credit goes to exactly the
-  operation that completed the evidence, and the `n` responses share a prompt (a proper GRPO group). The bank
+  operation that completed the evidence, and the `n` responses share a prompt (a proper GRPO group). With
+  `manager_reward_questions="answerable"` the fork answers every question whose evidence is complete by then,
+  so an UPDATE or DELETE that destroys a memory still needed is paid for at the turn that made it. The bank
   then continues with the first sampled response; turns that complete no question are not trained on.
 """
 
@@ -63,6 +65,9 @@ class RunnerConfig:
   format_penalty: float = 0.0  # Subtracted from the reward of a response with a format error.
   max_ops_per_output: int = 64  # Operations read from one manager reply.
   extraction: str = "simple"  # "simple" or "llm".
+  # Questions that score a manager response: "turn" (those its turn completes) or "answerable" (every question
+  # whose evidence is complete by its turn, so overwriting or deleting a memory still needed costs reward).
+  manager_reward_questions: str = "turn"
 
 
 def _turn_order(conv: Conversation) -> dict[str, int]:
@@ -265,12 +270,16 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
       if t is not None:
         at[t].append(qa)
     targets.append(at)
+  # Questions whose evidence is complete so far, per conversation (the "answerable" reward scores all of them).
+  answerable: list[list[QA]] = [[] for _ in conversations]
   experiences: list[Experience] = []
   group = group_offset
   turn_lists = [conv.turns for conv in conversations]
   for step in range(max((len(t) for t in turn_lists), default=0)):
     live, items, chats, valid = _turn_chats(banks, turn_lists, step, cfg, extractor)
     trained = [j for j, i in enumerate(live) if targets[i].get(step)]
+    for j in trained:
+      answerable[live[j]].extend(targets[live[j]][step])
     plain = [j for j, i in enumerate(live) if not targets[i].get(step)]
     samples: list = [None] * len(live)
     if plain:
@@ -294,7 +303,10 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
     if branch_banks:
       apply_to_banks(branch_banks, branch_ops, timestamps=[items[j][0].date_time for j, _, _ in branch_meta],
                      source_turn_ids=[(items[j][1].dia_id,) for j, _, _ in branch_meta])
-      qs = [targets[live[j]][step] for j, _, _ in branch_meta]
+      if cfg.manager_reward_questions == "answerable":
+        qs = [list(answerable[live[j]]) for j, _, _ in branch_meta]
+      else:
+        qs = [targets[live[j]][step] for j, _, _ in branch_meta]
       convs = [conversations[live[j]] for j, _, _ in branch_meta]
       chats_many = _answer_chats_many(branch_banks, convs, qs, cfg.answer_k_per_speaker)
       flat = [c for cs in chats_many for c in cs]
