@@ -34,8 +34,6 @@ import logging
 import os
 import time
 
-import numpy as np
-
 from memr1_jax import components, sft, train
 from memr1_jax.agents import heuristics, prompts
 from memr1_jax.episodes import runner
@@ -146,9 +144,7 @@ def heuristic_scores(config) -> dict:
   items = [(conv, qa) for conv in convs for qa in conv.qa]
 
   def scores(banks):
-    exps = runner.answer_episodes(answerer, banks, items, rcfg, n=1, greedy=True)
-    return {"eval/em": float(np.mean([e.info["em"] for e in exps])),
-            "eval/f1": float(np.mean([e.info["f1"] for e in exps]))}
+    return train.heldout_scores(runner.answer_episodes(answerer, banks, items, rcfg, n=1, greedy=True))
 
   built, stats = runner.build_banks(ScriptedPolicy(heuristics.heuristic_manager_reply), convs, factory, rcfg)
   total = max(sum(stats.ops.values()), 1)

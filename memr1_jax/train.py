@@ -144,6 +144,12 @@ def _training_items(config, splits):
   return list(train)
 
 
+def heldout_scores(experiences) -> dict:
+  """{"eval/em", "eval/f1"}: the mean exact match and F1 of answer `experiences` (runner.Experience)."""
+  return {"eval/em": float(np.mean([e.info["em"] for e in experiences])),
+          "eval/f1": float(np.mean([e.info["f1"] for e in experiences]))}
+
+
 def batch_for_step(items: list, step: int, size: int, seed: int) -> list:
   """The `size` items of `step`: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
   out, pos = [], step * size
@@ -259,21 +265,17 @@ class Trainer:
     """Greedy exact match / F1 of the current policy on `split` (the manager through the frozen answerer)."""
     convs = self.splits[split]
     self.rollout.engine.model = self.learner.policy()
+    items = [(conv, qa) for conv in convs for qa in conv.qa]
+    ops = {}
     if self.config.agent == "answer":
-      banks = self._answer_bank(convs)
-      items = [(conv, qa) for conv in convs for qa in conv.qa]
-      exps = runner.answer_episodes(self.rollout, banks, items, self.rcfg, n=1, greedy=True)
+      exps = runner.answer_episodes(self.rollout, self._answer_bank(convs), items, self.rcfg, n=1, greedy=True)
     else:
       built, stats = runner.build_banks(self.rollout, convs, self.bank_factory, self.rcfg, greedy=True)
       banks = {conv.sample_id: b for conv, b in zip(convs, built)}
-      items = [(conv, qa) for conv in convs for qa in conv.qa]
       exps = runner.answer_episodes(self.manager_answerer, banks, items, self.rcfg, n=1, greedy=True)
       total = max(sum(stats.ops.values()), 1)
       ops = {f"eval/ops/{k}": v / total for k, v in stats.ops.items()}
-      return {"eval/em": float(np.mean([e.info["em"] for e in exps])),
-              "eval/f1": float(np.mean([e.info["f1"] for e in exps])), **ops}
-    return {"eval/em": float(np.mean([e.info["em"] for e in exps])),
-            "eval/f1": float(np.mean([e.info["f1"] for e in exps]))}
+    return {**heldout_scores(exps), **ops}
 
   # The loop.
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-
 import pytest
 
+from memr1_jax.agents.heuristics import ops_reply
 from memr1_jax.data.schema import QA, Conversation, Session, Turn
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import Sample, ScriptedPolicy
@@ -14,10 +12,6 @@ from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.embedders import HashingEmbedder
 
 DIM = 64
-
-
-def _ops(*ops) -> str:
-  return json.dumps({"operations": list(ops)})
 
 
 class _GroupPolicy:
@@ -52,10 +46,11 @@ def test_answerable_scope_charges_an_update_that_overwrites_a_needed_memory(scop
   with "answerable" Alice's question is asked too, so the overwrite scores 0.5."""
   bank = lambda: MemoryBank(HashingEmbedder(DIM), DIM, index="brute_force")  # pylint: disable=unnecessary-lambda-assignment
   manager = _GroupPolicy([
-      [_ops({"op": "ADD", "text": "Alice drinks black tea"})],
-      [_ops({"op": "ADD", "text": "Bob drinks coffee"}), _ops({"op": "UPDATE", "id": 0, "text": "Bob drinks coffee"})],
+      [ops_reply([{"op": "ADD", "text": "Alice drinks black tea"}])],
+      [ops_reply([{"op": "ADD", "text": "Bob drinks coffee"}]),
+       ops_reply([{"op": "UPDATE", "id": 0, "text": "Bob drinks coffee"}])],
   ])
-  cfg = dataclasses.replace(runner.RunnerConfig(related_k=5, answer_k_per_speaker=5), manager_reward_questions=scope)
+  cfg = runner.RunnerConfig(related_k=5, answer_k_per_speaker=5, manager_reward_questions=scope)
   conv = _conversation()
   experiences, _ = runner.manager_episodes(manager, ScriptedPolicy(_answer), [conv], {"c0": conv.qa}, bank, cfg, n=2)
   assert [e.reward for e in experiences] == [1.0, 1.0] + rewards
