@@ -1,6 +1,6 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (246 s on 2 CPU cores)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (258 s on 2 CPU cores)
   python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.data.synthetic`), the shipped tiny base model with its
@@ -41,6 +41,8 @@ def get_config():
   c.data.synthetic_task.filler_ratio = 0.0
 
   c.memory.encoder = ""  # The bundled all-MiniLM-L6-v2 (Flax).
+  # The task's rule-based extractor: statement turns are facts, chit-chat has nothing to store.
+  c.memory.extraction = "statements"
   c.memory.embedding_cache = 50_000
   c.memory.related_k = 2
   c.memory.answer_k_per_speaker = 3
@@ -72,9 +74,11 @@ def get_config():
   # Answer agent at 3e-4 (at 1e-3 its format errors spiked and held-out EM stayed flat: +0.006 / +0.000, seeds
   # 0 / 1; at 3e-4: +0.054 / +0.036 / +0.100, seeds 0 / 1 / 2).
   c.demo.answer_actor_lr = 3e-4
-  c.demo.manager_steps = 8
-  c.demo.manager_batch_size = 4
-  c.demo.explore = 0.2
+  c.demo.manager_steps = 12
+  c.demo.manager_batch_size = 8
+  # A third of the manager's SFT replies (where a related memory is shown) blindly UPDATE / DELETE it, so the SFT
+  # model samples both and GRPO sees their right and wrong uses (heuristics.manager_trajectories).
+  c.demo.explore = 0.33
   c.demo.answer_explore = 0.25
-  c.demo.sft_manager_conversations = 24
+  c.demo.sft_manager_conversations = 12
   return c

@@ -101,7 +101,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.memory.related_k = 10
   # Memories retrieved per speaker for the answer agent (the paper: 30 + 30).
   c.memory.answer_k_per_speaker = 30
-  # Fact extraction: simple ("<speaker>: <turn text>", dated by its session) | llm (a frozen model extracts facts).
+  # Fact extraction: simple ("<speaker>: <turn text>", dated by its session) | statements (synthetic task: simple
+  # facts of its statement turns, nothing from chit-chat) | llm (a frozen model extracts facts). Turns without
+  # facts are not shown to the manager.
   c.memory.extraction = "simple"
   # Maximum operations applied from one manager output.
   c.memory.max_ops_per_output = 64
@@ -245,7 +247,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.demo.answer_actor_lr = 0.0
   # Conversations per manager RL step (rollout.batch_size counts questions for the answer agent).
   c.demo.manager_batch_size = 4
-  # Share of turns on which the heuristic manager blindly UPDATEs or DELETEs the top related memory (SFT data).
+  # Share of blind UPDATE / DELETE replies to the top related memory among the heuristic manager's SFT records of a
+  # prompt (heuristics.manager_trajectories; [0, 1), 0: ADD only).
   c.demo.explore = 0.2
   # Share of questions the heuristic answerer answers from a random statement instead of the first shown (SFT data).
   c.demo.answer_explore = 0.0

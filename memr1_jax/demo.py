@@ -13,15 +13,18 @@ tokenizer is the demo tokenizer plus one token per agent instruction (`instructi
 around 250 tokens on a CPU.
 
 1. Heuristic trajectories (`agents.heuristics`): the ADD-only heuristic manager walks the training conversations
-   through `episodes.runner.build_banks`, the first-match heuristic answerer answers their questions over ADD-all
-   banks; every (prompt, reply) pair becomes a line of `<workdir>/sft_data.jsonl`.
+   through `episodes.runner.build_banks` (config.demo.explore of its replies, where a related memory is shown, are
+   blind UPDATEs / DELETEs of it, so the SFT model samples them), the first-match heuristic answerer answers their
+   questions over ADD-all banks; every (prompt, reply) pair becomes a line of `<workdir>/sft_data.jsonl`.
 2. SFT warm start (`mode=sft`): one model imitates both heuristics -> `<workdir>/sft/hf`.
 3. RL (`mode=train`) of each agent of `config.demo.agents`, each starting from the SFT model, in
    `<workdir>/<agent>_<algorithm>/`. The manager's reward comes through a frozen answer agent
    (config.train.manager_answerer; configs/demo.py: the heuristic answerer, so the reward measures the manager's
    banks, not the small model's reading).
-   Held-out exact match / F1 (and, for the manager, the operation mix of the banks it builds) are measured with
-   greedy decoding before the first RL step (the SFT start) and after the last.
+   Held-out exact match / F1 (and, for the manager, the operation mix of the banks it builds and how often it
+   UPDATEs / DELETEs at the turns that change / retract a fact) are measured with greedy decoding before the first
+   RL step (the SFT start) and after the last, beside the scripted heuristics (ADD-only, and an informed manager
+   that reads the task's statements: the headroom).
 4. The table of results (console and `<workdir>/results.md`), `<workdir>/results.json`, and the reward curves
    `<workdir>/reward.png` next to the runs' TensorBoard logs (`tensorboard --logdir <workdir>`).
 """
@@ -86,8 +89,8 @@ def make_sft_data(config, path: str) -> dict:
   factory = components.bank_factory(config)
   rcfg = train.runner_config(config)
   manager, _ = heuristics.manager_trajectories(convs[:config.demo.sft_manager_conversations or None], factory, rcfg,
-                                               explore=config.demo.explore, seed=config.seed)
-  answer = heuristics.answer_trajectories(convs, train.add_all_banks(convs, factory), rcfg,
+                                               explore=config.demo.explore)
+  answer = heuristics.answer_trajectories(convs, train.add_all_banks(convs, factory, rcfg.extraction), rcfg,
                                          explore=config.demo.answer_explore, seed=config.seed)
   heuristics.write_jsonl(manager + answer, path)
   return {"manager": len(manager), "answer": len(answer)}
@@ -134,8 +137,10 @@ def train_agent(config, agent: str, init_path: str, workdir: str | None = None) 
 
 
 def heuristic_scores(config) -> dict:
-  """Held-out scores of the scripted heuristics: {"answer": answerer over ADD-all banks, "manager": ADD-only
-  manager's banks answered by the heuristic answerer (with the banks' operation mix)}."""
+  """Held-out scores of the scripted heuristics: {"answer": answerer over ADD-all banks, "manager": the ADD-only
+  manager's banks answered by the heuristic answerer, "manager_informed": likewise for the scripted manager that
+  reads the task's statements (`heuristics.informed_manager_reply`, the headroom); managers with their operation
+  mix}."""
   splits = components.load_splits(config)
   convs = splits[config.data.eval_split]
   factory = components.bank_factory(config)
@@ -146,11 +151,14 @@ def heuristic_scores(config) -> dict:
   def scores(banks):
     return train.heldout_scores(runner.answer_episodes(answerer, banks, items, rcfg, n=1, greedy=True))
 
-  built, stats = runner.build_banks(ScriptedPolicy(heuristics.heuristic_manager_reply), convs, factory, rcfg)
-  total = max(sum(stats.ops.values()), 1)
-  manager = scores({conv.sample_id: bank for conv, bank in zip(convs, built)})
-  manager.update({f"eval/ops/{op}": stats.ops.get(op, 0) / total for op in OPS})
-  return {"answer": scores(train.add_all_banks(convs, factory)), "manager": manager}
+  def manager_scores(reply):
+    built, stats = runner.build_banks(ScriptedPolicy(reply), convs, factory, rcfg)
+    out = scores({conv.sample_id: bank for conv, bank in zip(convs, built)})
+    return {**out, **train.bank_op_scores(convs, stats, config.data.name == "synthetic")}
+
+  return {"answer": scores(train.add_all_banks(convs, factory, rcfg.extraction)),
+          "manager": manager_scores(heuristics.heuristic_manager_reply),
+          "manager_informed": manager_scores(heuristics.informed_manager_reply)}
 
 
 def manager_reader(config) -> str:
@@ -160,18 +168,22 @@ def manager_reader(config) -> str:
 
 
 def results_table(heuristic: dict, results: list[AgentResult], reader: str = "heuristic answerer") -> str:
-  """The demo's outcome as a Markdown table: held-out EM / F1 and operation mix per agent and stage; the manager's
-  EM is that of `reader` (see `manager_reader`) answering from the banks the manager built."""
-  lines = ["| agent | policy | held-out EM | held-out F1 | ADD | UPDATE | DELETE | NOOP |",
-           "|---|---|---|---|---|---|---|---|"]
+  """The demo's outcome as a Markdown table: held-out EM / F1 and operation mix per agent and stage, and the share of
+  the change / retraction turns at which the manager UPDATEd / DELETEd ("where needed"); the manager's EM is that of
+  `reader` (see `manager_reader`) answering from the banks the manager built."""
+  lines = ["| agent | policy | held-out EM | held-out F1 | ADD | UPDATE | DELETE | NOOP | UPDATE where needed | "
+           "DELETE where needed |", "|---|---|---|---|---|---|---|---|---|---|"]
 
   def row(agent, name, scores):
-    ops = [f"{scores[f'eval/ops/{op}']:.0%}" if f"eval/ops/{op}" in scores else "-" for op in OPS]
-    lines.append(f"| {agent} | {name} | {scores['eval/em']:.3f} | {scores['eval/f1']:.3f} | " + " | ".join(ops) + " |")
+    keys = [f"eval/ops/{op}" for op in OPS] + ["eval/needed/UPDATE", "eval/needed/DELETE"]
+    cells = [f"{scores[k]:.0%}" if k in scores else "-" for k in keys]
+    lines.append(f"| {agent} | {name} | {scores['eval/em']:.3f} | {scores['eval/f1']:.3f} | " + " | ".join(cells) + " |")
 
   for agent in dict.fromkeys(r.agent for r in results):
     label = "answer agent (ADD-all banks)" if agent == "answer" else f"memory manager ({reader} answers)"
     row(label, "heuristic" if agent == "answer" else "heuristic ADD-only (heuristic answerer)", heuristic[agent])
+    if agent == "manager" and "manager_informed" in heuristic:
+      row(label, "scripted informed manager (headroom; not trained on)", heuristic["manager_informed"])
     for r in (r for r in results if r.agent == agent):
       row(label, "SFT start", r.before)
       row(label, f"after {r.algorithm.upper()}", r.after)

@@ -71,7 +71,7 @@ def build_eval_banks(conversations: Sequence[Conversation], manager: ChatPolicy 
                      ) -> tuple[dict[str, MemoryBank], runner.BankStats]:
   """{sample_id: bank} built greedily by `manager` (None: the ADD-everything heuristic), and the bank stats."""
   if manager is None:
-    banks = train.add_all_banks(conversations, bank_factory)
+    banks = train.add_all_banks(conversations, bank_factory, rcfg.extraction)
     stats = runner.BankStats()
     stats.ops["ADD"] = sum(len(bank) for bank in banks.values())
     return banks, stats
@@ -188,10 +188,10 @@ def _check_config(config) -> None:
                       ("answer_path", e.answer_path)):
     if path and not os.path.isdir(path):
       raise components.ConfigError(f"config.eval.{field}={path!r}: not a directory (a Hugging Face checkpoint)")
-  if e.manager_path == ADD_ALL and config.memory.extraction != "simple":
+  if e.manager_path == ADD_ALL and config.memory.extraction == "llm":
     raise components.ConfigError(
-        f"config.eval.manager_path={ADD_ALL!r} stores each turn's simple fact; config.memory.extraction="
-        f"{config.memory.extraction!r} needs a model manager (or set it to 'simple')")
+        f"config.eval.manager_path={ADD_ALL!r} stores the facts of a model-free extraction; config.memory.extraction="
+        "'llm' needs a model manager (or set it to 'simple')")
 
 
 def run(config) -> dict:

@@ -37,7 +37,7 @@ _DTYPES = ("float32", "bfloat16", "float16")
 ENUM_FIELDS = {
     "mode": defaults.MODES, "agent": defaults.AGENTS, "algorithm": defaults.ALGORITHMS,
     "data.name": ("locomo", "longmemeval", "msc", "synthetic"),
-    "memory.index": ("scann", "brute_force"), "memory.extraction": ("simple", "llm"),
+    "memory.index": ("scann", "brute_force"), "memory.extraction": ("simple", "statements", "llm"),
     "eval.checkpoint": ("latest", "best", "none"),
     "rl.kl_estimator": ("k1", "k2", "k3"), "rl.manager_reward_questions": ("turn", "answerable"),
     "rl.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
@@ -91,6 +91,9 @@ def validate_config(config, source: str = "config") -> None:
   for name, allowed in ENUM_FIELDS.items():
     if fields[name] not in allowed:
       raise ConfigError(f"{source}: config.{name}={fields[name]!r} is not one of {allowed}")
+  if config.memory.extraction == "statements" and config.data.name != "synthetic":
+    raise ConfigError(f"{source}: config.memory.extraction='statements' reads the synthetic task's statements; "
+                      f"config.data.name={config.data.name!r} needs 'simple' or 'llm'")
   if not config.model.path and not config.model.preset:
     raise ConfigError(f"{source}: set config.model.path (a Hugging Face checkpoint directory) or config.model.preset")
 

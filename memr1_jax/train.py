@@ -24,6 +24,7 @@ from memr1_jax import faults
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.episodes import batching, runner
 from memr1_jax.episodes.policy import EnginePolicy, ScriptedPolicy
+from memr1_jax.memory.operations import OpKind
 from memr1_jax.metrics_writer import MetricsWriter
 
 logger = logging.getLogger(__name__)
@@ -53,15 +54,16 @@ def make_engine_policy(model, tokenizer, config, mesh, *, seed: int):
                       max_new_tokens=r.max_new_tokens, seed=seed)
 
 
-def add_all_banks(conversations, bank_factory):
-  """Banks in which every turn's simple fact was ADDed (the heuristic manager; no model needed)."""
-  from memr1_jax.agents.extraction import simple_fact  # pylint: disable=g-import-not-at-top
+def add_all_banks(conversations, bank_factory, extraction: str = "simple"):
+  """{sample_id: bank} in which every fact of every turn was ADDed (the heuristic manager; no model needed), facts
+  by the model-free `extraction` mode ("simple": each turn; "statements": each statement turn)."""
+  from memr1_jax.agents.extraction import extract_facts  # pylint: disable=g-import-not-at-top
   banks = {}
   for conv in conversations:
     bank = bank_factory()
-    for session, turn in conv.turns:
-      fact = simple_fact(session, turn)
-      bank.add(fact.text, speaker=fact.speaker, timestamp=fact.timestamp, source_turn_ids=fact.source_turn_ids)
+    for ext in extract_facts(conv.turns, extraction):
+      for fact in ext.facts:
+        bank.add(fact.text, speaker=fact.speaker, timestamp=fact.timestamp, source_turn_ids=fact.source_turn_ids)
     banks[conv.sample_id] = bank
   return banks
 
@@ -150,6 +152,18 @@ def heldout_scores(experiences) -> dict:
           "eval/f1": float(np.mean([e.info["f1"] for e in experiences]))}
 
 
+def bank_op_scores(conversations, stats: runner.BankStats, synthetic_task: bool) -> dict:
+  """The operation mix of banks built over `conversations` ({"eval/ops/<OP>": share of all operations}) and, on
+  the synthetic task (`synthetic_task`), {"eval/needed/<OP>": share of the turns implying <OP> at which the manager
+  used it} (`data.synthetic.ops_where_needed`)."""
+  total = max(sum(stats.ops.values()), 1)
+  out = {f"eval/ops/{op.value}": stats.ops.get(op.value, 0) / total for op in OpKind}
+  if synthetic_task:
+    from memr1_jax.data.synthetic import ops_where_needed  # pylint: disable=g-import-not-at-top
+    out.update({f"eval/needed/{op}": share for op, share in ops_where_needed(conversations, stats.turn_ops).items()})
+  return out
+
+
 def batch_for_step(items: list, step: int, size: int, seed: int) -> list:
   """The `size` items of `step`: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
   out, pos = [], step * size
@@ -172,6 +186,14 @@ def _summarise(experiences) -> dict:
     vals = [e.info[key] for e in experiences if key in e.info]
     if vals:
       out[key if key.islower() else f"ops/{key}"] = float(np.mean(vals))
+  # Synthetic task (info["needed"], see Trainer.episodes): at the turns that change / retract a fact, the mean
+  # reward of the responses that UPDATE / DELETE and of the others: what the reward pays for the operation.
+  for op in ("UPDATE", "DELETE"):
+    at = [e for e in experiences if e.info.get("needed") == op]
+    for name, chosen in ((op, [e.reward for e in at if e.info.get(op)]),
+                         ("other", [e.reward for e in at if not e.info.get(op)])):
+      if chosen:
+        out[f"needed_{op}/reward_{name}"] = float(np.mean(chosen))
   return out
 
 
@@ -242,7 +264,7 @@ class Trainer:
 
   def _answer_bank(self, convs):
     missing = [c for c in convs if c.sample_id not in self.answer_banks]
-    self.answer_banks.update(add_all_banks(missing, self.bank_factory))
+    self.answer_banks.update(add_all_banks(missing, self.bank_factory, self.config.memory.extraction))
     return self.answer_banks
 
   def episodes(self, step: int) -> list:
@@ -259,6 +281,11 @@ class Trainer:
     questions = {conv.sample_id: conv.qa for conv in batch}
     experiences, _ = runner.manager_episodes(self.rollout, self.manager_answerer, batch, questions,
                                              self.bank_factory, self.rcfg, n=g)
+    if c.data.name == "synthetic":  # The operation each trained turn implies, for the needed_* metrics.
+      from memr1_jax.data.synthetic import needed_ops  # pylint: disable=g-import-not-at-top
+      needed = needed_ops(batch)
+      for e in experiences:
+        e.info["needed"] = needed.get(e.info["turn"])
     return experiences
 
   def evaluate(self, split: str) -> dict:
@@ -273,8 +300,7 @@ class Trainer:
       built, stats = runner.build_banks(self.rollout, convs, self.bank_factory, self.rcfg, greedy=True)
       banks = {conv.sample_id: b for conv, b in zip(convs, built)}
       exps = runner.answer_episodes(self.manager_answerer, banks, items, self.rcfg, n=1, greedy=True)
-      total = max(sum(stats.ops.values()), 1)
-      ops = {f"eval/ops/{k}": v / total for k, v in stats.ops.items()}
+      ops = bank_op_scores(convs, stats, self.config.data.name == "synthetic")
     return {**heldout_scores(exps), **ops}
 
   # The loop.

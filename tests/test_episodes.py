@@ -1,4 +1,5 @@
-"""Tests for the manager's reward in `runner.manager_episodes`: which questions score a sampled operation."""
+"""Tests for the episode runner's manager walks: which turns reach the manager, which questions score a sampled
+operation."""
 
 from __future__ import annotations
 
@@ -55,3 +56,52 @@ def test_answerable_scope_charges_an_update_that_overwrites_a_needed_memory(scop
   experiences, _ = runner.manager_episodes(manager, ScriptedPolicy(_answer), [conv], {"c0": conv.qa}, bank, cfg, n=2)
   assert [e.reward for e in experiences] == [1.0, 1.0] + rewards
   assert [e.info["questions"] for e in experiences][2:] == ([1, 1] if scope == "turn" else [2, 2])
+
+
+class _CountingManager:
+  """The ADD-only heuristic manager that records every chat it is shown."""
+
+  def __init__(self):
+    self.chats = []
+
+  def generate(self, chats, *, n=1, greedy=False):
+    self.chats += chats
+    return [[Sample(text=ops_reply([{"op": "ADD", "text": "x"}]))] * n for _ in chats]
+
+
+def test_turns_without_facts_are_not_shown_to_the_manager():
+  """With statements extraction the manager sees only the statement turns (build_banks and manager_episodes); a
+  question completed at a chit-chat turn still joins the "answerable" questions of later turns."""
+  turns = (Turn("Alice", "Hi Bob, long time no see!", "D1:1"), Turn("Alice", "I moved to Porto.", "D1:2"),
+           Turn("Bob", "Oh, I see.", "D1:3"), Turn("Bob", "I bought a bike.", "D1:4"))
+  qa = (QA("Where does Alice live now?", "Porto", 4, evidence=("D1:2",), qid="c0:0"),
+        QA("Did Bob reply?", "yes", 4, evidence=("D1:3",), qid="c0:1"),
+        QA("Does Bob own a bike now?", "yes", 4, evidence=("D1:4",), qid="c0:2"))
+  conv = Conversation("c0", "Alice", "Bob", (Session(1, "1 May 2023", turns),), qa)
+  bank = lambda: MemoryBank(HashingEmbedder(DIM), DIM, index="brute_force")  # pylint: disable=unnecessary-lambda-assignment
+  cfg = runner.RunnerConfig(related_k=2, answer_k_per_speaker=5, extraction="statements",
+                            manager_reward_questions="answerable")
+  manager = _CountingManager()
+  _, stats = runner.build_banks(manager, [conv], bank, cfg)
+  assert stats.manager_calls == 2
+  assert ["I moved to Porto." in c[-1]["content"] for c in manager.chats] == [True, False]
+  manager = _CountingManager()
+  experiences, stats = runner.manager_episodes(manager, ScriptedPolicy(lambda chat: "**Answer:** yes"), [conv],
+                                               {"c0": qa}, bank, cfg, n=2)
+  assert len(manager.chats) == 2 and stats.manager_calls == 4
+  assert [e.info["questions"] for e in experiences] == [1, 1, 3, 3]
+  assert [e.info["turn"] for e in experiences] == [("c0", "D1:2")] * 2 + [("c0", "D1:4")] * 2
+
+
+def test_needed_metrics_average_rewards_by_whether_the_implied_operation_was_used():
+  """At turns needing DELETE, needed_DELETE/reward_DELETE averages the DELETEing responses' rewards and
+  reward_other the rest; turns needing something else do not count."""
+  from memr1_jax.train import _summarise  # pylint: disable=g-import-not-at-top
+
+  def exp(reward, needed, op):
+    return runner.Experience(Sample(text=""), reward, 0, "manager", {"needed": needed, op: 1})
+
+  metrics = _summarise([exp(1.0, "DELETE", "DELETE"), exp(0.5, "DELETE", "DELETE"), exp(0.0, "DELETE", "ADD"),
+                        exp(0.9, "ADD", "DELETE")])
+  assert metrics["needed_DELETE/reward_DELETE"] == 0.75 and metrics["needed_DELETE/reward_other"] == 0.0
+  assert not any(k.startswith("needed_UPDATE") for k in metrics)

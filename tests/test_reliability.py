@@ -265,10 +265,12 @@ def _main(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProc
     ("--config.memory.index=faiss", "configs/smoke.py: config.memory.index='faiss' is not one of"),
     ("--config.rl.kl_estimator=k9", "configs/smoke.py: config.rl.kl_estimator='k9' is not one of"),
     ("--config.memory.extraction=smple", "configs/smoke.py: config.memory.extraction='smple' is not one of"),
+    ("--config.data.name=locomo --config.memory.extraction=statements",
+     "configs/smoke.py: config.memory.extraction='statements' reads the synthetic task's statements"),
 ])
 def test_bad_config_override_fails_fast_naming_file_and_field(override, expected, tmp_path):
   """An unknown field or a value outside its set exits 1 in seconds, one line naming the config file and field."""
-  done, seconds = _main(*SMOKE, f"--config.workdir={tmp_path / 'run'}", override)
+  done, seconds = _main(*SMOKE, f"--config.workdir={tmp_path / 'run'}", *override.split())
   assert done.returncode == 1 and seconds < FAIL_FAST_S
   assert expected in done.stderr and "Traceback" not in done.stderr
   assert not os.path.exists(tmp_path / "run")

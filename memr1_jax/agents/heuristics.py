@@ -6,10 +6,10 @@ SFT data for the model that RL then improves:
 
 - `heuristic_manager_reply`: ADD-only. Every new fact is ADDed, so stale and retracted facts pile up next to the
   current ones ("I moved to Porto." stays beside "I moved to Lyon."; "I sold my bike." beside "I bought a bike.").
-  With probability `explore` per turn (a deterministic hash of the fact) it instead UPDATEs or DELETEs the most
-  related stored memory, blindly: it does not look at what that memory says. These rare ops are what a model
-  imitating the heuristic samples now and then, so RL has both the right and the wrong use of UPDATE / DELETE to
-  learn from.
+  Its SFT trajectories can carry exploration (`manager_trajectories(explore=...)`): beside the ADD reply, each
+  prompt that shows a related memory is also recorded with a blind UPDATE and a blind DELETE of the most related
+  memory (whatever it says), so a model imitating them samples UPDATE / DELETE at a known rate on every such turn,
+  and RL has both the right and the wrong uses of them to learn from.
 - `heuristic_answer_reply`: reads the memories of the person asked about in the order shown (relevance, not time)
   and answers from the FIRST statement about the asked attribute. It never compares dates, so with several
   statements about one attribute it answers "now" questions with whichever is most similar to the question;
@@ -74,24 +74,48 @@ def read_manager_prompt(chat: Sequence[ChatMessage]) -> tuple[list[str], list[in
   return facts, related
 
 
-def heuristic_manager_reply(chat: Sequence[ChatMessage], *, explore: float = 0.0, seed: int = 0) -> str:
-  """The ADD-only manager's reply to a manager chat: ADD every fact verbatim.
+def heuristic_manager_reply(chat: Sequence[ChatMessage]) -> str:
+  """The ADD-only manager's reply to a manager chat: ADD every fact verbatim (NOOP when the turn has no fact)."""
+  facts, _ = read_manager_prompt(chat)
+  return ops_reply([{"op": "ADD", "text": fact} for fact in facts] or [{"op": "NOOP"}])
 
-  With probability `explore` (per fact, from a hash of the fact and `seed`) and when a related memory is shown, the
-  fact instead UPDATEs the most related memory (half of those cases) or DELETEs it (the other half), whatever that
-  memory says. Returns the JSON reply; NOOP when the turn has no fact.
-  """
-  facts, related = read_manager_prompt(chat)
+
+def _statement(text: str) -> tuple[str | None, tuple | None]:
+  """(speaker, `synthetic.parse_statement` of the statement) of a fact or memory text "Name: statement"."""
+  speaker = re.match(r"^(?:\[[^\]]*\]\s*)?([A-Z][a-z]+):", text)
+  return (speaker.group(1) if speaker else None,
+          synthetic.parse_statement(_STATEMENT_RE.match(text).group(1).strip()))
+
+
+def informed_manager_reply(chat: Sequence[ChatMessage]) -> str:
+  """A scripted manager that reads the synthetic task's statements (the demo's headroom, never trained on): per
+  fact, the shown memory of the same speaker and attribute is DELETEd by a retraction, UPDATEd by a new value and
+  kept (NOOP) by a restatement; a fact with no such memory is ADDed."""
+  facts, _ = read_manager_prompt(chat)
+  shown = [(int(m.group(1)), _statement(m.group(3))) for line in _user_text(chat).splitlines()
+           if (m := _RELATED_LINE_RE.match(line))]
   ops = []
   for fact in facts:
-    draw = _chance(fact, seed)
-    if related and draw < explore / 2:
-      ops.append({"op": "UPDATE", "id": related[0], "text": fact})
-    elif related and draw < explore:
-      ops.append({"op": "DELETE", "id": related[0]})
-    else:
+    speaker, parsed = _statement(fact)
+    same = [(i, p) for i, (s, p) in shown if parsed and p and s == speaker and p[0] == parsed[0]]
+    if not same:
       ops.append({"op": "ADD", "text": fact})
+    elif parsed[3]:
+      ops.append({"op": "DELETE", "id": same[0][0]})
+    elif same[0][1][1] != parsed[1]:
+      ops.append({"op": "UPDATE", "id": same[0][0], "text": fact})
   return ops_reply(ops or [{"op": "NOOP"}])
+
+
+def exploratory_manager_replies(chat: Sequence[ChatMessage]) -> list[str]:
+  """The blind alternatives to the ADD-only reply: the first fact UPDATEs the most related memory shown, or DELETEs
+  it (the other facts ADDed). [] when the chat shows no related memory or has no fact."""
+  facts, related = read_manager_prompt(chat)
+  if not facts or not related:
+    return []
+  rest = [{"op": "ADD", "text": fact} for fact in facts[1:]]
+  return [ops_reply([{"op": "UPDATE", "id": related[0], "text": facts[0]}] + rest),
+          ops_reply([{"op": "DELETE", "id": related[0]}] + rest)]
 
 
 def read_answer_prompt(chat: Sequence[ChatMessage]) -> tuple[dict[str, list[tuple[int, str, str]]], str]:
@@ -271,22 +295,34 @@ class RecordingPolicy:
     return out
 
 
-def manager_trajectories(conversations, bank_factory, cfg, *, explore: float = 0.0, seed: int = 0
-                         ) -> tuple[list[dict], list]:
-  """Walks `conversations` with the heuristic manager through `runner.build_banks`.
+def manager_trajectories(conversations, bank_factory, cfg, *, explore: float = 0.0) -> tuple[list[dict], list]:
+  """Walks `conversations` with the ADD-only heuristic manager through `runner.build_banks`.
 
   Args:
     conversations: the conversations (their training questions are not used).
     bank_factory: makes an empty MemoryBank. cfg: a `runner.RunnerConfig`.
-    explore, seed: as `heuristic_manager_reply`.
+    explore: the share of exploratory replies (`exploratory_manager_replies`, UPDATE and DELETE equally) among the
+      records of a prompt that shows a related memory, in [0, 1): its ADD record is repeated
+      round(2 / explore) - 2 times beside one UPDATE and one DELETE record. 0: ADD only. The walk itself ADDs.
 
   Returns:
-    (records, banks): one {"messages", "response"} record per turn, and the built banks in conversation order.
+    (records, banks): {"messages", "response"} records (one per turn without exploration), and the built banks in
+    conversation order.
   """
   from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
-  policy = RecordingPolicy(lambda chat: heuristic_manager_reply(chat, explore=explore, seed=seed))
+  if not 0.0 <= explore < 1.0:
+    raise ValueError(f"explore={explore} is not in [0, 1)")
+  policy = RecordingPolicy(heuristic_manager_reply)
   banks, _ = runner.build_banks(policy, conversations, bank_factory, cfg, greedy=True)
-  return policy.records, banks
+  if not explore:
+    return policy.records, banks
+  add_copies = max(1, round(2 / explore) - 2)
+  records = []
+  for record in policy.records:
+    alternatives = exploratory_manager_replies(record["messages"])
+    records += [record] * (add_copies if alternatives else 1)
+    records += [{"messages": record["messages"], "response": reply} for reply in alternatives]
+  return records, banks
 
 
 def answer_trajectories(conversations, banks: dict, cfg, *, explore: float = 0.0, seed: int = 0) -> list[dict]:

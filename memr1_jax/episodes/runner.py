@@ -64,7 +64,7 @@ class RunnerConfig:
   answer_k_per_speaker: int = 30  # Memories per speaker shown to the answer agent.
   format_penalty: float = 0.0  # Subtracted from the reward of a response with a format error.
   max_ops_per_output: int = 64  # Operations read from one manager reply.
-  extraction: str = "simple"  # "simple" or "llm".
+  extraction: str = "simple"  # "simple", "statements" (synthetic task) or "llm".
   # Questions that score a manager response: "turn" (those its turn completes) or "answerable" (every question
   # whose evidence is complete by its turn, so overwriting or deleting a memory still needed costs reward).
   manager_reward_questions: str = "turn"
@@ -86,8 +86,8 @@ def last_evidence_turn(conv: Conversation, qa: QA, order: dict[str, int] | None 
 
 def _facts_for_turns(items: Sequence[tuple[Session, Turn]], cfg: RunnerConfig,
                      extractor: ChatPolicy | None) -> list[extraction_lib.Extraction]:
-  if cfg.extraction == "simple":
-    return extraction_lib.extract_facts_simple(items)
+  if cfg.extraction != "llm":
+    return extraction_lib.extract_facts(items, cfg.extraction)
   if extractor is None:
     raise ValueError("RunnerConfig.extraction='llm' needs an extractor policy")
 
@@ -124,30 +124,39 @@ class BankStats:
   format_errors: int = 0
   rejected_ops: int = 0
   manager_calls: int = 0
+  # (sample_id, dia_id) -> the kinds of the operations parsed from that turn's reply, in order.
+  turn_ops: dict = dataclasses.field(default_factory=dict)
 
 
 def _turn_chats(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerConfig,
                 extractor: ChatPolicy | None):
-  """The manager chats of turn `step` of every conversation that has one: (live indexes, (session, turn) items,
-  chats, the memory ids each chat shows)."""
-  live = [i for i, turns in enumerate(turn_lists) if step < len(turns)]
-  items = [turn_lists[i][step] for i in live]
-  chats, valid = [], []
-  for i, (session, turn), ext in zip(live, items, _facts_for_turns(items, cfg, extractor)):
+  """The manager chats of turn `step` of every conversation whose turn `step` has facts (a turn with nothing to
+  store is not shown to the manager): (live indexes, (session, turn) items, chats, the memory ids each chat
+  shows)."""
+  candidates = [i for i, turns in enumerate(turn_lists) if step < len(turns)]
+  extracted = _facts_for_turns([turn_lists[i][step] for i in candidates], cfg, extractor)
+  live, items, chats, valid = [], [], [], []
+  for i, ext in zip(candidates, extracted):
+    if not ext.facts:
+      continue
+    session, turn = turn_lists[i][step]
     chat, ids = _manager_prompt(banks[i], ext.facts, session, turn, cfg.related_k)
+    live.append(i)
+    items.append((session, turn))
     chats.append(chat)
     valid.append(ids)
   return live, items, chats, valid
 
 
-def _apply_replies(banks: Sequence[MemoryBank], items, valid, texts: Sequence[str], cfg: RunnerConfig,
-                   stats: BankStats) -> None:
+def _apply_replies(banks: Sequence[MemoryBank], sample_ids: Sequence[str], items, valid, texts: Sequence[str],
+                   cfg: RunnerConfig, stats: BankStats) -> None:
   """Parses one manager reply per bank, applies it (one batched embedding call) and counts it in `stats`."""
   ops = []
-  for (_, turn), ids, text in zip(items, valid, texts):
+  for sample_id, (_, turn), ids, text in zip(sample_ids, items, valid, texts):
     parsed = parsers.parse_manager_output(text, ids, speaker=turn.speaker, max_ops=cfg.max_ops_per_output)
     stats.format_errors += parsed.format_error is not None
     stats.ops.update(op.kind.value for op in parsed.ops)
+    stats.turn_ops[(sample_id, turn.dia_id)] = tuple(op.kind.value for op in parsed.ops)
     ops.append(parsed.ops)
   results = apply_to_banks(list(banks), ops, timestamps=[s.date_time for s, _ in items],
                            source_turn_ids=[(t.dia_id,) for _, t in items])
@@ -167,9 +176,10 @@ def build_banks(manager: ChatPolicy, conversations: Sequence[Conversation], bank
   longest = max((len(t) for t in turn_lists), default=0)
   for step in range(longest):
     live, items, chats, valid = _turn_chats(banks, turn_lists, step, cfg, extractor)
-    samples = manager.generate(chats, n=1, greedy=greedy)
+    samples = manager.generate(chats, n=1, greedy=greedy) if chats else []
     stats.manager_calls += len(chats)
-    _apply_replies([banks[i] for i in live], items, valid, [s[0].text for s in samples], cfg, stats)
+    _apply_replies([banks[i] for i in live], [conversations[i].sample_id for i in live], items, valid,
+                   [s[0].text for s in samples], cfg, stats)
     if progress:
       progress(step + 1, longest)
   return banks, stats
@@ -276,10 +286,10 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
   group = group_offset
   turn_lists = [conv.turns for conv in conversations]
   for step in range(max((len(t) for t in turn_lists), default=0)):
+    for i, at in enumerate(targets):
+      answerable[i].extend(at.get(step, ()))
     live, items, chats, valid = _turn_chats(banks, turn_lists, step, cfg, extractor)
     trained = [j for j, i in enumerate(live) if targets[i].get(step)]
-    for j in trained:
-      answerable[live[j]].extend(targets[live[j]][step])
     plain = [j for j, i in enumerate(live) if not targets[i].get(step)]
     samples: list = [None] * len(live)
     if plain:
@@ -323,8 +333,10 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
         reward = sum(ems) / len(ems) - cfg.format_penalty * fmt
         g = groups.setdefault(j, group + len(groups))
         experiences.append(Experience(s, reward, g, "manager", {
-            "em": sum(ems) / len(ems), "format_error": fmt, "questions": len(ems), **op_counts(parsed.ops)}))
+            "em": sum(ems) / len(ems), "format_error": fmt, "questions": len(ems), **op_counts(parsed.ops),
+            "turn": (conversations[live[j]].sample_id, items[j][1].dia_id)}))
       group += len(groups)
     # Advance every bank with its first sample.
-    _apply_replies([banks[i] for i in live], items, valid, [s[0].text for s in samples], cfg, stats)
+    _apply_replies([banks[i] for i in live], [conversations[i].sample_id for i in live], items, valid,
+                   [s[0].text for s in samples], cfg, stats)
   return experiences, stats
