@@ -1,6 +1,6 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (258 s on 2 CPU cores)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (266 s on 2 CPU cores)
   python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.data.synthetic`), the shipped tiny base model with its
@@ -71,8 +71,8 @@ def get_config():
 
   c.demo.agents = "answer,manager"
   c.demo.answer_steps = 40
-  # Answer agent at 3e-4 (at 1e-3 its format errors spiked and held-out EM stayed flat: +0.006 / +0.000, seeds
-  # 0 / 1; at 3e-4: +0.054 / +0.036 / +0.100, seeds 0 / 1 / 2).
+  # Answer agent at 3e-4 (at commit af851e6, before the statements extraction: at 1e-3 its format errors spiked
+  # and held-out EM stayed flat, +0.006 / +0.000 for seeds 0 / 1; at 3e-4 +0.054 / +0.036 / +0.100, seeds 0 / 1 / 2).
   c.demo.answer_actor_lr = 3e-4
   c.demo.manager_steps = 12
   c.demo.manager_batch_size = 8
