@@ -1,7 +1,7 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
   python -m memr1_jax.main --config=configs/demo.py                      # GRPO (266 s on 2 CPU cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (244 s)
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.data.synthetic`), the shipped tiny base model with its
 tokenizer (memr1_jax/data/assets/demo_base, built by `python -m memr1_jax.demo`), and the bundled all-MiniLM-L6-v2
@@ -81,4 +81,6 @@ def get_config():
   c.demo.explore = 0.33
   c.demo.answer_explore = 0.25
   c.demo.sft_manager_conversations = 12
+  # PPO: 4 prompts (one response each) per GRPO group of 8, half GRPO's responses per step, to stay within 5 minutes.
+  c.demo.ppo_prompts_per_group = 4
   return c

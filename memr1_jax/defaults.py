@@ -247,6 +247,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.demo.answer_actor_lr = 0.0
   # Conversations per manager RL step (rollout.batch_size counts questions for the answer agent).
   c.demo.manager_batch_size = 4
+  # PPO (one response per prompt): prompts per step = this x the GRPO batch (0: rollout.group_size, GRPO's responses).
+  c.demo.ppo_prompts_per_group = 0
   # Share of blind UPDATE / DELETE replies to the top related memory among the heuristic manager's SFT records of a
   # prompt (heuristics.manager_trajectories; [0, 1), 0: ADD only).
   c.demo.explore = 0.2

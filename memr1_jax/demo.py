@@ -115,8 +115,10 @@ def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
   if agent == "answer" and config.demo.answer_actor_lr:
     fields["rl.actor_lr"] = config.demo.answer_actor_lr
   batch = config.rollout.batch_size if agent == "answer" else config.demo.manager_batch_size
-  # PPO samples one response per prompt: as many prompts as GRPO has responses keep the update's size.
-  fields["rollout.batch_size"] = batch * (config.rollout.group_size if config.algorithm == "ppo" else 1)
+  # PPO samples one response per prompt: as many prompts as GRPO has responses keep the update's size
+  # (config.demo.ppo_prompts_per_group trades some of them for time).
+  per_group = config.demo.ppo_prompts_per_group or config.rollout.group_size
+  fields["rollout.batch_size"] = batch * (per_group if config.algorithm == "ppo" else 1)
   return stage_config(config, **fields)
 
 

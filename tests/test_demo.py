@@ -148,6 +148,19 @@ def test_random_replies_are_well_formed_and_answer_the_asked_attribute():
   assert answers == {"Where does Anna live now?": {"Porto", "Lyon"}, "Does Anna own a bike now?": {"yes", "no"}}
 
 
+def test_rl_config_sizes_each_agents_batch_for_grpo_and_ppo(tmp_path):
+  """GRPO steps take rollout.batch_size questions / demo.manager_batch_size conversations; PPO takes
+  demo.ppo_prompts_per_group times as many (rollout.group_size when 0), one response each; each agent its steps."""
+  config = demo_config(tmp_path, **{"rollout.batch_size": 8, "demo.manager_batch_size": 3, "rollout.group_size": 8,
+                                    "demo.ppo_prompts_per_group": 4})
+  sizes = {(algo, agent): demo.rl_config(demo.stage_config(config, algorithm=algo), agent, "init").rollout.batch_size
+           for algo in ("grpo", "ppo") for agent in ("answer", "manager")}
+  assert sizes == {("grpo", "answer"): 8, ("grpo", "manager"): 3, ("ppo", "answer"): 32, ("ppo", "manager"): 12}
+  default = demo.stage_config(config, **{"algorithm": "ppo", "demo.ppo_prompts_per_group": 0})
+  assert demo.rl_config(default, "manager", "init").rollout.batch_size == 24
+  assert demo.rl_config(config, "manager", "init").train.num_steps == config.demo.manager_steps
+
+
 def test_sft_data_are_parseable_replies_to_runner_prompts(tmp_path):
   """Every SFT record is a runner chat with a reply the parsers read without a format error."""
   config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "data.synthetic_train": 2})
