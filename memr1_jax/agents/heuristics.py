@@ -40,7 +40,7 @@ _BLOCK_RE = re.compile(r"^Memories about (.+):$")
 _ANSWER_MEMORY_RE = re.compile(r"^\[(\d+)\] (?:\((.*?)\) )?(.*)$")
 _QUESTION_RE = re.compile(r"^Question: (.*)$")
 # A stored memory's text: an optional "[date] " and "Name: " before the statement itself.
-_STATEMENT_RE = re.compile(r"^(?:\[[^\]]*\]\s*)?(?:[A-Z][a-z]+:\s+)?(.*)$")
+_STATEMENT_RE = re.compile(r"^(?:\[[^\]]*\]\s*)?(?:(?P<speaker>[A-Z][a-z]+):\s+)?(?P<statement>.*)$")
 # What the heuristic answerer says when it finds nothing.
 UNKNOWN_ANSWER = "none"
 
@@ -81,10 +81,9 @@ def heuristic_manager_reply(chat: Sequence[ChatMessage]) -> str:
 
 
 def _statement(text: str) -> tuple[str | None, tuple | None]:
-  """(speaker, `synthetic.parse_statement` of the statement) of a fact or memory text "Name: statement"."""
-  speaker = re.match(r"^(?:\[[^\]]*\]\s*)?([A-Z][a-z]+):", text)
-  return (speaker.group(1) if speaker else None,
-          synthetic.parse_statement(_STATEMENT_RE.match(text).group(1).strip()))
+  """(speaker or None, `synthetic.parse_statement` of the statement) of a fact or memory text "Name: statement"."""
+  match = _STATEMENT_RE.match(text)
+  return match.group("speaker"), synthetic.parse_statement(match.group("statement").strip())
 
 
 def informed_manager_reply(chat: Sequence[ChatMessage]) -> str:
@@ -170,7 +169,7 @@ def _candidates(memories, slot: str) -> list[tuple[int, str, str | None, str | N
   """(id, timestamp, new value, old value, is_retraction) of the memories that state `slot`, in the order shown."""
   out = []
   for memory_id, stamp, text in memories:
-    parsed = synthetic.parse_statement(_STATEMENT_RE.match(text).group(1).strip())
+    _, parsed = _statement(text)
     if parsed is not None and parsed[0] == slot:
       _, new, old, retraction = parsed
       out.append((memory_id, stamp, new, old, retraction))

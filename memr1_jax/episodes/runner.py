@@ -148,17 +148,18 @@ def _turn_chats(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerC
   return live, items, chats, valid
 
 
-def _apply_replies(banks: Sequence[MemoryBank], sample_ids: Sequence[str], items, valid, texts: Sequence[str],
-                   cfg: RunnerConfig, stats: BankStats) -> None:
-  """Parses one manager reply per bank, applies it (one batched embedding call) and counts it in `stats`."""
+def _apply_replies(banks: Sequence[MemoryBank], conversations: Sequence[Conversation], live: Sequence[int], items,
+                   valid, texts: Sequence[str], cfg: RunnerConfig, stats: BankStats) -> None:
+  """Parses one manager reply per live conversation (`_turn_chats`' live indexes, items and valid ids), applies it
+  to that conversation's bank (one batched embedding call) and counts it in `stats`."""
   ops = []
-  for sample_id, (_, turn), ids, text in zip(sample_ids, items, valid, texts):
+  for i, (_, turn), ids, text in zip(live, items, valid, texts):
     parsed = parsers.parse_manager_output(text, ids, speaker=turn.speaker, max_ops=cfg.max_ops_per_output)
     stats.format_errors += parsed.format_error is not None
     stats.ops.update(op.kind.value for op in parsed.ops)
-    stats.turn_ops[(sample_id, turn.dia_id)] = tuple(op.kind.value for op in parsed.ops)
+    stats.turn_ops[(conversations[i].sample_id, turn.dia_id)] = tuple(op.kind.value for op in parsed.ops)
     ops.append(parsed.ops)
-  results = apply_to_banks(list(banks), ops, timestamps=[s.date_time for s, _ in items],
+  results = apply_to_banks([banks[i] for i in live], ops, timestamps=[s.date_time for s, _ in items],
                            source_turn_ids=[(t.dia_id,) for _, t in items])
   stats.rejected_ops += sum(not r.applied for rs in results for r in rs)
 
@@ -178,8 +179,7 @@ def build_banks(manager: ChatPolicy, conversations: Sequence[Conversation], bank
     live, items, chats, valid = _turn_chats(banks, turn_lists, step, cfg, extractor)
     samples = manager.generate(chats, n=1, greedy=greedy) if chats else []
     stats.manager_calls += len(chats)
-    _apply_replies([banks[i] for i in live], [conversations[i].sample_id for i in live], items, valid,
-                   [s[0].text for s in samples], cfg, stats)
+    _apply_replies(banks, conversations, live, items, valid, [s[0].text for s in samples], cfg, stats)
     if progress:
       progress(step + 1, longest)
   return banks, stats
@@ -337,6 +337,5 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
             "turn": (conversations[live[j]].sample_id, items[j][1].dia_id)}))
       group += len(groups)
     # Advance every bank with its first sample.
-    _apply_replies([banks[i] for i in live], [conversations[i].sample_id for i in live], items, valid,
-                   [s[0].text for s in samples], cfg, stats)
+    _apply_replies(banks, conversations, live, items, valid, [s[0].text for s in samples], cfg, stats)
   return experiences, stats
