@@ -91,6 +91,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.synthetic_task.echo_prob = 0.3
   # Changes a fact takes before it only stays, is restated or is retracted.
   c.data.synthetic_task.max_updates_per_fact = 2
+  # Every change names the value it replaces ("We left Porto for Lyon."); False: often only the new one.
+  c.data.synthetic_task.changes_name_old = False
 
   c.memory = ml_collections.ConfigDict()
   # Sentence encoder directory for memory embeddings (empty: the bundled all-MiniLM-L6-v2); "hashing" for a model-free one.

@@ -186,10 +186,13 @@ def _summarise(experiences) -> dict:
     vals = [e.info[key] for e in experiences if key in e.info]
     if vals:
       out[key if key.islower() else f"ops/{key}"] = float(np.mean(vals))
-  # Synthetic task (info["needed"], see Trainer.episodes): at the turns that change / retract a fact, the mean
-  # reward of the responses that UPDATE / DELETE and of the others: what the reward pays for the operation.
+  # Synthetic task (info["needed"], see Trainer.episodes): at the turns that change / retract a fact, the share of
+  # the sampled responses that UPDATE / DELETE, and the mean reward of those and of the others: what the reward
+  # pays for the operation.
   for op in ("UPDATE", "DELETE"):
     at = [e for e in experiences if e.info.get("needed") == op]
+    if at:
+      out[f"needed_{op}/share"] = float(np.mean([bool(e.info.get(op)) for e in at]))
     for name, chosen in ((op, [e.reward for e in at if e.info.get(op)]),
                          ("other", [e.reward for e in at if not e.info.get(op)])):
       if chosen:

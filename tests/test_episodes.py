@@ -94,8 +94,8 @@ def test_turns_without_facts_are_not_shown_to_the_manager():
 
 
 def test_needed_metrics_average_rewards_by_whether_the_implied_operation_was_used():
-  """At turns needing DELETE, needed_DELETE/reward_DELETE averages the DELETEing responses' rewards and
-  reward_other the rest; turns needing something else do not count."""
+  """At turns needing DELETE, needed_DELETE/share is the share of DELETEing responses, reward_DELETE averages their
+  rewards and reward_other the rest's; turns needing something else do not count."""
   from memr1_jax.train import _summarise  # pylint: disable=g-import-not-at-top
 
   def exp(reward, needed, op):
@@ -104,4 +104,5 @@ def test_needed_metrics_average_rewards_by_whether_the_implied_operation_was_use
   metrics = _summarise([exp(1.0, "DELETE", "DELETE"), exp(0.5, "DELETE", "DELETE"), exp(0.0, "DELETE", "ADD"),
                         exp(0.9, "ADD", "DELETE")])
   assert metrics["needed_DELETE/reward_DELETE"] == 0.75 and metrics["needed_DELETE/reward_other"] == 0.0
+  assert metrics["needed_DELETE/share"] == 2 / 3
   assert not any(k.startswith("needed_UPDATE") for k in metrics)

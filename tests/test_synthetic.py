@@ -165,6 +165,18 @@ def test_knobs_control_sessions_slots_and_operations():
   assert ops == {OpKind.ADD, OpKind.UPDATE, OpKind.DELETE, OpKind.NOOP}
 
 
+def test_changes_name_old_makes_every_change_name_the_value_it_replaces():
+  """With changes_name_old every UPDATE turn names the replaced value; by default some changes do not."""
+  def update_turn_olds(**knobs):
+    convs = synthetic.generate_conversations(8, 0, num_sessions=4, update_prob=0.8, retract_prob=0.0, **knobs)
+    text = {(c.sample_id, t.dia_id): t.text for c in convs for _, t in c.turns}
+    return [synthetic.parse_statement(text[(c.sample_id, e.dia_id)])[2] for c in convs
+            for e in synthetic.fact_events(c) if e.op == OpKind.UPDATE]
+  named = update_turn_olds(changes_name_old=True)
+  assert named and all(old is not None for old in named)
+  assert None in update_turn_olds()
+
+
 def test_bad_knob_raises_naming_it():
   """An out-of-range knob is a ValueError naming it; an unknown knob is a TypeError."""
   with pytest.raises(ValueError, match="update_prob"):

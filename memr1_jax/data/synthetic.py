@@ -20,7 +20,8 @@ Why an ADD-only memory manager fails and an UPDATE / DELETE manager succeeds
 ----------------------------------------------------------------------------
 Every question is about a slot's state at the end of the conversation, and values change. A manager
 that only ever ADDs keeps one memory per statement: after "I moved to Porto." and, sessions later,
-"I moved to Lyon." (the change often does not name the old value) its bank holds both, with nothing
+"I moved to Lyon." (the change often does not name the old value; `changes_name_old` makes every
+change name it: "We left Porto for Lyon.") its bank holds both, with nothing
 in their text saying which is current; only comparing the two session dates ("... 8 May, 2023"
 against "... 2 March, 2023") decides "Where does Anna live now?", and a retraction ("I sold my
 bike.") sits next to the purchase it cancels. An answer agent that does not compare dates (a
@@ -38,7 +39,8 @@ Fact ids count ADDs from 0 in turn order within a conversation, which is how a f
 
 Difficulty knobs (`TaskKnobs`): the number of sessions, slots per speaker, the probabilities that a
 live fact is updated, retracted or restated in a later session, the filler ratio, how often the
-other speaker echoes a new value, and the cap on updates per fact.
+other speaker echoes a new value, the cap on updates per fact, and whether every change names the
+value it replaces (then an UPDATE that just stores the new statement keeps what "before" questions need).
 """
 
 from __future__ import annotations
@@ -221,6 +223,8 @@ class TaskKnobs:
       `_MAX_FILLERS_PER_GAP`); 0 means no filler between facts.
     echo_prob: chance that the other speaker's reply repeats the new value ("Lyon is a lovely city!").
     max_updates_per_fact: UPDATEs a fact takes before it only stays, is restated or is retracted.
+    changes_name_old: every change of value names the value it replaces ("We left Porto for Lyon.");
+      False: a change is as often said like a first statement ("I moved to Lyon.").
   """
 
   num_sessions: int = 4
@@ -231,6 +235,7 @@ class TaskKnobs:
   filler_ratio: float = 0.3
   echo_prob: float = 0.3
   max_updates_per_fact: int = 2
+  changes_name_old: bool = False
 
   def __post_init__(self):
     if self.num_sessions < 1:
@@ -453,7 +458,7 @@ def _session_turns(rng: random.Random, speakers: Sequence[str], plans: Sequence[
       say(other(asker), answer)
     if turns[-1][0] == plan.speaker:
       say(other(plan.speaker), rng.choice(BRIDGES))
-    say(plan.speaker, _statement(rng, plan))
+    say(plan.speaker, _statement(rng, plan, task))
     fact_turns.append((len(turns), plan))
     say(other(plan.speaker), _reply(rng, plan, task))
   closer = other(turns[-1][0])
@@ -463,13 +468,13 @@ def _session_turns(rng: random.Random, speakers: Sequence[str], plans: Sequence[
   return turns, fact_turns
 
 
-def _statement(rng: random.Random, plan: _Plan) -> str:
+def _statement(rng: random.Random, plan: _Plan, task: TaskKnobs) -> str:
   """The fact turn of `plan` from its slot's templates."""
   slot = SLOTS[plan.slot]
   if plan.op == OpKind.ADD:
     templates = slot.set_templates
   elif plan.op == OpKind.UPDATE:
-    templates = slot.set_templates + slot.change_templates
+    templates = slot.change_templates if task.changes_name_old else slot.set_templates + slot.change_templates
   elif plan.op == OpKind.DELETE:
     templates = slot.retract_templates
   else:
