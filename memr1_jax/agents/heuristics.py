@@ -59,8 +59,9 @@ def ops_reply(ops: Sequence[dict]) -> str:
   return json.dumps({"operations": list(ops)}, ensure_ascii=False)
 
 
-def read_manager_prompt(chat: Sequence[ChatMessage]) -> tuple[list[str], list[int]]:
-  """(facts, related memory ids in the order shown) of a manager chat built by `prompts.manager_messages`."""
+def read_manager_prompt(chat: Sequence[ChatMessage]) -> tuple[list[str], list[tuple[int, str]]]:
+  """(facts, related memories as (id, text) in the order shown) of a manager chat built by
+  `prompts.manager_messages`."""
   facts, related, section = [], [], None
   for line in _user_text(chat).splitlines():
     if line.startswith("New information from the turn:"):
@@ -70,7 +71,7 @@ def read_manager_prompt(chat: Sequence[ChatMessage]) -> tuple[list[str], list[in
     elif section == "facts" and (m := _FACT_LINE_RE.match(line)) and m.group(1) != "(none)":
       facts.append(m.group(1))
     elif section == "related" and (m := _RELATED_LINE_RE.match(line)):
-      related.append(int(m.group(1)))
+      related.append((int(m.group(1)), m.group(3)))
   return facts, related
 
 
@@ -90,9 +91,8 @@ def informed_manager_reply(chat: Sequence[ChatMessage]) -> str:
   """A scripted manager that reads the synthetic task's statements (the demo's headroom, never trained on): per
   fact, the shown memory of the same speaker and attribute is DELETEd by a retraction, UPDATEd by a new value and
   kept (NOOP) by a restatement; a fact with no such memory is ADDed."""
-  facts, _ = read_manager_prompt(chat)
-  shown = [(int(m.group(1)), _statement(m.group(3))) for line in _user_text(chat).splitlines()
-           if (m := _RELATED_LINE_RE.match(line))]
+  facts, related = read_manager_prompt(chat)
+  shown = [(memory_id, _statement(text)) for memory_id, text in related]
   ops = []
   for fact in facts:
     speaker, parsed = _statement(fact)
@@ -113,8 +113,9 @@ def exploratory_manager_replies(chat: Sequence[ChatMessage]) -> list[str]:
   if not facts or not related:
     return []
   rest = [{"op": "ADD", "text": fact} for fact in facts[1:]]
-  return [ops_reply([{"op": "UPDATE", "id": related[0], "text": facts[0]}] + rest),
-          ops_reply([{"op": "DELETE", "id": related[0]}] + rest)]
+  top = related[0][0]
+  return [ops_reply([{"op": "UPDATE", "id": top, "text": facts[0]}] + rest),
+          ops_reply([{"op": "DELETE", "id": top}] + rest)]
 
 
 def read_answer_prompt(chat: Sequence[ChatMessage]) -> tuple[dict[str, list[tuple[int, str, str]]], str]:
@@ -254,9 +255,9 @@ def random_manager_reply(chat: Sequence[ChatMessage], rng: random.Random) -> str
     if kind == "ADD":
       ops.append({"op": "ADD", "text": fact})
     elif kind == "UPDATE":
-      ops.append({"op": "UPDATE", "id": rng.choice(related), "text": fact})
+      ops.append({"op": "UPDATE", "id": rng.choice(related)[0], "text": fact})
     elif kind == "DELETE":
-      ops.append({"op": "DELETE", "id": rng.choice(related)})
+      ops.append({"op": "DELETE", "id": rng.choice(related)[0]})
   return ops_reply(ops or [{"op": "NOOP"}])
 
 
