@@ -11,7 +11,7 @@ from flax import nnx
 from memr1_jax import sharding as sharding_lib
 from memr1_jax.models import KVCache, get_preset, load_pretrained
 from memr1_jax.sampling import (RolloutConfig, RolloutEngine, SamplingParams, decode, filter_top_k_top_p, generate,
-                                prefill)
+                                generation, prefill)
 from memr1_jax.testing import left_padded_batch, load_hf_model, make_hf_checkpoint
 
 VOCAB = 384
@@ -189,7 +189,7 @@ def test_sampled_frequencies_match_the_specified_distribution(temperature, top_p
 
 def test_no_recompilation_within_bucket_or_for_new_sampling_params(qwen):
   """A second batch in the same buckets with new temperature / top-p / top-k compiles nothing; a new bucket does."""
-  engine = RolloutEngine(qwen, None, RolloutConfig(max_new_tokens=6, min_prompt_bucket=16, min_batch_bucket=4))
+  engine = RolloutEngine(qwen, None, RolloutConfig(max_new_tokens=6, min_prompt_bucket=16, min_batch_bucket=8))
   sizes = lambda: (prefill._cache_size(), decode._cache_size())
   engine.generate(_prompts((3, 9, 14)), n=2, key=0, temperature=0.7)
   first = sizes()
@@ -198,6 +198,15 @@ def test_no_recompilation_within_bucket_or_for_new_sampling_params(qwen):
   assert sizes() == first
   engine.generate(_prompts((20,), seed=3), n=2, key=3, temperature=0.7)
   assert sizes() == (first[0] + 1, first[1] + 1)
+
+
+def test_batch_bucket_counts_rows_of_all_samples():
+  """The smallest batch bucket is in rows: one prompt with n = 8 and a minimum of 8 rows decodes 8 rows, not 64."""
+  assert generation.batch_bucket(1, n=8, min_rows=8) == 1
+  assert generation.batch_bucket(1, n=1, min_rows=8) == 8
+  assert generation.batch_bucket(3, n=2, min_rows=8) == 4
+  assert generation.batch_bucket(5, n=2, min_rows=8) == 8
+  assert generation.batch_bucket(1, n=3, min_rows=8) == 4  # ceil(8 / 3) prompts, bucketed to a power of two.
 
 
 def test_eos_stops_row_and_masks_the_rest(checkpoints, qwen):

@@ -134,6 +134,19 @@ def _place(tree, shardings):
   return jax.tree.map(jax.device_put, tree, shardings)
 
 
+def _colocate(tree, like: jax.Array):
+  """`tree` placed replicated on the mesh of `like` when that is a 1-device mesh (else unchanged).
+
+  A model loaded onto a 1-device mesh without a learner mesh (one device): the step counter and the optimizers'
+  counters start on the default device and the weights with their logical specs, but the jitted update returns all
+  of them replicated on the mesh, and a second compilation would follow at the second step; placed that way from
+  the start, the first compilation serves every step.
+  """
+  if not isinstance(like.sharding, NamedSharding) or like.sharding.mesh.size != 1:
+    return tree
+  return jax.device_put(tree, NamedSharding(like.sharding.mesh, P()))
+
+
 def _init_opt(tx, params, shardings):
   return jax.jit(tx.init, out_shardings=shardings)(params)
 
@@ -205,7 +218,9 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
                         reference=_place(reference_pure, reference_shardings),
                         value=_place(value_rest, value_rest_shardings))
   state_shardings = frozen_shardings = None
-  if mesh is not None:
+  if mesh is None:
+    state = _colocate(state, jax.tree.leaves(trained_pure)[0])
+  else:
     state_shardings = TrainState(updates=NamedSharding(mesh, P()), policy=policy_shardings,
                                  policy_opt=policy_opt_shardings, value=value_state_shardings,
                                  value_opt=value_opt_shardings)

@@ -39,7 +39,7 @@ class RolloutConfig:
   max_rows_per_batch: int = 256
   # Smallest prompt-length bucket (prompt lengths are bucketed to powers of two).
   min_prompt_bucket: int = 64
-  # Smallest batch bucket (prompts per call, bucketed to powers of two).
+  # Smallest batch bucket in rows (prompts * n per call; prompts are bucketed to powers of two).
   min_batch_bucket: int = 8
   # Token ids that end a completion; None: the tokenizer's `eos_token_ids`, else the model config's.
   stop_token_ids: tuple[int, ...] | None = None

@@ -43,9 +43,10 @@ def bucket_size(x: int, minimum: int = 1) -> int:
   return 1 << (x - 1).bit_length()
 
 
-def batch_bucket(rows: int, minimum: int = 1, mesh: Mesh | None = None) -> int:
-  """Bucketed batch size: `bucket_size(rows, minimum)` rounded up to a multiple of the mesh's data * fsdp size."""
-  b = bucket_size(rows, minimum)
+def batch_bucket(num_prompts: int, n: int = 1, min_rows: int = 1, mesh: Mesh | None = None) -> int:
+  """Bucketed number of prompts of a call with `n` samples each: the smallest power of two >= num_prompts whose
+  rows (times n) reach `min_rows`, rounded up to a multiple of the mesh's data * fsdp size."""
+  b = bucket_size(num_prompts, -(-min_rows // n))
   if mesh is not None:
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     b = -(-b // dp) * dp
@@ -202,7 +203,9 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, key, max_ne
     pad_id: id written after a stop and used for left padding.
     prompt_index: global index of each prompt (default 0..len-1): sample j of prompt i draws from the key folded
       with prompt_index[i] * n + j, so results do not depend on how a request is split into batches.
-    mesh: the model's mesh; the batch is sharded over (data, fsdp). min_*_bucket: smallest bucket sizes.
+    mesh: the model's mesh; the batch is sharded over (data, fsdp). min_prompt_bucket: smallest prompt-length
+      bucket. min_batch_bucket: smallest batch bucket in rows (prompts * n): prompts are bucketed to at least
+      ceil(min_batch_bucket / n), so one prompt with n = 8 decodes 8 rows, not 8 * min_batch_bucket.
   Returns:
     `GenerateOutput` with len(prompts) * n rows and max_new_tokens columns.
   """
@@ -214,7 +217,7 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, key, max_ne
     raise ValueError(f"generate: max_new_tokens ({max_new_tokens}) and n ({n}) must be >= 1")
   params = params or SamplingParams.make(temperature=0.0)
   prompt_index = np.arange(len(prompts)) if prompt_index is None else np.asarray(prompt_index)
-  b = batch_bucket(len(prompts), min_batch_bucket, mesh)
+  b = batch_bucket(len(prompts), n, min_batch_bucket, mesh)
   p_len = bucket_size(max(len(p) for p in prompts), min_prompt_bucket)
   m = bucket_size(max_new_tokens)
   ids_bt, mask_bt = pad_prompts(prompts, b, p_len, pad_id)
