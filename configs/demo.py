@@ -1,7 +1,9 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (266 s on 2 CPU cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (244 s)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (266-454 s on 2 CPU cores)
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (244-477 s)
+
+(The range: two 2-core sandbox CPUs; README.md names them.)
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.data.synthetic`), the shipped tiny base model with its
 tokenizer (memr1_jax/data/assets/demo_base, built by `python -m memr1_jax.demo`), and the bundled all-MiniLM-L6-v2
