@@ -34,6 +34,7 @@ from flax import nnx
 from memr1_jax import components, multihost
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.metrics_writer import MetricsWriter
+from memr1_jax.sampling.generation import bucket_size
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +91,6 @@ def tokenize_trajectory(tokenizer, record: dict, *, max_prompt_len: int, max_res
   return prompt[-max_prompt_len:], response[:max_response_len], cut
 
 
-def _bucket(n: int, minimum: int) -> int:
-  n = max(int(n), int(minimum), 1)
-  return 1 << (n - 1).bit_length()
-
-
 def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, rows: int, pad_id: int,
                   min_prompt_bucket: int = 16, min_response_bucket: int = 16) -> dict[str, np.ndarray]:
   """(prompt ids, response ids) pairs -> numpy arrays for `sft_loss`, prompt and response lengths bucketed.
@@ -104,8 +100,8 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, ro
   """
   if len(examples) > rows:
     raise ValueError(f"pack_examples: {len(examples)} examples do not fit {rows} rows")
-  p = _bucket(max(len(pr) for pr, _ in examples), min_prompt_bucket)
-  t = _bucket(max(len(r) for _, r in examples), min_response_bucket)
+  p = bucket_size(max(len(pr) for pr, _ in examples), min_prompt_bucket)
+  t = bucket_size(max(len(r) for _, r in examples), min_response_bucket)
   prompt_ids = np.full((rows, p), pad_id, np.int32)
   prompt_mask = np.zeros((rows, p), bool)
   response_ids = np.full((rows, t), pad_id, np.int32)

@@ -13,12 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from memr1_jax.episodes.runner import Experience
-
-
-def bucket(n: int, minimum: int) -> int:
-  """Smallest power of two >= max(n, minimum)."""
-  n = max(int(n), int(minimum), 1)
-  return 1 << (n - 1).bit_length()
+from memr1_jax.sampling.generation import bucket_size
 
 
 def pack_experiences(experiences: Sequence[Experience], *, pad_id: int, group_size: int, rows_multiple: int,
@@ -42,9 +37,9 @@ def pack_experiences(experiences: Sequence[Experience], *, pad_id: int, group_si
       raise ValueError(f"group {g} has {len(members)} experiences, expected group_size={group_size}")
   rows = [e for g in sorted(groups) for e in groups[g]]
   unit = int(np.lcm(rows_multiple, group_size))
-  b = unit * bucket(-(-max(len(rows), 1) // unit), 1)
-  p = bucket(max((len(e.sample.prompt_ids) for e in rows), default=1), min_prompt_bucket)
-  t = bucket(max((len(e.sample.response_ids) for e in rows), default=1), min_response_bucket)
+  b = unit * bucket_size(-(-max(len(rows), 1) // unit), 1)
+  p = bucket_size(max((len(e.sample.prompt_ids) for e in rows), default=1), min_prompt_bucket)
+  t = bucket_size(max((len(e.sample.response_ids) for e in rows), default=1), min_response_bucket)
   prompt_ids = np.full((b, p), pad_id, np.int32)
   prompt_mask = np.zeros((b, p), bool)
   response_ids = np.full((b, t), pad_id, np.int32)
