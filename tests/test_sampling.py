@@ -209,6 +209,21 @@ def test_batch_bucket_counts_rows_of_all_samples():
   assert generation.batch_bucket(1, n=3, min_rows=8) == 4  # ceil(8 / 3) prompts, bucketed to a power of two.
 
 
+def test_length_bucket_rounds_to_multiples_when_asked():
+  """Prompt lengths pad to powers of two by default, to multiples of `multiple` (from the minimum) when given."""
+  assert [generation.length_bucket(n, 16) for n in (1, 16, 17, 150)] == [16, 16, 32, 256]
+  assert [generation.length_bucket(n, 128, 64) for n in (1, 128, 129, 189, 193)] == [128, 128, 192, 192, 256]
+
+
+def test_greedy_completions_do_not_depend_on_the_prompt_bucket(qwen):
+  """Prompts padded to 32 (a power of two) or to 24 (a multiple of 8) give the same greedy tokens and log-probs."""
+  prompts = _prompts((3, 9, 20))
+  pow2 = generate(qwen, prompts, key=0, max_new_tokens=6, min_prompt_bucket=16)
+  mult = generate(qwen, prompts, key=0, max_new_tokens=6, min_prompt_bucket=16, prompt_bucket_multiple=8)
+  np.testing.assert_array_equal(mult.tokens, pow2.tokens)
+  np.testing.assert_allclose(mult.logprobs, pow2.logprobs, atol=1e-5)
+
+
 def test_eos_stops_row_and_masks_the_rest(checkpoints, qwen):
   """A row stops at its first stop token (mask 1 up to and including it, pad after); HF with the same EOS agrees."""
   prompts = _prompts()

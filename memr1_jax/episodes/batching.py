@@ -13,15 +13,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from memr1_jax.episodes.runner import Experience
-from memr1_jax.sampling.generation import bucket_size
+from memr1_jax.sampling.generation import bucket_size, length_bucket
 
 
 def pack_experiences(experiences: Sequence[Experience], *, pad_id: int, group_size: int, rows_multiple: int,
-                     min_prompt_bucket: int = 64, min_response_bucket: int = 16) -> dict[str, np.ndarray]:
+                     min_prompt_bucket: int = 64, prompt_bucket_multiple: int = 0, min_response_bucket: int = 16
+                     ) -> dict[str, np.ndarray]:
   """Packs experiences into the numpy fields of `rl.update.RolloutBatch`.
 
   Rows are ordered group by group (prompt-major, as GRPO expects); each group must hold exactly `group_size`
-  experiences. The row count is rounded up to `rows_multiple` * a power of two with whole padding groups.
+  experiences. The row count is rounded up to `rows_multiple` * a power of two with whole padding groups; prompt
+  lengths to `generation.length_bucket(., min_prompt_bucket, prompt_bucket_multiple)`.
 
   Returns:
     dict with prompt_ids_bp, prompt_mask_bp, response_ids_bt, response_mask_bt, scores_b, old_logprobs_bt, and
@@ -38,7 +40,8 @@ def pack_experiences(experiences: Sequence[Experience], *, pad_id: int, group_si
   rows = [e for g in sorted(groups) for e in groups[g]]
   unit = int(np.lcm(rows_multiple, group_size))
   b = unit * bucket_size(-(-max(len(rows), 1) // unit), 1)
-  p = bucket_size(max((len(e.sample.prompt_ids) for e in rows), default=1), min_prompt_bucket)
+  p = length_bucket(max((len(e.sample.prompt_ids) for e in rows), default=1), min_prompt_bucket,
+                    prompt_bucket_multiple)
   t = bucket_size(max((len(e.sample.response_ids) for e in rows), default=1), min_response_bucket)
   prompt_ids = np.full((b, p), pad_id, np.int32)
   prompt_mask = np.zeros((b, p), bool)

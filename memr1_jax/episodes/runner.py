@@ -96,6 +96,22 @@ def _facts_for_turns(items: Sequence[tuple[Session, Turn]], cfg: RunnerConfig,
   return extraction_lib.extract_facts_llm(items, generate_fn)
 
 
+def prefetch_embeddings(bank: MemoryBank, conversations: Sequence[Conversation], extraction: str,
+                        questions: Sequence[QA] = ()) -> None:
+  """When `bank`'s embed_fn caches (has `prefetch`, e.g. components.CachedEmbedder), embeds in one call the facts of
+  every turn of `conversations` (by the model-free `extraction` mode; none for "llm") and `questions`, so that the
+  walk's many small per-turn searches, and the ADDs of copied facts, hit the cache instead of each running the
+  encoder on a few texts."""
+  prefetch = getattr(bank.embed_fn, "prefetch", None)
+  if prefetch is None:
+    return
+  texts = [qa.question for qa in questions]
+  if extraction != "llm":
+    items = [item for conv in conversations for item in conv.turns]
+    texts += [f.text for ext in extraction_lib.extract_facts(items, extraction) for f in ext.facts]
+  prefetch(texts)
+
+
 def _manager_prompt(bank: MemoryBank, facts: list[extraction_lib.Fact], session: Session, turn: Turn,
                     related_k: int) -> tuple[list[prompts.ChatMessage], set[int]]:
   """The manager chat for one turn, and the memory ids it shows (the only valid UPDATE / DELETE targets)."""
@@ -172,6 +188,8 @@ def build_banks(manager: ChatPolicy, conversations: Sequence[Conversation], bank
   Returns (banks in the order of `conversations`, stats).
   """
   banks = [bank_factory() for _ in conversations]
+  if banks:
+    prefetch_embeddings(banks[0], conversations, cfg.extraction)
   turn_lists = [conv.turns for conv in conversations]
   stats = BankStats()
   longest = max((len(t) for t in turn_lists), default=0)
@@ -269,6 +287,9 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
   """
   fork = fork or (lambda b: b.fork())
   banks = [bank_factory() for _ in conversations]
+  if banks:
+    prefetch_embeddings(banks[0], conversations, cfg.extraction,
+                        [qa for conv in conversations for qa in questions.get(conv.sample_id, ())])
   stats = BankStats()
   # Questions completed at each turn index, per conversation.
   targets = []

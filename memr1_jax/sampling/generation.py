@@ -43,6 +43,15 @@ def bucket_size(x: int, minimum: int = 1) -> int:
   return 1 << (x - 1).bit_length()
 
 
+def length_bucket(x: int, minimum: int = 1, multiple: int = 0) -> int:
+  """A padded sequence length for `x` tokens: `bucket_size(x, minimum)`, or, when `multiple` > 0, max(x, minimum)
+  rounded up to a multiple of `multiple` (finer steps for lengths far from a power of two: 192 for 150-189)."""
+  if multiple <= 0:
+    return bucket_size(x, minimum)
+  x = max(int(x), int(minimum), 1)
+  return -(-x // multiple) * multiple
+
+
 def batch_bucket(num_prompts: int, n: int = 1, min_rows: int = 1, mesh: Mesh | None = None) -> int:
   """Bucketed number of prompts of a call with `n` samples each: the smallest power of two >= num_prompts whose
   rows (times n) reach `min_rows`, rounded up to a multiple of the mesh's data * fsdp size."""
@@ -193,7 +202,7 @@ def stop_id_array(stop_token_ids: Sequence[int]) -> np.ndarray:
 def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, key, max_new_tokens: int, n: int = 1,
              params: SamplingParams | None = None, stop_token_ids: Sequence[int] = (), pad_id: int = 0,
              prompt_index: Sequence[int] | None = None, mesh: Mesh | None = None, min_prompt_bucket: int = 16,
-             min_batch_bucket: int = 1) -> GenerateOutput:
+             prompt_bucket_multiple: int = 0, min_batch_bucket: int = 1) -> GenerateOutput:
   """Generates `n` completions for every prompt (token-id lists) in one prefill + one decode call.
 
   Args:
@@ -203,9 +212,10 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, key, max_ne
     pad_id: id written after a stop and used for left padding.
     prompt_index: global index of each prompt (default 0..len-1): sample j of prompt i draws from the key folded
       with prompt_index[i] * n + j, so results do not depend on how a request is split into batches.
-    mesh: the model's mesh; the batch is sharded over (data, fsdp). min_prompt_bucket: smallest prompt-length
-      bucket. min_batch_bucket: smallest batch bucket in rows (prompts * n): prompts are bucketed to at least
-      ceil(min_batch_bucket / n), so one prompt with n = 8 decodes 8 rows, not 8 * min_batch_bucket.
+    mesh: the model's mesh; the batch is sharded over (data, fsdp). min_prompt_bucket, prompt_bucket_multiple:
+      the prompt-length bucket (`length_bucket`). min_batch_bucket: smallest batch bucket in rows (prompts * n):
+      prompts are bucketed to at least ceil(min_batch_bucket / n), so one prompt with n = 8 decodes 8 rows, not
+      8 * min_batch_bucket.
   Returns:
     `GenerateOutput` with len(prompts) * n rows and max_new_tokens columns.
   """
@@ -218,7 +228,7 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, key, max_ne
   params = params or SamplingParams.make(temperature=0.0)
   prompt_index = np.arange(len(prompts)) if prompt_index is None else np.asarray(prompt_index)
   b = batch_bucket(len(prompts), n, min_batch_bucket, mesh)
-  p_len = bucket_size(max(len(p) for p in prompts), min_prompt_bucket)
+  p_len = length_bucket(max(len(p) for p in prompts), min_prompt_bucket, prompt_bucket_multiple)
   m = bucket_size(max_new_tokens)
   ids_bt, mask_bt = pad_prompts(prompts, b, p_len, pad_id)
   row_ids = np.full((b, n), -1, np.int64)
