@@ -20,7 +20,7 @@ from flax import nnx
 
 from memr1_jax.models import CheckpointError, KVCache, PRESETS, export_pretrained, load_pretrained, positions_from_mask
 from memr1_jax.models.config import config_from_hf, config_to_hf
-from memr1_jax.models.decoder import rope_inv_freq
+from memr1_jax.models.decoder import cached_attention, rope_inv_freq
 from memr1_jax.testing import LLAMA3_SCALING, hf_logits, left_padded_batch, load_hf_model, make_hf_checkpoint
 
 VOCAB = 384
@@ -158,6 +158,20 @@ def test_kv_cache_decoding_matches_full_forward(ckpts):
     diff = _max_diff_on_tokens(logits_btv, full_btv[:, start:end], mask_bt[:, start:end])
     assert diff < TOL, f"tokens [{start}, {end}): max abs diff {diff}"
   assert int(cache.end) == 16
+
+
+def test_cached_attention_matches_dot_product_attention():
+  """Decode-step attention over a [B, K, S, H] cache equals jax.nn.dot_product_attention over [B, S, K, H] (GQA)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  b, t, k, g, s, h = 3, 2, 2, 3, 11, 8
+  q = jnp.asarray(rng.standard_normal((b, t, k * g, h)), jnp.float32)
+  k_bskh = jnp.asarray(rng.standard_normal((b, s, k, h)), jnp.float32)
+  v_bskh = jnp.asarray(rng.standard_normal((b, s, k, h)), jnp.float32)
+  mask_bts = jnp.asarray(rng.random((b, t, s)) < 0.6).at[:, :, 0].set(True)
+  want = jax.nn.dot_product_attention(q, k_bskh, v_bskh, mask=mask_bts[:, None], scale=0.3)
+  got = cached_attention(q, k_bskh.transpose(0, 2, 1, 3), v_bskh.transpose(0, 2, 1, 3), mask_bts, 0.3)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------- config

@@ -1,7 +1,7 @@
 """Flax NNX decoder for the Qwen2 / Qwen2.5 and LLaMA-3.x families.
 
-RMSNorm, RoPE (default or llama3 scaling), grouped-query attention through `jax.nn.dot_product_attention`,
-SwiGLU MLP, tied or untied embeddings. Parameters carry `logical_axes` metadata that `memr1_jax.sharding`
+RMSNorm, RoPE (default or llama3 scaling), grouped-query attention through `jax.nn.dot_product_attention`
+(decode steps over the [B, K, S, H] KV cache: `cached_attention`), SwiGLU MLP, tied or untied embeddings. Parameters carry `logical_axes` metadata that `memr1_jax.sharding`
 maps to mesh axes. Norms, softmax and RoPE run in float32; matmuls in `cfg.dtype`.
 
 Dimension letters in names: b batch, t query time, s key/cache slot, d model, n query heads, k kv heads,
@@ -28,8 +28,10 @@ class KVCache:
   Slots are filled left to right; slot order is time order for every row, so causality is `key_slot <= query_slot`.
   """
 
-  k: tuple[jax.Array, ...]  # per layer [B, S, K, H]
-  v: tuple[jax.Array, ...]  # per layer [B, S, K, H]
+  # Per layer [B, K, S, H]: (batch, kv head) major, so a decode step's attention is a batched matmul that reads the
+  # cache in place (in [B, S, K, H] order XLA copies the whole cache into this order per layer per token).
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
   valid_bs: jax.Array  # bool [B, S]: slot holds a real (non-pad) token.
   end: jax.Array  # int32 scalar: slots [0, end) are written.
 
@@ -37,7 +39,7 @@ class KVCache:
   def init(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
     """An empty cache of `max_len` slots for `batch` rows."""
     dtype = dtype or cfg.jnp_dtype
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return cls(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
                valid_bs=jnp.zeros((batch, max_len), bool), end=jnp.zeros((), jnp.int32))
@@ -77,6 +79,24 @@ def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, inv_freq_h: jax.Array
   x1, x2 = jnp.split(x, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
   return (x * cos + rotated * sin).astype(x_btnh.dtype)
+
+
+def cached_attention(q_btnh: jax.Array, k_bksh: jax.Array, v_bksh: jax.Array, mask_bts: jax.Array,
+                     scale: float) -> jax.Array:
+  """Grouped-query attention of a few query tokens (a decode step) over a [B, K, S, H] KV cache.
+
+  q_btnh: queries (N = K * G heads); mask_bts: bool, True where a query may attend. Returns out_btnh, what
+  `jax.nn.dot_product_attention` gives on the same mask, as two matmuls batched over (b, k) that read the cache in
+  place. Logits and softmax in float32; a row with no allowed slot gets uniform weights (finite; left padding).
+  """
+  b, t, n, h = q_btnh.shape
+  kv = k_bksh.shape[1]
+  q_bkgth = q_btnh.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4)
+  logits_bkgts = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh, preferred_element_type=jnp.float32) * scale
+  logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, jnp.finfo(jnp.float32).min)
+  probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bksh.dtype)
+  out_bkgth = jnp.einsum("bkgts,bksh->bkgth", probs_bkgts, v_bksh)
+  return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float = 0.02) -> nnx.Param:
@@ -131,13 +151,17 @@ class Attention(nnx.Module):
     new_cache = None
     if kv_cache is not None:
       k_cache, v_cache = kv_cache
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, cache_end, 0, 0))
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, cache_end, 0, 0))
-      new_cache = (k, v)
-    # mask_bts None: plain causal attention, which fused kernels (cuDNN flash attention) run without a bias.
-    out = jax.nn.dot_product_attention(
-        q, k.astype(dt), v.astype(dt), mask=None if mask_bts is None else mask_bts[:, None, :, :],
-        is_causal=mask_bts is None, scale=cfg.head_dim ** -0.5, implementation=cfg.attention_impl)
+      new_cache = tuple(jax.lax.dynamic_update_slice(c, x.transpose(0, 2, 1, 3).astype(c.dtype), (0, 0, cache_end, 0))
+                        for c, x in ((k_cache, k), (v_cache, v)))
+    if new_cache is not None and q.shape[1] == 1:
+      out = cached_attention(q, new_cache[0].astype(dt), new_cache[1].astype(dt), mask_bts, cfg.head_dim ** -0.5)
+    else:
+      if new_cache is not None:  # Prefill into the cache: attend over all of it in [B, S, K, H] order.
+        k, v = new_cache[0].transpose(0, 2, 1, 3), new_cache[1].transpose(0, 2, 1, 3)
+      # mask_bts None: plain causal attention, which fused kernels (cuDNN flash attention) run without a bias.
+      out = jax.nn.dot_product_attention(
+          q, k.astype(dt), v.astype(dt), mask=None if mask_bts is None else mask_bts[:, None, :, :],
+          is_causal=mask_bts is None, scale=cfg.head_dim ** -0.5, implementation=cfg.attention_impl)
     out_btd = jnp.einsum("btnh,nhd->btd", out, self.o_nhd[...].astype(dt))
     if cfg.lora_rank:
       out_btd = out_btd + self.o_lora(out)

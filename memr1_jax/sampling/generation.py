@@ -79,7 +79,7 @@ def _cache_shardings(cache: KVCache, mesh: Mesh) -> KVCache:
   def spec(x, axes):
     return NamedSharding(mesh, sharding_lib.logical_to_spec(axes, x.shape, mesh))
 
-  kv_axes = ("batch", None, "kv_heads", "head_dim")
+  kv_axes = ("batch", "kv_heads", None, "head_dim")
   return KVCache(k=tuple(spec(x, kv_axes) for x in cache.k), v=tuple(spec(x, kv_axes) for x in cache.v),
                  valid_bs=spec(cache.valid_bs, ("batch", None)), end=NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
