@@ -1,7 +1,7 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (266-454 s on 2 CPU cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (244-477 s)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (266-351 s on 2 CPU cores)
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (244-441 s)
 
 (The range: two 2-core sandbox CPUs; README.md names them.)
 
