@@ -1,8 +1,9 @@
 """Flax NNX decoder for the Qwen2 / Qwen2.5 and LLaMA-3.x families.
 
 RMSNorm, RoPE (default or llama3 scaling), grouped-query attention through `jax.nn.dot_product_attention`
-(decode steps over the [B, K, S, H] KV cache: `cached_attention`), SwiGLU MLP, tied or untied embeddings. Parameters carry `logical_axes` metadata that `memr1_jax.sharding`
-maps to mesh axes. Norms, softmax and RoPE run in float32; matmuls in `cfg.dtype`.
+(decode steps over the [B, K, S, H] KV cache: `cached_attention`), SwiGLU MLP, tied or untied embeddings.
+Parameters carry `logical_axes` metadata that `memr1_jax.sharding` maps to mesh axes. Norms, softmax and RoPE run in
+float32; matmuls in `cfg.dtype`.
 
 Dimension letters in names: b batch, t query time, s key/cache slot, d model, n query heads, k kv heads,
 h head dim, f MLP hidden, v vocab, l layers.
