@@ -26,6 +26,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.workdir = "runs/default"
   # Global seed for parameters, sampling and data order.
   c.seed = 0
+  # Persistent XLA compilation cache directory (empty: off): a rerun loads its programs instead of compiling them.
+  c.jax_cache_dir = ""
 
   c.model = ml_collections.ConfigDict()
   # Hugging Face checkpoint directory of the policy (config.json, *.safetensors, tokenizer files).
@@ -101,6 +103,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.memory.index = "scann"
   # Related memories shown to the manager per extracted fact.
   c.memory.related_k = 10
+  # Of those, only memories whose embedding inner product with the fact is at least this are shown (-inf: all).
+  c.memory.related_min_score = float("-inf")
   # Memories retrieved per speaker for the answer agent (the paper: 30 + 30).
   c.memory.answer_k_per_speaker = 30
   # Fact extraction: simple ("<speaker>: <turn text>", dated by its session) | statements (synthetic task: simple
@@ -166,6 +170,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.micro_batch_size = 8
   # Optimizer updates per epoch over a rollout batch.
   c.rl.num_minibatches = 1
+  # GRPO: at most this many groups per update (0: all), those whose rewards differ first (batching.select_groups;
+  # with kl_coef = entropy_coef = 0 a group of equal rewards has no gradient).
+  c.rl.max_update_groups = 0
   # PPO: GAE discount and lambda, value clip range.
   c.rl.gamma = 1.0
   c.rl.lam = 1.0
@@ -253,9 +260,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.demo.manager_batch_size = 4
   # PPO (one response per prompt): prompts per step = this x the GRPO batch (0: rollout.group_size, GRPO's responses).
   c.demo.ppo_prompts_per_group = 0
-  # Share of blind UPDATE / DELETE replies to the top related memory among the heuristic manager's SFT records of a
-  # prompt (heuristics.manager_trajectories; [0, 1), 0: ADD only).
+  # Share of exploratory replies among the heuristic manager's SFT records of a prompt that has them
+  # (heuristics.manager_trajectories; [0, 1), 0: ADD only).
   c.demo.explore = 0.2
+  # Which replies explore: informed (the right UPDATE / DELETE / NOOP where one is needed) | blind (an UPDATE and a
+  # DELETE of the top related memory on every prompt that shows one).
+  c.demo.explore_with = "informed"
   # Share of questions the heuristic answerer answers from a random statement instead of the first shown (SFT data).
   c.demo.answer_explore = 0.0
   # Training conversations whose heuristic manager trajectories join the SFT data (0: all; answers use all).

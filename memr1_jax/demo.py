@@ -13,8 +13,8 @@ tokenizer is the demo tokenizer plus one token per agent instruction (`instructi
 around 250 tokens on a CPU.
 
 1. Heuristic trajectories (`agents.heuristics`): the ADD-only heuristic manager walks the training conversations
-   through `episodes.runner.build_banks` (config.demo.explore of its replies, where a related memory is shown, are
-   blind UPDATEs / DELETEs of it, so the SFT model samples them), the first-match heuristic answerer answers their
+   through `episodes.runner.build_banks` (config.demo.explore of its replies, at the turns config.demo.explore_with
+   picks, are other operations, so the SFT model samples them), the first-match heuristic answerer answers their
    questions over ADD-all banks; every (prompt, reply) pair becomes a line of `<workdir>/sft_data.jsonl`.
 2. SFT warm start (`mode=sft`): one model imitates both heuristics -> `<workdir>/sft/hf`.
 3. RL (`mode=train`) of each agent of `config.demo.agents`, each starting from the SFT model, in
@@ -89,7 +89,7 @@ def make_sft_data(config, path: str) -> dict:
   factory = components.bank_factory(config)
   rcfg = train.runner_config(config)
   manager, _ = heuristics.manager_trajectories(convs[:config.demo.sft_manager_conversations or None], factory, rcfg,
-                                               explore=config.demo.explore)
+                                               explore=config.demo.explore, explore_with=config.demo.explore_with)
   answer = heuristics.answer_trajectories(convs, train.add_all_banks(convs, factory, rcfg.extraction), rcfg,
                                          explore=config.demo.answer_explore, seed=config.seed)
   heuristics.write_jsonl(manager + answer, path)

@@ -38,6 +38,7 @@ ENUM_FIELDS = {
     "mode": defaults.MODES, "agent": defaults.AGENTS, "algorithm": defaults.ALGORITHMS,
     "data.name": ("locomo", "longmemeval", "msc", "synthetic"),
     "memory.index": ("scann", "brute_force"), "memory.extraction": ("simple", "statements", "llm"),
+    "demo.explore_with": ("informed", "blind"),
     "eval.checkpoint": ("latest", "best", "none"),
     "rl.kl_estimator": ("k1", "k2", "k3"), "rl.manager_reward_questions": ("turn", "answerable"),
     "rl.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
@@ -163,6 +164,9 @@ def main(argv):
     if e.name != MODE_MODULES[config.mode]:
       raise
     sys.exit(f"mode {config.mode!r} is not implemented yet in this version; modes: {', '.join(MODE_MODULES)}")
+  if config.jax_cache_dir:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.jax_cache_dir))
   module.run(config)
 
 

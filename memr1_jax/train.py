@@ -37,7 +37,8 @@ class NonFiniteError(RuntimeError):
 def runner_config(config) -> runner.RunnerConfig:
   """The episode settings of config.memory / config.rl."""
   return runner.RunnerConfig(
-      related_k=config.memory.related_k, answer_k_per_speaker=config.memory.answer_k_per_speaker,
+      related_k=config.memory.related_k, related_min_score=config.memory.related_min_score,
+      answer_k_per_speaker=config.memory.answer_k_per_speaker,
       format_penalty=config.rl.format_penalty, max_ops_per_output=config.memory.max_ops_per_output,
       extraction=config.memory.extraction, manager_reward_questions=config.rl.manager_reward_questions)
 
@@ -332,6 +333,10 @@ class Trainer:
         experiences = self.episodes(step)
         t_rollout = time.perf_counter() - t0
         metrics = {f"rollout/{k}": v for k, v in _summarise(experiences).items()}
+        if experiences and c.rl.max_update_groups and g > 1:
+          experiences, informative = batching.select_groups(experiences, c.rl.max_update_groups,
+                                                            np.random.default_rng((c.seed, step)))
+          metrics["train/informative_groups"] = informative
         if experiences:
           packed = batching.pack_experiences(experiences, pad_id=pad_id, group_size=g, rows_multiple=rows_multiple,
                                              min_prompt_bucket=c.rollout.min_prompt_bucket,

@@ -66,8 +66,8 @@ def test_informed_manager_deletes_updates_or_keeps_the_same_speakers_memory_of_t
 
 
 def test_manager_trajectories_record_exploration_at_the_configured_share():
-  """With explore=1/3 a prompt that shows a related memory has 4 ADD, 1 UPDATE and 1 DELETE records (1/6 each of
-  UPDATE / DELETE); a prompt without one keeps its single ADD; the walk itself only ADDs."""
+  """With blind exploration at 1/3 a prompt that shows a related memory has 4 ADD, 1 UPDATE and 1 DELETE records
+  (1/6 each of UPDATE / DELETE); a prompt without one keeps its single ADD; the walk itself only ADDs."""
   from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
   from memr1_jax.memory.bank import MemoryBank  # pylint: disable=g-import-not-at-top
@@ -77,7 +77,7 @@ def test_manager_trajectories_record_exploration_at_the_configured_share():
   factory = lambda: MemoryBank(embed, 64, index="brute_force")  # noqa: E731
   cfg = runner.RunnerConfig(related_k=2, extraction="statements")
   plain, banks = heuristics.manager_trajectories(convs, factory, cfg)
-  explored, _ = heuristics.manager_trajectories(convs, factory, cfg, explore=1 / 3)
+  explored, _ = heuristics.manager_trajectories(convs, factory, cfg, explore=1 / 3, explore_with="blind")
   by_prompt = {}
   for r in explored:
     op = json.loads(r["response"])["operations"][0]["op"]
@@ -87,6 +87,36 @@ def test_manager_trajectories_record_exploration_at_the_configured_share():
     shows_related = heuristics.read_manager_prompt(r["messages"])[1] != []
     ops = sorted(by_prompt[json.dumps(r["messages"])])
     assert ops == (["ADD"] * 4 + ["DELETE", "UPDATE"] if shows_related else ["ADD"])
+
+
+def test_informed_exploration_records_the_right_operation_where_one_is_needed():
+  """With explore_with="informed" and explore=1/3, a prompt where the informed manager does not ADD has 4 ADD and 2
+  informed records (some prompts do: retractions and changes); every other prompt keeps its single ADD."""
+  from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
+  from memr1_jax.memory.bank import MemoryBank  # pylint: disable=g-import-not-at-top
+  from memr1_jax.memory.embedders import HashingEmbedder  # pylint: disable=g-import-not-at-top
+  convs = synthetic.generate_conversations(4, 0, num_sessions=2, facts_per_speaker=2, update_prob=0.45,
+                                           retract_prob=0.45)
+  embed = HashingEmbedder(64)
+  factory = lambda: MemoryBank(embed, 64, index="brute_force")  # noqa: E731
+  cfg = runner.RunnerConfig(related_k=2, extraction="statements")
+  plain, _ = heuristics.manager_trajectories(convs, factory, cfg)
+  explored, _ = heuristics.manager_trajectories(convs, factory, cfg, explore=1 / 3, explore_with="informed")
+  by_prompt = {}
+  for r in explored:
+    by_prompt.setdefault(json.dumps(r["messages"]), []).append(r["response"])
+  assert len(by_prompt) == len(plain)
+  explored_kinds = set()
+  for r in plain:
+    informed = heuristics.informed_manager_reply(r["messages"])
+    replies = by_prompt[json.dumps(r["messages"])]
+    if informed == r["response"]:
+      assert replies == [r["response"]]
+    else:
+      assert sorted(replies) == sorted([r["response"]] * 4 + [informed] * 2)
+      explored_kinds.add(json.loads(informed)["operations"][0]["op"])
+  assert {"UPDATE", "DELETE"} <= explored_kinds
 
 
 def test_heuristic_answerer_takes_the_first_statement_shown():
@@ -186,13 +216,18 @@ def test_shipped_base_encodes_each_agent_instruction_as_one_token():
 
 def test_demo_grpo_raises_both_agents_held_out_em(tmp_path):
   """The demo's RL stages from one SFT start (configs/demo.py: 40 GRPO steps of the answer agent, 12 of the
-  manager): each agent's held-out EM rises at least 0.02 above the SFT start; with lr 0 both stay exactly there."""
+  manager): each agent's held-out EM rises at least 0.02 above the SFT start, and the manager UPDATEs / DELETEs at
+  least 0.2 more of the change / retraction turns (summed); with lr 0 both stay exactly at the SFT start."""
   config = demo_config(tmp_path)
   init = demo.warm_start(config)
   for agent in ("answer", "manager"):
     grpo = demo.train_agent(config, agent, init)
     print(f"{agent}: held-out EM SFT start {grpo.before['eval/em']:.3f}, after GRPO {grpo.after['eval/em']:.3f}")
     assert grpo.after["eval/em"] >= grpo.before["eval/em"] + 0.02, agent
+    if agent == "manager":
+      needed = [(grpo.before[f"eval/needed/{op}"], grpo.after[f"eval/needed/{op}"]) for op in ("UPDATE", "DELETE")]
+      print(f"manager: share of change / retraction turns UPDATEd / DELETEd, SFT start -> after GRPO: {needed}")
+      assert sum(after - before for before, after in needed) >= 0.2
     # The control: the same run at lr 0 (2 steps: the weights cannot move, whatever the step count).
     lr0 = demo.stage_config(config, **{"rl.actor_lr": 0.0, "demo.answer_actor_lr": 0.0, "demo.answer_steps": 2,
                                        "demo.manager_steps": 2})

@@ -135,6 +135,25 @@ def test_manager_walk_embeds_its_facts_and_questions_in_one_call():
   assert set(counting.calls[0]) == facts | {"Where does Alice live now?", "Does Bob own a bike now?"}
 
 
+def test_manager_prompt_shows_only_related_memories_scoring_at_least_the_threshold():
+  """With related_min_score between the two stored facts' scores against the third, the third turn's prompt shows
+  only the higher one; at -inf it shows both."""
+  from memr1_jax.agents.heuristics import RecordingPolicy, read_manager_prompt  # pylint: disable=g-import-not-at-top
+
+  facts = ("Alice: I moved to Porto.", "Bob: I bought a bike.", "Alice: We left Porto for Lyon.")
+  turns = tuple(Turn(f.split(": ")[0], f.split(": ")[1], f"D1:{i + 1}") for i, f in enumerate(facts))
+  conv = Conversation("c0", "Alice", "Bob", (Session(1, "1 May 2023", turns),), ())
+  embed = HashingEmbedder(DIM)
+  vectors = embed(list(facts))
+  porto, bike = float(vectors[0] @ vectors[2]), float(vectors[1] @ vectors[2])
+  assert porto > bike
+  for min_score, shown in ((float("-inf"), {facts[0], facts[1]}), ((porto + bike) / 2, {facts[0]})):
+    cfg = runner.RunnerConfig(related_k=2, related_min_score=min_score, extraction="statements")
+    manager = RecordingPolicy(lambda chat: ops_reply([{"op": "ADD", "text": read_manager_prompt(chat)[0][0]}]))
+    runner.build_banks(manager, [conv], lambda: MemoryBank(embed, DIM, index="brute_force"), cfg)
+    assert {text for _, text in read_manager_prompt(manager.records[2]["messages"])[1]} == shown
+
+
 def test_needed_metrics_average_rewards_by_whether_the_implied_operation_was_used():
   """At turns needing DELETE, needed_DELETE/share is the share of DELETEing responses, reward_DELETE averages their
   rewards and reward_other the rest's; turns needing something else do not count."""
@@ -148,3 +167,18 @@ def test_needed_metrics_average_rewards_by_whether_the_implied_operation_was_use
   assert metrics["needed_DELETE/reward_DELETE"] == 0.75 and metrics["needed_DELETE/reward_other"] == 0.0
   assert metrics["needed_DELETE/share"] == 2 / 3
   assert not any(k.startswith("needed_UPDATE") for k in metrics)
+
+
+def test_select_groups_keeps_whole_groups_whose_rewards_differ_first():
+  """Of 6 groups of 2 (groups 1, 3, 4 with differing rewards), max 4 keeps those three and one equal-reward group,
+  whole and in their original order; max 2 keeps two of the three; both report 3 informative groups."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from memr1_jax.episodes.batching import select_groups  # pylint: disable=g-import-not-at-top
+  rewards = {0: (1.0, 1.0), 1: (0.0, 1.0), 2: (0.0, 0.0), 3: (0.5, 0.0), 4: (1.0, 0.0), 5: (0.5, 0.5)}
+  exps = [runner.Experience(Sample(text=""), r, g, "manager", {}) for g, pair in rewards.items() for r in pair]
+  for max_groups, differing in ((4, 3), (2, 2)):
+    kept, informative = select_groups(exps, max_groups, np.random.default_rng(0))
+    groups = [e.group for e in kept]
+    assert informative == 3 and groups == sorted(groups) and len(groups) == 2 * max_groups
+    assert all(groups.count(g) == 2 for g in set(groups))
+    assert len(set(groups) & {1, 3, 4}) == differing

@@ -288,12 +288,14 @@ def test_unknown_field_in_a_config_file_fails_fast_naming_it(tmp_path):
 
 def test_enum_fields_match_the_modules_that_read_them():
   """main.ENUM_FIELDS (checked before jax is imported) lists exactly the values the consuming modules accept."""
+  from memr1_jax.agents import heuristics  # pylint: disable=g-import-not-at-top
   from memr1_jax.memory import bank  # pylint: disable=g-import-not-at-top
   from memr1_jax.rl import losses  # pylint: disable=g-import-not-at-top
   assert main.ENUM_FIELDS["memory.index"] == bank.INDEX_KINDS
   assert main.ENUM_FIELDS["rl.kl_estimator"] == losses.KL_KINDS
   assert main.ENUM_FIELDS["rl.loss_aggregation"] == losses.AGGREGATIONS
   assert main.ENUM_FIELDS["algorithm"] == defaults.ALGORITHMS
+  assert main.ENUM_FIELDS["demo.explore_with"] == tuple(heuristics.EXPLORERS)
   for name, allowed in main.ENUM_FIELDS.items():
     node = defaults.default_config()
     for part in name.split("."):

@@ -6,10 +6,11 @@ SFT data for the model that RL then improves:
 
 - `heuristic_manager_reply`: ADD-only. Every new fact is ADDed, so stale and retracted facts pile up next to the
   current ones ("I moved to Porto." stays beside "I moved to Lyon."; "I sold my bike." beside "I bought a bike.").
-  Its SFT trajectories can carry exploration (`manager_trajectories(explore=...)`): beside the ADD reply, each
-  prompt that shows a related memory is also recorded with a blind UPDATE and a blind DELETE of the most related
-  memory (whatever it says), so a model imitating them samples UPDATE / DELETE at a known rate on every such turn,
-  and RL has both the right and the wrong uses of them to learn from.
+  Its SFT trajectories can carry exploration (`manager_trajectories(explore=..., explore_with=...)`): beside the ADD
+  reply, a prompt is also recorded with other replies, so a model imitating them samples UPDATE / DELETE at a known
+  rate and RL has something to reinforce. "blind": every prompt that shows a related memory gets an UPDATE and a
+  DELETE of the most related one (whatever it says), the right and the wrong uses alike; "informed": the prompts
+  that need an operation other than ADD get the right one (`informed_manager_reply`), a minority beside the ADD.
 - `heuristic_answer_reply`: reads the memories of the person asked about in the order shown (relevance, not time)
   and answers from the FIRST statement about the asked attribute. It never compares dates, so with several
   statements about one attribute it answers "now" questions with whichever is most similar to the question;
@@ -295,15 +296,29 @@ class RecordingPolicy:
     return out
 
 
-def manager_trajectories(conversations, bank_factory, cfg, *, explore: float = 0.0) -> tuple[list[dict], list]:
+def informed_alternatives(chat: Sequence[ChatMessage]) -> list[str]:
+  """The informed manager's reply twice where it differs from the ADD-only one (a retraction, change or restatement
+  of an attribute whose memory is shown), else []: the right operation as exploration."""
+  informed = informed_manager_reply(chat)
+  return [informed, informed] if informed != heuristic_manager_reply(chat) else []
+
+
+EXPLORERS = {"informed": informed_alternatives, "blind": exploratory_manager_replies}
+
+
+def manager_trajectories(conversations, bank_factory, cfg, *, explore: float = 0.0, explore_with: str = "informed"
+                         ) -> tuple[list[dict], list]:
   """Walks `conversations` with the ADD-only heuristic manager through `runner.build_banks`.
 
   Args:
     conversations: the conversations (their training questions are not used).
     bank_factory: makes an empty MemoryBank. cfg: a `runner.RunnerConfig`.
-    explore: the share of exploratory replies (`exploratory_manager_replies`, UPDATE and DELETE equally) among the
-      records of a prompt that shows a related memory, in [0, 1): its ADD record is repeated
-      round(2 / explore) - 2 times beside one UPDATE and one DELETE record. 0: ADD only. The walk itself ADDs.
+    explore: the share of exploratory replies among the records of a prompt that has them, in [0, 1): its ADD
+      record is repeated round(2 / explore) - 2 times beside the two exploratory records. 0: ADD only. The walk
+      itself ADDs.
+    explore_with: which replies explore (`EXPLORERS`): "blind" (`exploratory_manager_replies`: one UPDATE and one
+      DELETE of the top memory shown, on every prompt that shows one) or "informed" (`informed_alternatives`: the
+      right operation, on the prompts that need one other than ADD).
 
   Returns:
     (records, banks): {"messages", "response"} records (one per turn without exploration), and the built banks in
@@ -312,6 +327,8 @@ def manager_trajectories(conversations, bank_factory, cfg, *, explore: float = 0
   from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
   if not 0.0 <= explore < 1.0:
     raise ValueError(f"explore={explore} is not in [0, 1)")
+  if explore_with not in EXPLORERS:
+    raise ValueError(f"explore_with={explore_with!r} is not one of {tuple(EXPLORERS)}")
   policy = RecordingPolicy(heuristic_manager_reply)
   banks, _ = runner.build_banks(policy, conversations, bank_factory, cfg, greedy=True)
   if not explore:
@@ -319,7 +336,7 @@ def manager_trajectories(conversations, bank_factory, cfg, *, explore: float = 0
   add_copies = max(1, round(2 / explore) - 2)
   records = []
   for record in policy.records:
-    alternatives = exploratory_manager_replies(record["messages"])
+    alternatives = EXPLORERS[explore_with](record["messages"])
     records += [record] * (add_copies if alternatives else 1)
     records += [{"messages": record["messages"], "response": reply} for reply in alternatives]
   return records, banks

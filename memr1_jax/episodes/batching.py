@@ -16,6 +16,29 @@ from memr1_jax.episodes.runner import Experience
 from memr1_jax.sampling.generation import bucket_size, length_bucket
 
 
+def select_groups(experiences: Sequence[Experience], max_groups: int, rng: np.random.Generator
+                  ) -> tuple[list[Experience], int]:
+  """At most `max_groups` whole GRPO groups of `experiences` for one update, keeping the update's shape fixed.
+
+  Groups whose rewards differ come first, in random order; groups with equal rewards (zero advantage: no policy
+  gradient) fill the rest. So the update's rows stay near max_groups x group_size whatever the mix, and compute goes
+  to the groups that carry a gradient.
+
+  Returns:
+    (the kept experiences in their original order, the number of groups whose rewards differ; those beyond
+    `max_groups` are left out).
+  """
+  rewards = collections.defaultdict(set)
+  for e in experiences:
+    rewards[e.group].add(e.reward)
+  informative = [g for g, r in rewards.items() if len(r) > 1]
+  flat = [g for g, r in rewards.items() if len(r) == 1]
+  rng.shuffle(informative)
+  rng.shuffle(flat)
+  kept = set((informative + flat)[:max_groups])
+  return [e for e in experiences if e.group in kept], len(informative)
+
+
 def pack_experiences(experiences: Sequence[Experience], *, pad_id: int, group_size: int, rows_multiple: int,
                      min_prompt_bucket: int = 64, prompt_bucket_multiple: int = 0, min_response_bucket: int = 16
                      ) -> dict[str, np.ndarray]:

@@ -61,6 +61,7 @@ class RunnerConfig:
   """Episode settings (mirrors config.memory / config.rl)."""
 
   related_k: int = 10  # Related memories shown to the manager.
+  related_min_score: float = float("-inf")  # Only related memories scoring at least this are shown.
   answer_k_per_speaker: int = 30  # Memories per speaker shown to the answer agent.
   format_penalty: float = 0.0  # Subtracted from the reward of a response with a format error.
   max_ops_per_output: int = 64  # Operations read from one manager reply.
@@ -113,13 +114,14 @@ def prefetch_embeddings(bank: MemoryBank, conversations: Sequence[Conversation],
 
 
 def _manager_prompt(bank: MemoryBank, facts: list[extraction_lib.Fact], session: Session, turn: Turn,
-                    related_k: int) -> tuple[list[prompts.ChatMessage], set[int]]:
-  """The manager chat for one turn, and the memory ids it shows (the only valid UPDATE / DELETE targets)."""
+                    cfg: RunnerConfig) -> tuple[list[prompts.ChatMessage], set[int]]:
+  """The manager chat for one turn, and the memory ids it shows (the only valid UPDATE / DELETE targets): per fact
+  the `cfg.related_k` most similar memories that score at least `cfg.related_min_score`."""
   seen, related = set(), []
   if facts and len(bank):
-    for hits in bank.search([f.text for f in facts], related_k):
-      for entry, _ in hits:
-        if entry.memory_id not in seen:
+    for hits in bank.search([f.text for f in facts], cfg.related_k):
+      for entry, score in hits:
+        if score >= cfg.related_min_score and entry.memory_id not in seen:
           seen.add(entry.memory_id)
           related.append(entry)
   chat = prompts.manager_messages([f.text for f in facts], related, speaker=turn.speaker, date=session.date_time)
@@ -156,7 +158,7 @@ def _turn_chats(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerC
     if not ext.facts:
       continue
     session, turn = turn_lists[i][step]
-    chat, ids = _manager_prompt(banks[i], ext.facts, session, turn, cfg.related_k)
+    chat, ids = _manager_prompt(banks[i], ext.facts, session, turn, cfg)
     live.append(i)
     items.append((session, turn))
     chats.append(chat)
