@@ -65,19 +65,26 @@ def test_informed_manager_deletes_updates_or_keeps_the_same_speakers_memory_of_t
   assert ops("Anna: I sold my bike.", shown[:1]) == [(OpKind.ADD, None)]
 
 
-def test_manager_trajectories_record_exploration_at_the_configured_share():
-  """With blind exploration at 1/3 a prompt that shows a related memory has 4 ADD, 1 UPDATE and 1 DELETE records
-  (1/6 each of UPDATE / DELETE); a prompt without one keeps its single ADD; the walk itself only ADDs."""
+def _trajectories(num_conversations, explore_with, **knobs):
+  """(plain records, explored records at explore=1/3, plain banks) of the heuristic manager on synthetic
+  conversations, with hashing embeddings and 2 related memories per fact."""
   from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
   from memr1_jax.memory.bank import MemoryBank  # pylint: disable=g-import-not-at-top
   from memr1_jax.memory.embedders import HashingEmbedder  # pylint: disable=g-import-not-at-top
-  convs = synthetic.generate_conversations(2, 0, num_sessions=2, facts_per_speaker=2)
+  convs = synthetic.generate_conversations(num_conversations, 0, num_sessions=2, facts_per_speaker=2, **knobs)
   embed = HashingEmbedder(64)
   factory = lambda: MemoryBank(embed, 64, index="brute_force")  # noqa: E731
   cfg = runner.RunnerConfig(related_k=2, extraction="statements")
   plain, banks = heuristics.manager_trajectories(convs, factory, cfg)
-  explored, _ = heuristics.manager_trajectories(convs, factory, cfg, explore=1 / 3, explore_with="blind")
+  explored, _ = heuristics.manager_trajectories(convs, factory, cfg, explore=1 / 3, explore_with=explore_with)
+  return plain, explored, banks
+
+
+def test_manager_trajectories_record_exploration_at_the_configured_share():
+  """With blind exploration at 1/3 a prompt that shows a related memory has 4 ADD, 1 UPDATE and 1 DELETE records
+  (1/6 each of UPDATE / DELETE); a prompt without one keeps its single ADD; the walk itself only ADDs."""
+  plain, explored, banks = _trajectories(2, "blind")
   by_prompt = {}
   for r in explored:
     op = json.loads(r["response"])["operations"][0]["op"]
@@ -92,17 +99,7 @@ def test_manager_trajectories_record_exploration_at_the_configured_share():
 def test_informed_exploration_records_the_right_operation_where_one_is_needed():
   """With explore_with="informed" and explore=1/3, a prompt where the informed manager does not ADD has 4 ADD and 2
   informed records (some prompts do: retractions and changes); every other prompt keeps its single ADD."""
-  from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
-  from memr1_jax.memory.bank import MemoryBank  # pylint: disable=g-import-not-at-top
-  from memr1_jax.memory.embedders import HashingEmbedder  # pylint: disable=g-import-not-at-top
-  convs = synthetic.generate_conversations(4, 0, num_sessions=2, facts_per_speaker=2, update_prob=0.45,
-                                           retract_prob=0.45)
-  embed = HashingEmbedder(64)
-  factory = lambda: MemoryBank(embed, 64, index="brute_force")  # noqa: E731
-  cfg = runner.RunnerConfig(related_k=2, extraction="statements")
-  plain, _ = heuristics.manager_trajectories(convs, factory, cfg)
-  explored, _ = heuristics.manager_trajectories(convs, factory, cfg, explore=1 / 3, explore_with="informed")
+  plain, explored, _ = _trajectories(4, "informed", update_prob=0.45, retract_prob=0.45)
   by_prompt = {}
   for r in explored:
     by_prompt.setdefault(json.dumps(r["messages"]), []).append(r["response"])
