@@ -1,9 +1,9 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (266-351 s on 2 CPU cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (244-441 s)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (357 s on 2 CPU cores, 255 s rerun)
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (401 s)
 
-(The range: two 2-core sandbox CPUs; README.md names them.)
+(First runs on the 2-core EPYC Milan sandbox README.md names; reruns load compiled programs from jax_cache_dir.)
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.data.synthetic`), the shipped tiny base model with its
 tokenizer (memr1_jax/data/assets/demo_base, built by `python -m memr1_jax.demo`), and the bundled all-MiniLM-L6-v2
