@@ -27,13 +27,20 @@ class ConfigError(ValueError):
 
 
 def setup_mesh(config):
-  """Starts multi-host JAX when configured and returns the (data, fsdp, tensor) mesh of config.mesh.shape."""
+  """Starts multi-host JAX when configured and returns the (data, fsdp, tensor) mesh of config.mesh.shape over the
+  first config.mesh.num_devices devices (all when -1)."""
   m = config.mesh
   sharding_lib.maybe_initialize_distributed(
       m.distributed, m.coordinator_address or None, None if m.num_processes < 0 else m.num_processes,
       None if m.process_id < 0 else m.process_id)
+  devices = jax.devices()
+  if m.num_devices != -1:
+    if not 1 <= m.num_devices <= len(devices) or jax.process_count() > 1:
+      raise ConfigError(f"config.mesh.num_devices={m.num_devices}: must be -1 or 1..{len(devices)} (the devices "
+                        f"there are), and -1 across processes ({jax.process_count()} here)")
+    devices = devices[:m.num_devices]
   try:
-    return sharding_lib.make_mesh(tuple(m.shape))
+    return sharding_lib.make_mesh(tuple(m.shape), devices)
   except ValueError as e:
     raise ConfigError(f"config.mesh.shape={tuple(m.shape)}: {e}") from None
 

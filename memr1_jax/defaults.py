@@ -54,6 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   # Device mesh shape over (data, fsdp, tensor); one entry may be -1 (all remaining devices).
   c.mesh.shape = (1, -1, 1)
+  # Devices the mesh spans: the first N of jax.devices() (-1: all of them; single-process runs only).
+  c.mesh.num_devices = -1
   # Call jax.distributed.initialize() (multi-host TPU slices and GPU nodes).
   c.mesh.distributed = False
   # Coordinator "host:port" for multi-host GPU runs (empty: auto-detect on TPU / SLURM).

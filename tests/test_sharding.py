@@ -96,6 +96,20 @@ def test_make_mesh_axes_and_fill():
     sharding_lib.make_mesh((3, 1, 1))
 
 
+def test_setup_mesh_spans_the_first_num_devices_devices():
+  """config.mesh.num_devices picks the first N devices (the -1 fills over them); an impossible count names the field."""
+  from memr1_jax import components  # pylint: disable=g-import-not-at-top
+  from memr1_jax.defaults import default_config  # pylint: disable=g-import-not-at-top
+  config = default_config()
+  assert components.setup_mesh(config).devices.size == 8
+  config.mesh.num_devices = 2
+  mesh = components.setup_mesh(config)
+  assert list(mesh.devices.flat) == jax.devices()[:2] and dict(mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 1}
+  config.mesh.num_devices = 9
+  with pytest.raises(components.ConfigError, match="config.mesh.num_devices=9"):
+    components.setup_mesh(config)
+
+
 def test_logical_to_spec_replicates_when_not_divisible():
   """A dimension that does not divide by its mesh axis, or whose axis has size 1, is replicated."""
   mesh = sharding_lib.make_mesh((1, 2, 4))
