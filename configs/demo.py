@@ -1,9 +1,10 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (357 s on 2 CPU cores, 255 s rerun)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (322-351 s on 2 CPU cores)
   python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (401 s)
 
-(First runs on the 2-core EPYC Milan sandbox README.md names; reruns load compiled programs from jax_cache_dir.)
+(First runs on the 2-core EPYC Milan sandbox README.md names, both agents' RL at once; reruns load compiled programs
+from jax_cache_dir.) PPO: 401 s with the earlier sequential code.
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.data.synthetic`), the shipped tiny base model with its
 tokenizer (memr1_jax/data/assets/demo_base, built by `python -m memr1_jax.demo`), and the bundled all-MiniLM-L6-v2
@@ -65,6 +66,9 @@ def get_config():
   c.rollout.min_prompt_bucket = 192
   c.rollout.prompt_bucket_multiple = 64
   c.rollout.max_new_tokens = 64
+  # The update pads every response to 64 tokens: one compilation per agent instead of up to three (answer replies
+  # 12-64 tokens, manager 9-64), ~15 s each with both agents training at once; the same numbers (padding is masked).
+  c.rollout.min_response_bucket = 64
   c.rollout.max_batch = 64
 
   c.rl.actor_lr = 1e-3

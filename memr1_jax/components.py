@@ -26,6 +26,13 @@ class ConfigError(ValueError):
   """A config field holds a value the program cannot use (the message names the field)."""
 
 
+def configure_jax(config) -> None:
+  """Process-wide JAX settings of `config` (the persistent compilation cache, config.jax_cache_dir), before the
+  first compilation."""
+  if config.jax_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.jax_cache_dir))
+
+
 def setup_mesh(config):
   """Starts multi-host JAX when configured and returns the (data, fsdp, tensor) mesh of config.mesh.shape over the
   first config.mesh.num_devices devices (all when -1)."""

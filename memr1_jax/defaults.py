@@ -139,6 +139,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.rollout.min_prompt_bucket = 64
   # > 0: prompt lengths are padded to multiples of this instead of powers of two (less padding, more shapes).
   c.rollout.prompt_bucket_multiple = 0
+  # Smallest response-length bucket of the update (powers of two from here): each bucket compiles the update once;
+  # max_new_tokens (a power of two) compiles it once only, at the cost of padding short responses.
+  c.rollout.min_response_bucket = 16
 
   c.rl = ml_collections.ConfigDict()
   # Actor learning rate (the paper: 1e-6).
@@ -253,6 +256,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.demo = ml_collections.ConfigDict()
   # mode=demo: agents trained with RL after the SFT warm start, in this order (comma-separated).
   c.demo.agents = "answer,manager"
+  # Train those agents at once, one spawned process each (CPU backend, one JAX process; else one after the other):
+  # the same numbers, sooner.
+  c.demo.parallel_agents = True
   # RL steps of the answer agent and of the manager (train.num_steps is set from these per run).
   c.demo.answer_steps = 20
   c.demo.manager_steps = 10

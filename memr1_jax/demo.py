@@ -31,11 +31,15 @@ around 250 tokens on a CPU.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import time
+
+import jax
 
 from memr1_jax import components, sft, train
 from memr1_jax.agents import heuristics, prompts
@@ -126,16 +130,55 @@ def _eval_scores(metrics: dict) -> dict:
   return {k: v for k, v in metrics.items() if k.startswith("eval/")}
 
 
-def train_agent(config, agent: str, init_path: str, workdir: str | None = None) -> AgentResult:
+def train_agent(config, agent: str, init_path: str, workdir: str | None = None, progress_position: int = 0
+                ) -> AgentResult:
   """Stage 3 for one agent: held-out scores of the SFT start, RL, held-out scores after the last step."""
   start = time.perf_counter()
-  trainer = train.Trainer(rl_config(config, agent, init_path, workdir))
+  trainer = train.Trainer(rl_config(config, agent, init_path, workdir), progress_position)
   before = trainer.evaluate(trainer.config.data.eval_split)
   trainer.writer.write(0, before)
   last = trainer.run()
   after = _eval_scores(last) or trainer.evaluate(trainer.config.data.eval_split)  # (a resumed, finished run)
   return AgentResult(agent, config.algorithm, _eval_scores(before), after, trainer.workdir,
                      time.perf_counter() - start)
+
+
+def _start_child(config) -> None:
+  """A worker process's start: JAX settings, then the imports and the CPU backend of a training run."""
+  components.configure_jax(config)
+  import tensorboardX  # pylint: disable=g-import-not-at-top,unused-import
+  jax.devices()
+
+
+def agent_pool(config, num_runs: int) -> concurrent.futures.ProcessPoolExecutor | None:
+  """With config.demo.parallel_agents, on the CPU backend of a single JAX process, for more than one run: a pool of
+  `num_runs` spawned processes, already started (imports, JAX backend), for `train_agents`; else None."""
+  if not (config.demo.parallel_agents and num_runs > 1 and jax.default_backend() == "cpu"
+          and jax.process_count() == 1):
+    return None
+  pool = concurrent.futures.ProcessPoolExecutor(num_runs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_start_child, initargs=(config,))
+  for _ in range(num_runs):  # Each submission starts one more worker, which runs the initializer.
+    pool.submit(int)
+  return pool
+
+
+def train_agents(config, runs: list[tuple], init_path: str,
+                 pool: concurrent.futures.ProcessPoolExecutor | None = None) -> list[AgentResult]:
+  """Stage 3 for several runs from the SFT model `init_path`, each (run config, agent, workdir or None) as for
+  `train_agent`. Returns their results in `runs` order.
+
+  The runs are independent; with a pool (`agent_pool(config, len(runs))` unless given) each runs in a process of its
+  own, all at once: the same programs on the same inputs, so the same numbers as one after the other, sooner (a small
+  model's steps leave much of a CPU idle: the demo's two RL stages on 2 cores). The pool is shut down at the end.
+  """
+  pool = pool or agent_pool(config, len(runs))
+  if pool is None:
+    return [train_agent(c, agent, init_path, workdir) for c, agent, workdir in runs]
+  with pool:
+    futures = [pool.submit(train_agent, c, agent, init_path, workdir, position)
+               for position, (c, agent, workdir) in enumerate(runs)]
+    return [f.result() for f in futures]
 
 
 def heuristic_scores(config) -> dict:
@@ -231,14 +274,22 @@ def run(config) -> dict:
                                    "`python -m memr1_jax.demo`")
     check_instruction_tokens(Tokenizer.from_pretrained(DEMO_BASE_DIR))
   timings = {}
-  t = time.perf_counter()
-  init_path = warm_start(config)
-  timings["heuristic trajectories + SFT"] = time.perf_counter() - t
-  results = []
-  for agent in agents:
-    result = train_agent(config, agent, init_path)
-    timings[f"{agent} {config.algorithm.upper()} (with evaluations)"] = result.seconds
-    results.append(result)
+  # The RL stages' processes start (imports, JAX) while this one runs the SFT.
+  pool = agent_pool(config, len(agents))
+  try:
+    t = time.perf_counter()
+    init_path = warm_start(config)
+    timings["heuristic trajectories + SFT"] = time.perf_counter() - t
+    t = time.perf_counter()
+    results = train_agents(config, [(config, agent, None) for agent in agents], init_path, pool)
+  finally:
+    if pool is not None:
+      pool.shutdown(cancel_futures=True)
+  for result in results:
+    timings[f"{result.agent} {config.algorithm.upper()} (with evaluations)"] = result.seconds
+  if len(results) > 1:
+    timings["RL of " + " and ".join(agents) + (" at once" if pool else "")] = (
+        time.perf_counter() - t)
   t = time.perf_counter()
   heuristic = heuristic_scores(config)
   timings["heuristic baselines"] = time.perf_counter() - t

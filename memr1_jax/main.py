@@ -164,9 +164,8 @@ def main(argv):
     if e.name != MODE_MODULES[config.mode]:
       raise
     sys.exit(f"mode {config.mode!r} is not implemented yet in this version; modes: {', '.join(MODE_MODULES)}")
-  if config.jax_cache_dir:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.jax_cache_dir))
+  from memr1_jax import components  # pylint: disable=g-import-not-at-top
+  components.configure_jax(config)
   module.run(config)
 
 

@@ -206,8 +206,9 @@ def _summarise(experiences) -> dict:
 class Trainer:
   """Owns one training run: components, learner, checkpoints, metrics."""
 
-  def __init__(self, config):
+  def __init__(self, config, progress_position: int = 0):
     self.config = config
+    self.progress_position = progress_position  # Line of the progress bar (several trainers at once: one each).
     self.faults = faults.from_env()  # Test-only fault injection (MEMR1_FAULT); {} in normal runs.
     self.workdir = config.workdir
     os.makedirs(self.workdir, exist_ok=True)
@@ -327,7 +328,7 @@ class Trainer:
     try:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       bar = tqdm(range(self.start_step, c.train.num_steps), desc=f"{c.agent} {c.algorithm}", unit="step",
-                 disable=jax.process_index() != 0, dynamic_ncols=True)
+                 disable=jax.process_index() != 0, dynamic_ncols=True, position=self.progress_position)
       for step in bar:
         t0 = time.perf_counter()
         experiences = self.episodes(step)
@@ -340,7 +341,8 @@ class Trainer:
         if experiences:
           packed = batching.pack_experiences(experiences, pad_id=pad_id, group_size=g, rows_multiple=rows_multiple,
                                              min_prompt_bucket=c.rollout.min_prompt_bucket,
-                                             prompt_bucket_multiple=c.rollout.prompt_bucket_multiple)
+                                             prompt_bucket_multiple=c.rollout.prompt_bucket_multiple,
+                                             min_response_bucket=c.rollout.min_response_bucket)
           faults.corrupt_rewards(self.faults, step, packed)
           t1 = time.perf_counter()
           update_metrics = self.learner.step(packed, jax.random.fold_in(jax.random.key(c.seed), step))

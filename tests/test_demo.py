@@ -10,6 +10,7 @@ from memr1_jax import demo
 from memr1_jax.agents import heuristics, parsers, prompts
 from memr1_jax.memory.bank import MemoryEntry
 from memr1_jax.memory.operations import OpKind
+from memr1_jax.metrics_writer import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -211,14 +212,39 @@ def test_shipped_base_encodes_each_agent_instruction_as_one_token():
   demo.check_instruction_tokens(Tokenizer.from_pretrained(demo.DEMO_BASE_DIR))
 
 
+def test_agents_trained_at_once_in_processes_match_one_after_the_other(tmp_path):
+  """demo.train_agents with parallel_agents (one spawned process per run) logs the same losses, rewards and held-out
+  scores as the same runs one after the other in this process."""
+  config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "data.synthetic_train": 4,
+                                    "data.synthetic_eval": 2, "demo.answer_steps": 1, "demo.manager_steps": 1,
+                                    "rollout.batch_size": 2, "demo.manager_batch_size": 1,
+                                    "rollout.max_new_tokens": 16})
+  logs = {}
+  for parallel in (False, True):
+    c = demo.stage_config(config, **{"demo.parallel_agents": parallel})
+    runs = [(c, agent, str(tmp_path / f"{agent}_{parallel}")) for agent in ("answer", "manager")]
+    for r in demo.train_agents(c, runs, demo.DEMO_BASE_DIR):
+      records = [{k: v for k, v in rec.items() if not k.startswith("perf/")} for rec in read_jsonl(r.workdir)]
+      logs[parallel, r.agent] = (r.before, r.after, records)
+  for agent in ("answer", "manager"):
+    assert logs[True, agent] == logs[False, agent], agent
+    assert any(rec.get("train/grad_norm", 0) > 0 for rec in logs[True, agent][2]), agent
+
+
 def test_demo_grpo_raises_both_agents_em_and_teaches_the_manager_update_and_delete(tmp_path):
   """The demo's RL stages from one SFT start (configs/demo.py: 40 GRPO steps of the answer agent, 12 of the
-  manager): each agent's held-out EM rises at least 0.02 above the SFT start, and the manager UPDATEs / DELETEs at
-  more of the held-out turns that need it (+0.25 / +0.1 of them); with lr 0 both stay exactly at the SFT start."""
+  manager, the two at once): each agent's held-out EM rises at least 0.02 above the SFT start, and the manager
+  UPDATEs / DELETEs at more of the held-out turns that need it (+0.25 / +0.1 of them); with lr 0 both stay exactly at
+  the SFT start."""
   config = demo_config(tmp_path)
   init = demo.warm_start(config)
-  for agent in ("answer", "manager"):
-    grpo = demo.train_agent(config, agent, init)
+  agents = ("answer", "manager")
+  # The control: the same runs at lr 0 (2 steps: the weights cannot move, whatever the step count).
+  lr0 = demo.stage_config(config, **{"rl.actor_lr": 0.0, "demo.answer_actor_lr": 0.0, "demo.answer_steps": 2,
+                                     "demo.manager_steps": 2})
+  results = demo.train_agents(config, [(config, agent, None) for agent in agents] +
+                              [(lr0, agent, str(tmp_path / f"{agent}_lr0")) for agent in agents], init)
+  for agent, grpo, control in zip(agents, results[:2], results[2:]):
     needed = {op: (grpo.before.get(f"eval/needed/{op}"), grpo.after.get(f"eval/needed/{op}"))
               for op in ("UPDATE", "DELETE")}
     print(f"{agent}: held-out EM SFT start {grpo.before['eval/em']:.3f}, after GRPO {grpo.after['eval/em']:.3f}; "
@@ -226,10 +252,6 @@ def test_demo_grpo_raises_both_agents_em_and_teaches_the_manager_update_and_dele
     assert grpo.after["eval/em"] >= grpo.before["eval/em"] + 0.02, agent
     if agent == "manager":
       assert needed["UPDATE"][1] >= needed["UPDATE"][0] + 0.25 and needed["DELETE"][1] >= needed["DELETE"][0] + 0.1
-    # The control: the same run at lr 0 (2 steps: the weights cannot move, whatever the step count).
-    lr0 = demo.stage_config(config, **{"rl.actor_lr": 0.0, "demo.answer_actor_lr": 0.0, "demo.answer_steps": 2,
-                                       "demo.manager_steps": 2})
-    control = demo.train_agent(lr0, agent, init, str(tmp_path / f"{agent}_lr0"))
     assert control.before == grpo.before and control.after == control.before, agent
 
 
