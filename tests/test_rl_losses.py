@@ -459,6 +459,15 @@ def test_grpo_advantages_match_hand_computation(normalize_std):
                              expected_b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("reward", [0.1, 1 / 3, 0.9428571, 1.0])
+def test_grpo_advantages_are_exactly_zero_for_equal_rewards(reward):
+  """A group of 8 equal rewards gets advantage exactly 0, also where their float32 mean is an ulp off (0.1)."""
+  rewards_b = np.concatenate([np.full(8, reward, np.float32), np.array([0, 1, 0, 1, 0, 1, 0, 1], np.float32)])
+  advantages_b = np.asarray(grpo_advantages(rewards_b, group_size=8, normalize_std=True))
+  np.testing.assert_array_equal(advantages_b[:8], 0.0)
+  np.testing.assert_allclose(advantages_b[8:], [-1, 1] * 4, rtol=1e-5)
+
+
 def test_grpo_advantages_reject_group_size_not_dividing_batch():
   """A group size that does not divide the batch raises a ValueError."""
   with pytest.raises(ValueError, match="group_size"):

@@ -187,6 +187,33 @@ def test_update_with_micro_batches_equals_one_big_batch():
     np.testing.assert_allclose(results[0][1][name], results[1][1][name], rtol=1e-4, err_msg=name)
 
 
+def test_grpo_update_skips_rows_without_advantage_and_keeps_the_full_batch_gradient():
+  """GRPO without KL / entropy terms: micro-batches of equal-reward groups are not run (NaN behaviour log-probs there
+  do not reach the loss), and the weights equal those of one micro-batch holding every row (also on 8 devices)."""
+  batch = jax.tree.map(lambda a, b: np.concatenate([a, b]), _batch(0, behaviour_logprobs=True),
+                       _batch(1, behaviour_logprobs=True))
+  batch.scores_b[4:8] = 0.1  # Groups 1 and 3 (of 4) have equal rewards: advantage 0, no gradient.
+  batch.scores_b[12:16] = 1.0
+  config = _config(kl_coef=0.0, entropy_coef=0.0, micro_batch_size=4, shuffle=True)
+  assert up.skips_dead_rows(_learner()[2], config) and not up.skips_dead_rows(_learner()[2], _config())
+  results = []
+  for micro, mesh in ((2 * B, None), (4, None), (4, sharding.make_mesh((2, 2, 2)))):
+    state, frozen, spec = _learner(mesh=mesh)
+    step = up.make_update_step(spec, dataclasses.replace(config, micro_batch_size=micro))
+    state, metrics = step(state, frozen, batch, jax.random.key(3))
+    results.append((_host(state.policy), _host(metrics)))
+  _assert_trees_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-6)
+  _assert_trees_close(results[2][0], results[1][0], rtol=1e-4, atol=1e-6)
+  for name in ("loss", "pg_loss", "grad_norm"):  # (Averages such as clip_fraction are over the rows run.)
+    np.testing.assert_allclose(results[0][1][name], results[1][1][name], rtol=1e-4, err_msg=name)
+  poisoned = jax.tree.map(np.copy, batch)
+  poisoned.old_logprobs_bt[4:8] = np.nan
+  poisoned.old_logprobs_bt[12:16] = np.nan
+  state, frozen, spec = _learner()
+  _, metrics = _step(spec, config)(state, frozen, poisoned, jax.random.key(3))
+  assert float(metrics["skipped"]) == 0.0 and np.isfinite(float(metrics["loss"]))
+
+
 def test_update_changes_weights_and_reports_metrics():
   """A finite GRPO step changes the policy, counts one update and reports finite loss parts, KL and entropy."""
   state, frozen, spec = _learner()

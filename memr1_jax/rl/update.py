@@ -271,17 +271,30 @@ def microbatch_loss(spec: StateSpec, config: UpdateConfig, trained, frozen: Froz
   return loss * weight, jax.tree.map(lambda m: m * weight, metrics)
 
 
+def skips_dead_rows(spec: StateSpec, config: UpdateConfig) -> bool:
+  """Whether rows with zero advantage carry no gradient, so the update can leave them out: GRPO without a KL term
+  in the loss and without an entropy bonus (PPO's value loss trains on every row)."""
+  return config.algorithm == "grpo" and not _kl_in_loss(spec, config) and not config.entropy_coef
+
+
+# Metrics that are sums over rows (zero on rows without advantage); the others are averages over the trained rows.
+_SUM_METRICS = ("loss", "pg_loss", "policy_loss")
+
+
 def minibatch_gradients(spec: StateSpec, config: UpdateConfig, trained, frozen: FrozenParams,
-                        rows_kb) -> tuple[Any, dict[str, jax.Array]]:
-  """Gradient and metrics of one minibatch given as K micro-batches, accumulated in a lax.scan.
+                        rows_kb, num_live: jax.Array | None = None) -> tuple[Any, dict[str, jax.Array]]:
+  """Gradient and metrics of one minibatch given as K micro-batches, accumulated in a loop.
 
   Args:
     trained: (policy parameters, value parameters or None).
     rows_kb: `prepare_rows` rows reshaped to [K, micro, ...].
+    num_live: None, or how many leading micro-batches hold all the rows with a gradient (`live_rows_first`); the
+      others are skipped, a traced count (one compilation whatever the mix).
 
   Returns:
     (grads, metrics): the gradient of the minibatch loss (equal to the loss over all K * micro rows at once)
-    with the structure of `trained`, and metrics weighted the same way.
+    with the structure of `trained`, and metrics weighted the same way (with `num_live`, the averages are over the
+    micro-batches run).
   """
   num_micro = rows_kb["response_mask_bt"].shape[0]
   mask_bt = rows_kb["response_mask_bt"].reshape(-1, rows_kb["response_mask_bt"].shape[-1])
@@ -292,15 +305,46 @@ def minibatch_gradients(spec: StateSpec, config: UpdateConfig, trained, frozen: 
     rows_mb = _constrain(spec, rows_mb)
     weight = losses.aggregation_denominator(rows_mb["response_mask_bt"], config.aggregation) / denominator
     (_, metrics), grads = grad_fn(spec, config, trained, frozen, rows_mb, weight)
+    metrics["weight"] = weight
     if carry is None:
       return (grads, metrics), None
     return jax.tree.map(jnp.add, carry, (grads, metrics)), None
 
   first = jax.tree.map(lambda x: x[0], rows_kb)
-  if num_micro == 1:
-    return micro(None, first)[0]
+  if num_live is None:
+    if num_micro == 1:
+      grads, metrics = micro(None, first)[0]
+    else:
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda: micro(None, first)[0]))
+      grads, metrics = jax.lax.scan(micro, zeros, rows_kb)[0]
+    metrics.pop("weight")
+    return grads, metrics
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda: micro(None, first)[0]))
-  return jax.lax.scan(micro, zeros, rows_kb)[0]
+
+  def body(k, carry):
+    return micro(carry, jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, k, keepdims=False), rows_kb))[0]
+
+  grads, metrics = jax.lax.fori_loop(0, num_live, body, zeros)
+  run = metrics.pop("weight")
+  metrics = {k: v if k in _SUM_METRICS else v / jnp.maximum(run, 1e-9) for k, v in metrics.items()}
+  return grads, metrics
+
+
+def live_rows_first(rows, num_minibatches: int, micro_batch_size: int) -> tuple[dict, jax.Array]:
+  """Splits `rows` into minibatches (as `split_rows`) whose rows with a nonzero advantage come first.
+
+  Returns:
+    (rows_mkb [M, K, micro, ...], num_live_m [M]: how many leading micro-batches of each minibatch hold its rows
+    with a nonzero advantage).
+  """
+  b = rows["advantages_bt"].shape[0]
+  live_b = jnp.any(rows["advantages_bt"] != 0, axis=1)
+  index_mn = split_rows(jnp.arange(b), num_minibatches)
+  live_mn = live_b[index_mn]
+  index_mn = jnp.take_along_axis(index_mn, jnp.argsort(~live_mn, axis=1, stable=True), axis=1)
+  index_mkb = index_mn.reshape(num_minibatches, -1, micro_batch_size)
+  num_live_m = -(-live_mn.sum(axis=1) // micro_batch_size)
+  return jax.tree.map(lambda x: x[index_mkb], rows), num_live_m
 
 
 def apply_gradients(spec: StateSpec, config: UpdateConfig, state: TrainState, grads,
@@ -354,8 +398,12 @@ def make_update_step(spec: StateSpec, config: UpdateConfig
     num_micro = b // per_epoch
     rows, prep_metrics = prepare_rows(spec, config, state, frozen, batch)
 
-    def minibatch(state, rows_kb):
-      grads, metrics = minibatch_gradients(spec, config, (state.policy, state.value), frozen, rows_kb)
+    skip = skips_dead_rows(spec, config)
+
+    def minibatch(state, xs):
+      rows_kb, num_live = xs
+      grads, metrics = minibatch_gradients(spec, config, (state.policy, state.value), frozen, rows_kb,
+                                           num_live if skip else None)
       return apply_gradients(spec, config, state, grads, metrics)
 
     def epoch(state, epoch_key):
@@ -363,8 +411,12 @@ def make_update_step(spec: StateSpec, config: UpdateConfig
       if config.shuffle:
         order = jax.random.permutation(epoch_key, b)
         epoch_rows = jax.tree.map(lambda x: x[order], rows)
-      return _scan(minibatch, state, split_rows(epoch_rows, config.num_minibatches, num_micro),
-                   config.num_minibatches)
+      if skip:
+        xs = live_rows_first(epoch_rows, config.num_minibatches, config.micro_batch_size)
+      else:
+        xs = (split_rows(epoch_rows, config.num_minibatches, num_micro),
+              jnp.full((config.num_minibatches,), num_micro))
+      return _scan(minibatch, state, xs, config.num_minibatches)
 
     state, metrics = _scan(epoch, state, jax.random.split(key, config.epochs), config.epochs)
     skipped = metrics.pop("skipped")
