@@ -1,6 +1,6 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (322-351 s on 2 CPU cores)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (338-341 s on 2 CPU cores)
   python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (401 s)
 
 (First runs on the 2-core EPYC Milan sandbox README.md names, both agents' RL at once; reruns load compiled programs

@@ -150,6 +150,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.critic_lr = 1e-5
   # Linear warmup steps of the constant schedule.
   c.rl.warmup_steps = 0
+  # PPO: the first N updates train only the value model (actor learning rate 0; verl's trainer.critic_warmup), so
+  # that the policy's first advantages come from a critic that has seen returns.
+  c.rl.critic_warmup_steps = 0
   # AdamW weight decay.
   c.rl.weight_decay = 0.0
   # Global-norm gradient clipping.
@@ -176,7 +179,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Optimizer updates per epoch over a rollout batch.
   c.rl.num_minibatches = 1
   # GRPO: at most this many groups per update (0: all), those whose rewards differ first (batching.select_groups;
-  # with kl_coef = entropy_coef = 0 a group of equal rewards has no gradient).
+  # with kl_coef = entropy_coef = 0 a group of equal rewards has no gradient, and the update skips its rows).
   c.rl.max_update_groups = 0
   # PPO: GAE discount and lambda, value clip range.
   c.rl.gamma = 1.0

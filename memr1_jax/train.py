@@ -92,7 +92,8 @@ class Learner:
       policy = lora_lib.add_lora(policy, config.model.lora_rank, config.model.lora_alpha, seed=config.seed,
                                  mesh=mesh)
     rl = config.rl
-    actor_lr = ts.learning_rate_schedule(rl.actor_lr, rl.warmup_steps)
+    actor_lr = ts.learning_rate_schedule(rl.actor_lr, rl.warmup_steps,
+                                         rl.critic_warmup_steps if config.algorithm == "ppo" else 0)
     actor_tx = ts.make_optimizer(actor_lr, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm)
     value_model = critic_tx = critic_lr = None
     if config.algorithm == "ppo":

@@ -363,3 +363,9 @@ def test_batch_not_divisible_by_micro_batches_is_rejected():
   step = up.make_update_step(spec, _config(micro_batch_size=3, group_size=2))
   with pytest.raises(ValueError, match="micro-batches of 3"):
     step(state, frozen, _batch(), jax.random.key(0))
+
+
+def test_learning_rate_schedule_delays_then_warms_up():
+  """delay_steps updates at 0 (PPO's critic warmup for the actor), then the linear warmup, then the constant."""
+  schedule = ts.learning_rate_schedule(1.0, warmup_steps=2, delay_steps=3)
+  np.testing.assert_allclose([float(schedule(i)) for i in range(7)], [0, 0, 0, 0, 0.5, 1, 1])

@@ -76,11 +76,14 @@ class StateSpec:
   frozen_shardings: Any = None  # a FrozenParams of NamedShardings (None without a mesh).
 
 
-def learning_rate_schedule(lr: float, warmup_steps: int = 0) -> Callable[[jax.Array], jax.Array]:
-  """Linear warmup from 0 to `lr` over `warmup_steps` optimizer updates, then constant."""
-  if warmup_steps <= 0:
-    return optax.constant_schedule(lr)
-  return optax.warmup_constant_schedule(0.0, lr, warmup_steps)
+def learning_rate_schedule(lr: float, warmup_steps: int = 0, delay_steps: int = 0) -> Callable[[jax.Array], jax.Array]:
+  """0 for the first `delay_steps` optimizer updates, then a linear warmup from 0 to `lr` over `warmup_steps`
+  updates, then constant."""
+  schedule = optax.constant_schedule(lr) if warmup_steps <= 0 else optax.warmup_constant_schedule(0.0, lr,
+                                                                                                  warmup_steps)
+  if delay_steps <= 0:
+    return schedule
+  return optax.join_schedules([optax.constant_schedule(0.0), schedule], [delay_steps])
 
 
 def make_optimizer(schedule: Callable[[jax.Array], jax.Array] | float, *, weight_decay: float = 0.0,

@@ -10,7 +10,9 @@ TrainState donated and every argument sharded by the mesh rules. Inside the prog
 3. `epochs` passes over the batch; each shuffles the rows and splits them into `num_minibatches` minibatches, one
    optimizer update each. A minibatch's gradient is accumulated over micro-batches of `micro_batch_size` rows in a
    `lax.scan`; each micro-batch's loss is scaled by its aggregation denominator over the minibatch's
-   (`losses.aggregation_denominator`), so the accumulated gradient equals the full minibatch's.
+   (`losses.aggregation_denominator`), so the accumulated gradient equals the full minibatch's. When rows of zero
+   advantage carry no gradient (GRPO without KL / entropy terms, `skips_dead_rows`), the rows with one are put first
+   and only the micro-batches holding them run (a traced count: equal-reward groups cost no compute).
 4. AdamW (global-norm clipping, warmup-then-constant schedule). An update whose loss or gradient norm is not
    finite is skipped: parameters and optimizer states keep their values and metrics["skipped"] is 1.
 
