@@ -271,6 +271,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.demo.manager_batch_size = 4
   # PPO (one response per prompt): prompts per step = this x the GRPO batch (0: rollout.group_size, GRPO's responses).
   c.demo.ppo_prompts_per_group = 0
+  # rl.actor_lr / critic_lr / lam of the manager's PPO run, where not None (None: the rl.* settings).
+  c.demo.ppo_manager = ml_collections.ConfigDict({"actor_lr": None, "critic_lr": None, "lam": None})
   # Share of exploratory replies among the heuristic manager's SFT records of a prompt that has them
   # (heuristics.manager_trajectories; [0, 1), 0: ADD only).
   c.demo.explore = 0.2

@@ -189,6 +189,17 @@ def test_rl_config_sizes_each_agents_batch_for_grpo_and_ppo(tmp_path):
   assert demo.rl_config(config, "manager", "init").train.num_steps == config.demo.manager_steps
 
 
+def test_rl_config_applies_the_ppo_manager_settings_to_the_managers_ppo_run_only(tmp_path):
+  """demo.ppo_manager's non-None rl settings reach the manager's PPO run, not its GRPO run nor the answer agent's."""
+  config = demo_config(tmp_path, **{"rl.actor_lr": 1e-3, "rl.lam": 1.0, "demo.ppo_manager.lam": 0.9,
+                                    "demo.ppo_manager.actor_lr": None, "demo.answer_actor_lr": 0.0})
+  ppo = demo.stage_config(config, algorithm="ppo")
+  manager = demo.rl_config(ppo, "manager", "init").rl
+  assert (manager.lam, manager.actor_lr) == (0.9, 1e-3)
+  assert demo.rl_config(ppo, "answer", "init").rl.lam == 1.0
+  assert demo.rl_config(demo.stage_config(config, algorithm="grpo"), "manager", "init").rl.lam == 1.0
+
+
 def test_sft_data_are_parseable_replies_to_runner_prompts(tmp_path):
   """Every SFT record is a runner chat with a reply the parsers read without a format error."""
   config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "data.synthetic_train": 2})
