@@ -466,6 +466,7 @@ def test_grpo_advantages_are_exactly_zero_for_equal_rewards(reward):
   advantages_b = np.asarray(grpo_advantages(rewards_b, group_size=8, normalize_std=True))
   np.testing.assert_array_equal(advantages_b[:8], 0.0)
   np.testing.assert_allclose(advantages_b[8:], [-1, 1] * 4, rtol=1e-5)
+  assert not np.isfinite(np.asarray(grpo_advantages(np.full(8, np.inf, np.float32), group_size=8))).any()
 
 
 def test_grpo_advantages_reject_group_size_not_dividing_batch():

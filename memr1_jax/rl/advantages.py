@@ -77,9 +77,11 @@ def grpo_advantages(rewards_b: Array, group_size: int, *, normalize_std: bool = 
   advantages_ng = rewards_ng - rewards_ng.mean(axis=1, keepdims=True)
   if normalize_std:
     advantages_ng = advantages_ng / (rewards_ng.std(axis=1, keepdims=True) + eps)
-  # Equal rewards give exactly 0: their float mean can be an ulp off (8 x 0.1 in float32), which the division by
-  # std + eps would blow up to advantages of a few hundredths, all of one sign.
-  flat_n1 = rewards_ng.max(axis=1, keepdims=True) == rewards_ng.min(axis=1, keepdims=True)
+  # Equal finite rewards give exactly 0: their float mean can be an ulp off (8 x 0.1 in float32), which the division
+  # by std + eps would blow up to advantages of a few hundredths, all of one sign. Non-finite rewards stay non-finite
+  # (the update then skips the step).
+  high_n1 = rewards_ng.max(axis=1, keepdims=True)
+  flat_n1 = (high_n1 == rewards_ng.min(axis=1, keepdims=True)) & jnp.isfinite(high_n1)
   return jnp.where(flat_n1, 0.0, advantages_ng).reshape(-1)
 
 
