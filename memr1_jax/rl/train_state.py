@@ -79,8 +79,10 @@ class StateSpec:
 def learning_rate_schedule(lr: float, warmup_steps: int = 0, delay_steps: int = 0) -> Callable[[jax.Array], jax.Array]:
   """0 for the first `delay_steps` optimizer updates, then a linear warmup from 0 to `lr` over `warmup_steps`
   updates, then constant."""
-  schedule = optax.constant_schedule(lr) if warmup_steps <= 0 else optax.warmup_constant_schedule(0.0, lr,
-                                                                                                  warmup_steps)
+  if warmup_steps > 0:
+    schedule = optax.warmup_constant_schedule(0.0, lr, warmup_steps)
+  else:
+    schedule = optax.constant_schedule(lr)
   if delay_steps <= 0:
     return schedule
   return optax.join_schedules([optax.constant_schedule(0.0), schedule], [delay_steps])

@@ -313,22 +313,18 @@ def minibatch_gradients(spec: StateSpec, config: UpdateConfig, trained, frozen: 
     return jax.tree.map(jnp.add, carry, (grads, metrics)), None
 
   first = jax.tree.map(lambda x: x[0], rows_kb)
-  if num_live is None:
-    if num_micro == 1:
-      grads, metrics = micro(None, first)[0]
-    else:
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda: micro(None, first)[0]))
+  if num_live is None and num_micro == 1:
+    grads, metrics = micro(None, first)[0]
+  else:
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda: micro(None, first)[0]))
+    if num_live is None:
       grads, metrics = jax.lax.scan(micro, zeros, rows_kb)[0]
-    metrics.pop("weight")
-    return grads, metrics
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda: micro(None, first)[0]))
-
-  def body(k, carry):
-    return micro(carry, jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, k, keepdims=False), rows_kb))[0]
-
-  grads, metrics = jax.lax.fori_loop(0, num_live, body, zeros)
+    else:
+      take = lambda k: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, k, keepdims=False), rows_kb)  # noqa: E731
+      grads, metrics = jax.lax.fori_loop(0, num_live, lambda k, carry: micro(carry, take(k))[0], zeros)
   run = metrics.pop("weight")
-  metrics = {k: v if k in _SUM_METRICS else v / jnp.maximum(run, 1e-9) for k, v in metrics.items()}
+  if num_live is not None:  # Averages over the micro-batches run (their weights sum to `run`).
+    metrics = {k: v if k in _SUM_METRICS else v / jnp.maximum(run, 1e-9) for k, v in metrics.items()}
   return grads, metrics
 
 
@@ -403,9 +399,8 @@ def make_update_step(spec: StateSpec, config: UpdateConfig
     skip = skips_dead_rows(spec, config)
 
     def minibatch(state, xs):
-      rows_kb, num_live = xs
-      grads, metrics = minibatch_gradients(spec, config, (state.policy, state.value), frozen, rows_kb,
-                                           num_live if skip else None)
+      rows_kb, num_live = xs if skip else (xs, None)
+      grads, metrics = minibatch_gradients(spec, config, (state.policy, state.value), frozen, rows_kb, num_live)
       return apply_gradients(spec, config, state, grads, metrics)
 
     def epoch(state, epoch_key):
@@ -416,8 +411,7 @@ def make_update_step(spec: StateSpec, config: UpdateConfig
       if skip:
         xs = live_rows_first(epoch_rows, config.num_minibatches, config.micro_batch_size)
       else:
-        xs = (split_rows(epoch_rows, config.num_minibatches, num_micro),
-              jnp.full((config.num_minibatches,), num_micro))
+        xs = split_rows(epoch_rows, config.num_minibatches, num_micro)
       return _scan(minibatch, state, xs, config.num_minibatches)
 
     state, metrics = _scan(epoch, state, jax.random.split(key, config.epochs), config.epochs)
