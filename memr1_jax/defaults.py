@@ -211,6 +211,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.sft.num_steps = 0
   # Linear warmup steps of the SFT learning rate.
   c.sft.warmup_steps = 0
+  # After the warmup: "constant", or "cosine" (decays to 0 at the last step).
+  c.sft.schedule = "constant"
   # SFT AdamW weight decay.
   c.sft.weight_decay = 0.0
   # Save an SFT checkpoint every this many steps (0: only at the end).

@@ -6,7 +6,9 @@ the first EOS token: exactly the token sequence the rollout engine samples and t
 starts RL where it left off. The loss is the mean cross-entropy over all response tokens of a batch (prompt tokens
 are context only). One jitted step per batch: micro-batches of `config.sft.micro_batch_size` rows accumulate the
 gradient in a `lax.scan`, each weighted by its share of the batch's response tokens (so the gradient equals the full
-batch's), then one AdamW update (`rl.train_state.make_optimizer`; a non-finite loss or gradient skips it).
+batch's), then one AdamW update (`rl.train_state.make_optimizer`; a non-finite loss or gradient skips it). The
+model runs over the batch's longest prompt + response (`sequence_bucket`), not the prompt bucket plus the response
+bucket, which are maxima of different rows. `sft.schedule=cosine` decays the learning rate to 0 at the last step.
 
 This is the paper's Memory-SFT baseline (trajectories from a stronger model) and the warm start of the CPU demo
 (trajectories of the heuristic agents, `agents.heuristics`). Batches follow the trainer's deterministic per-epoch
@@ -117,45 +119,57 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, ro
               response_mask_bt=response_mask)
 
 
-def response_nll_sum(model, rows: dict, *, chunk_size: int | None = 256) -> jax.Array:
-  """Sum over the response tokens of `rows` (arrays as `pack_examples` returns) of -log p(token | context)."""
+def sequence_bucket(examples: Sequence[tuple[Sequence[int], Sequence[int]]], multiple: int = 16) -> int:
+  """The longest prompt + response of `examples`, rounded up to `multiple`: the `seq_len` that `pack_examples`'
+  rows need (their prompt and response buckets are maxima over different rows, so P + T is often 10-25% longer)."""
+  return length_bucket(max(len(p) + len(r) for p, r in examples), multiple, multiple)
+
+
+def response_nll_sum(model, rows: dict, *, chunk_size: int | None = 256, seq_len: int | None = None) -> jax.Array:
+  """Sum over the response tokens of `rows` (arrays as `pack_examples` returns) of -log p(token | context).
+
+  seq_len: (static) when no row's prompt + response is longer, the model runs over that many positions only
+  (`sequence_bucket`; the same values, see `rl.logprobs.response_hidden`).
+  """
   from memr1_jax.rl import logprobs as logprobs_lib  # pylint: disable=g-import-not-at-top
   logprobs_bt, _ = logprobs_lib.response_logprobs(
       model, rows["prompt_ids_bp"], rows["prompt_mask_bp"], rows["response_ids_bt"], rows["response_mask_bt"],
-      chunk_size=chunk_size)
+      chunk_size=chunk_size, seq_len=seq_len)
   return -jnp.sum(jnp.where(rows["response_mask_bt"], logprobs_bt, 0.0))
 
 
-def sft_loss(model, rows: dict) -> jax.Array:
-  """Mean cross-entropy (nats) per response token of `rows`: the SFT objective."""
+def sft_loss(model, rows: dict, seq_len: int | None = None) -> jax.Array:
+  """Mean cross-entropy (nats) per response token of `rows`: the SFT objective (`seq_len` as in
+  `response_nll_sum`)."""
   tokens = jnp.maximum(jnp.sum(rows["response_mask_bt"]), 1).astype(jnp.float32)
-  return response_nll_sum(model, rows) / tokens
+  return response_nll_sum(model, rows, seq_len=seq_len) / tokens
 
 
 def make_sft_step(spec, micro_batch_size: int):
-  """The jitted SFT step `step(state, frozen, rows) -> (state, metrics)` for a learner made by
+  """The jitted SFT step `step(state, frozen, rows, seq_len=None) -> (state, metrics)` for a learner made by
   `rl.train_state.init_train_state` (the TrainState is donated).
 
   `rows` hold B rows (a multiple of `micro_batch_size`), split into B / micro_batch_size micro-batches whose
-  gradients are accumulated; metrics: loss (mean nats per response token), tokens, grad_norm, lr, skipped.
+  gradients are accumulated; `seq_len` (static, one compilation each) as in `response_nll_sum`. Metrics: loss (mean
+  nats per response token), tokens, grad_norm, lr, skipped.
   """
   from memr1_jax.rl.update import UpdateConfig, apply_gradients  # pylint: disable=g-import-not-at-top
   update_config = UpdateConfig(algorithm="grpo", group_size=1)
 
-  def micro_loss(params, frozen_policy, rows_mb, tokens):
+  def micro_loss(params, frozen_policy, rows_mb, tokens, seq_len):
     model = nnx.merge(spec.policy_graphdef, params, frozen_policy)
-    return response_nll_sum(model, rows_mb) / tokens
+    return response_nll_sum(model, rows_mb, seq_len=seq_len) / tokens
 
   grad_fn = jax.value_and_grad(micro_loss)
 
-  def step(state, frozen, rows):
+  def step(state, frozen, rows, seq_len=None):
     b = rows["response_mask_bt"].shape[0]
     num_micro = b // micro_batch_size
     tokens = jnp.maximum(jnp.sum(rows["response_mask_bt"]), 1).astype(jnp.float32)
     rows_kb = jax.tree.map(lambda x: x.reshape(num_micro, micro_batch_size, *x.shape[1:]), rows)
 
     def micro(carry, rows_mb):
-      loss, grads = grad_fn(state.policy, frozen.policy, rows_mb, tokens)
+      loss, grads = grad_fn(state.policy, frozen.policy, rows_mb, tokens, seq_len)
       return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
     zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.policy))
@@ -165,11 +179,11 @@ def make_sft_step(spec, micro_batch_size: int):
     return state, metrics
 
   if spec.mesh is None:
-    return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0, static_argnums=3)
   from memr1_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   replicated = NamedSharding(spec.mesh, P())
-  return jax.jit(step, donate_argnums=0,
+  return jax.jit(step, donate_argnums=0, static_argnums=3,
                  in_shardings=(spec.state_shardings, spec.frozen_shardings, sharding_lib.batch_sharding(spec.mesh)),
                  out_shardings=(spec.state_shardings, replicated))
 
@@ -215,7 +229,9 @@ def run(config, progress: bool = True) -> dict:
   if c.model.lora_rank:
     policy = lora_lib.add_lora(policy, c.model.lora_rank, c.model.lora_alpha, seed=c.seed,
                                mesh=mesh if mesh.size > 1 else None)
-  lr = ts.learning_rate_schedule(s.lr, s.get("warmup_steps", 0))
+  num_steps = s.get("num_steps", 0) or s.epochs * math.ceil(len(examples) / s.batch_size)
+  lr = ts.learning_rate_schedule(s.lr, s.get("warmup_steps", 0),
+                                 decay_steps=num_steps if s.get("schedule", "constant") == "cosine" else 0)
   tx = ts.make_optimizer(lr, weight_decay=s.get("weight_decay", 0.0), max_grad_norm=c.rl.max_grad_norm)
   state, frozen, spec = ts.init_train_state(policy, tx, actor_lr=lr, reference=False,
                                             mesh=mesh if mesh.size > 1 else None)
@@ -223,7 +239,6 @@ def run(config, progress: bool = True) -> dict:
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   rows = int(np.lcm(micro, dp)) * math.ceil(s.batch_size / int(np.lcm(micro, dp)))
   step_fn = make_sft_step(spec, micro)
-  num_steps = s.get("num_steps", 0) or s.epochs * math.ceil(len(examples) / s.batch_size)
 
   ckpt = Checkpointer(os.path.join(c.workdir, "checkpoints"), keep_last=c.train.keep_checkpoints)
   start = 0
@@ -244,7 +259,7 @@ def run(config, progress: bool = True) -> dict:
                              prompt_bucket_multiple=c.rollout.get("prompt_bucket_multiple", 0))
       if spec.mesh is not None:  # Every host packed the same batch: each places its own shards.
         packed = multihost.shard_batch(packed, spec.mesh)
-      state, metrics = step_fn(state, frozen, packed)
+      state, metrics = step_fn(state, frozen, packed, sequence_bucket(batch))
       metrics = {f"sft/{k}": float(v) for k, v in multihost.to_host(metrics).items()}
       first = metrics["sft/loss"] if first is None else first
       last = metrics["sft/loss"]

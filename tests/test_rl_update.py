@@ -369,3 +369,11 @@ def test_learning_rate_schedule_delays_then_warms_up():
   """delay_steps updates at 0 (PPO's critic warmup for the actor), then the linear warmup, then the constant."""
   schedule = ts.learning_rate_schedule(1.0, warmup_steps=2, delay_steps=3)
   np.testing.assert_allclose([float(schedule(i)) for i in range(7)], [0, 0, 0, 0, 0.5, 1, 1])
+
+
+def test_learning_rate_schedule_warms_up_then_decays_to_zero_along_a_cosine():
+  """With decay_steps: the linear warmup, then 0.5 * (1 + cos(pi * progress)) of the peak, 0 at decay_steps."""
+  schedule = ts.learning_rate_schedule(2.0, warmup_steps=2, decay_steps=6)
+  np.testing.assert_allclose([float(schedule(i)) for i in range(7)],
+                             [0, 1, 2, 2 * 0.5 * (1 + np.cos(np.pi / 4)), 1, 2 * 0.5 * (1 + np.cos(3 * np.pi / 4)), 0],
+                             atol=1e-6)

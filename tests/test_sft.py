@@ -86,6 +86,26 @@ def test_sft_step_gradient_is_independent_of_micro_batching():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_sft_step_over_the_sequence_bucket_matches_the_full_prompt_plus_response_length():
+  """Running the model over only sequence_bucket(examples) positions (shorter than the prompt + response buckets)
+  gives the same loss and the same updated weights as over all of them."""
+  examples = _examples()
+  rows = sft.pack_examples(examples, rows=4, pad_id=0, min_prompt_bucket=8, min_response_bucket=8)
+  seq_len = sft.sequence_bucket(examples, multiple=4)
+  assert seq_len == 8 < rows["prompt_ids_bp"].shape[1] + rows["response_ids_bt"].shape[1]
+  model = _tiny_model()
+  np.testing.assert_allclose(float(nnx.jit(sft.sft_loss, static_argnums=2)(model, rows, seq_len)),
+                             float(nnx.jit(sft.sft_loss)(model, rows)), rtol=1e-6)
+  weights = []
+  for length in (None, seq_len):
+    state, frozen, spec = ts.init_train_state(_tiny_model(), optax.sgd(1.0), actor_lr=ts.learning_rate_schedule(1.0),
+                                              reference=False)
+    state, _ = sft.make_sft_step(spec, 4)(state, frozen, rows, length)
+    weights.append(jax.tree.leaves(jax.device_get(state.policy)))
+  for a, b in zip(*weights):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def _toy_config(workdir, path, steps):
   c = default_config()
   c.mode = "sft"

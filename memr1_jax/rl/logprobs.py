@@ -17,13 +17,16 @@ from memr1_jax.models.decoder import Decoder
 
 
 def response_hidden(model: Decoder, prompt_ids_bp: jax.Array, prompt_mask_bp: jax.Array,
-                    response_ids_bt: jax.Array, response_mask_bt: jax.Array) -> jax.Array:
+                    response_ids_bt: jax.Array, response_mask_bt: jax.Array, seq_len: int | None = None) -> jax.Array:
   """Final-norm hidden states at the positions that predict each response token.
 
   Args:
     model: the decoder (policy, reference, or a value model's backbone).
     prompt_ids_bp, prompt_mask_bp: [B, P] left-padded prompts (P >= 1) and their mask.
     response_ids_bt, response_mask_bt: [B, T] right-padded responses and their mask.
+    seq_len: (static) run the model over only the first `seq_len` rotated positions, when no row's prompt + response
+      is longer (the rest is every row's trailing padding, which causal attention makes exact to drop: prompt and
+      response buckets are maxima of different rows). None: all P + T.
 
   Returns:
     hidden_btd [B, T, D] in the model's compute dtype (garbage where the response is padding).
@@ -35,8 +38,10 @@ def response_hidden(model: Decoder, prompt_ids_bp: jax.Array, prompt_mask_bp: ja
   ids_bs = jnp.concatenate([prompt_ids_bp, response_ids_bt], axis=1)
   pad_b = p - jnp.sum(prompt_mask_bp.astype(jnp.int32), axis=1)
   ids_bs = jnp.take_along_axis(ids_bs, (jnp.arange(s)[None, :] + pad_b[:, None]) % s, axis=1)
+  if seq_len is not None and seq_len < s:
+    ids_bs, s = ids_bs[:, :seq_len], seq_len
   hidden_bsd, _ = model.forward_hidden(ids_bs)
-  index_bt = jnp.clip(jnp.arange(p - 1, s - 1)[None, :] - pad_b[:, None], 0, s - 1)
+  index_bt = jnp.clip(jnp.arange(p - 1, p + t - 1)[None, :] - pad_b[:, None], 0, s - 1)
   return jnp.take_along_axis(hidden_bsd, index_bt[..., None], axis=1)
 
 
@@ -115,11 +120,11 @@ def token_logprobs(hidden_btd: jax.Array, w_dv: jax.Array, targets_bt: jax.Array
 
 def response_logprobs(model: Decoder, prompt_ids_bp: jax.Array, prompt_mask_bp: jax.Array,
                       response_ids_bt: jax.Array, response_mask_bt: jax.Array, *, chunk_size: int | None = None,
-                      remat_chunks: bool = True) -> tuple[jax.Array, jax.Array]:
+                      remat_chunks: bool = True, seq_len: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Log-probs [B, T] of the response tokens given prompt + previous response tokens, and entropies [B, T].
 
   Arguments as in `response_hidden` and `token_logprobs`; values at padded response positions are finite garbage.
   """
-  hidden_btd = response_hidden(model, prompt_ids_bp, prompt_mask_bp, response_ids_bt, response_mask_bt)
+  hidden_btd = response_hidden(model, prompt_ids_bp, prompt_mask_bp, response_ids_bt, response_mask_bt, seq_len)
   return token_logprobs(hidden_btd, unembedding(model), response_ids_bt, chunk_size=chunk_size,
                         remat_chunks=remat_chunks)

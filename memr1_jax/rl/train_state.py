@@ -76,10 +76,14 @@ class StateSpec:
   frozen_shardings: Any = None  # a FrozenParams of NamedShardings (None without a mesh).
 
 
-def learning_rate_schedule(lr: float, warmup_steps: int = 0, delay_steps: int = 0) -> Callable[[jax.Array], jax.Array]:
+def learning_rate_schedule(lr: float, warmup_steps: int = 0, delay_steps: int = 0, decay_steps: int = 0
+                           ) -> Callable[[jax.Array], jax.Array]:
   """0 for the first `delay_steps` optimizer updates, then a linear warmup from 0 to `lr` over `warmup_steps`
-  updates, then constant."""
-  if warmup_steps > 0:
+  updates, then constant, or with `decay_steps` > 0 a cosine decay reaching 0 after `decay_steps` updates in all
+  (warmup included)."""
+  if decay_steps > 0:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(decay_steps, warmup_steps + 1))
+  elif warmup_steps > 0:
     schedule = optax.warmup_constant_schedule(0.0, lr, warmup_steps)
   else:
     schedule = optax.constant_schedule(lr)
