@@ -213,6 +213,8 @@ def run(config, progress: bool = True) -> dict:
   c, s = config, config.sft
   os.makedirs(c.workdir, exist_ok=True)
   records = read_trajectories(s.path)  # Fails fast on bad data before the model loads.
+  if s.get("schedule", "constant") not in ("constant", "cosine"):
+    raise components.ConfigError(f"config.sft.schedule: {s.schedule!r} is not one of constant, cosine")
   mesh = components.setup_mesh(c)
   policy, tokenizer = components.load_policy(c, mesh)
   if not tokenizer.eos_token_ids:

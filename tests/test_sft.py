@@ -126,6 +126,15 @@ def _toy_config(workdir, path, steps):
   return c
 
 
+def test_sft_run_rejects_an_unknown_schedule_naming_the_field(tmp_path):
+  """config.sft.schedule other than constant / cosine is a ConfigError that names the field, before any training."""
+  from memr1_jax import components  # pylint: disable=g-import-not-at-top
+  config = _toy_config(tmp_path / "run", _write(tmp_path / "toy.jsonl", [_record("q", "a")]), steps=1)
+  config.sft.schedule = "linear"
+  with pytest.raises(components.ConfigError, match=r"config\.sft\.schedule: 'linear'"):
+    sft.run(config, progress=False)
+
+
 def test_sft_run_lowers_the_loss_and_the_export_reproduces_a_trained_response(tmp_path):
   """After SFT on a toy set the loss has dropped and the exported model greedily answers a prompt as trained."""
   from memr1_jax import components  # pylint: disable=g-import-not-at-top
