@@ -1,6 +1,6 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (165 s on 2 Zen 4 cores)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (146 s on 2 Zen 4 cores)
   python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO
 
 (First runs on the 2-core EPYC sandboxes README.md names, both agents' RL at once; reruns load compiled programs
@@ -87,10 +87,9 @@ def get_config():
   c.sft.batch_size = 16
   c.sft.micro_batch_size = 16
   c.sft.num_steps = 300
-  # Cosine decay to 0 (EPYC Genoa): with the constant 3e-3 the SFT model gave the explored UPDATE / DELETE replies
-  # 3.7 / 7.5% probability on the training prompts that have them (seed 0; a third of the records there), 0.9 / 0.2%
-  # for seed 1 even after 450 steps; with the decay 11 / 11% (seed 1). SFT answer agent's held-out EM 0.291 -> 0.430.
-  c.sft.schedule = "cosine"
+  # The constant lr (sft.schedule=constant). The full demo on EPYC Genoa, seeds 0 / 1 / 2: answer agent +0.054 /
+  # +0.101 / +0.073 EM from its SFT start; with a cosine decay -0.018..+0.018 (a sharper start, its sampled replies
+  # nearly deterministic), though the manager's SFT start then samples the explored UPDATE / DELETE more (README).
 
   c.train.keep_checkpoints = 1
   # The manager's reward scores every question answerable by its turn, not only those the turn completes: an UPDATE /
