@@ -154,6 +154,32 @@ def test_manager_prompt_shows_only_related_memories_scoring_at_least_the_thresho
     assert {text for _, text in read_manager_prompt(manager.records[2]["messages"])[1]} == shown
 
 
+def test_manager_prompt_numbers_memories_by_position_and_replies_act_on_the_bank_ids_they_name():
+  """The prompt lists its related memories as [0], [1] whatever their bank ids; a DELETE of position 0 removes the
+  memory shown first (bank id 2), an id beyond the list is a format error that changes nothing."""
+  from memr1_jax.agents.heuristics import RecordingPolicy, read_manager_prompt  # pylint: disable=g-import-not-at-top
+
+  facts = ("Alice: I moved to Porto.", "Bob: I bought a bike.", "Alice: I took up chess.", "Alice: I gave up chess.")
+  turns = tuple(Turn(f.split(": ")[0], f.split(": ")[1], f"D1:{i + 1}") for i, f in enumerate(facts))
+  conv = Conversation("c0", "Alice", "Bob", (Session(1, "1 May 2023", turns),), ())
+  embed = HashingEmbedder(DIM)
+  cfg = runner.RunnerConfig(related_k=3, extraction="statements")
+  for target, format_errors in ((0, 0), (3, 1)):
+    def reply(chat, target=target):
+      fact, related = read_manager_prompt(chat)
+      if fact[0] != facts[3]:
+        return ops_reply([{"op": "ADD", "text": fact[0]}])
+      return ops_reply([{"op": "DELETE", "id": target}])
+    manager = RecordingPolicy(reply)
+    (bank,), stats = runner.build_banks(manager, [conv], lambda: MemoryBank(embed, DIM, index="brute_force"), cfg)
+    shown = read_manager_prompt(manager.records[3]["messages"])[1]
+    assert [memory_id for memory_id, _ in shown] == [0, 1, 2]
+    kept = {e.text for e in bank.entries()}
+    assert stats.format_errors == format_errors
+    assert kept == (set(facts[:3]) - {shown[0][1]} if target == 0 else set(facts[:3]))
+    assert shown[0][1] == facts[2]  # Bank id 2, the closest match, is shown as [0].
+
+
 def test_needed_metrics_average_rewards_by_whether_the_implied_operation_was_used():
   """At turns needing DELETE, needed_DELETE/share is the share of DELETEing responses, reward_DELETE averages their
   rewards and reward_other the rest's; turns needing something else do not count."""

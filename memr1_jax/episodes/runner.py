@@ -114,9 +114,14 @@ def prefetch_embeddings(bank: MemoryBank, conversations: Sequence[Conversation],
 
 
 def _manager_prompt(bank: MemoryBank, facts: list[extraction_lib.Fact], session: Session, turn: Turn,
-                    cfg: RunnerConfig) -> tuple[list[prompts.ChatMessage], set[int]]:
-  """The manager chat for one turn, and the memory ids it shows (the only valid UPDATE / DELETE targets): per fact
-  the `cfg.related_k` most similar memories that score at least `cfg.related_min_score`."""
+                    cfg: RunnerConfig) -> tuple[list[prompts.ChatMessage], list[int]]:
+  """The manager chat for one turn, and the bank ids of the memories it shows in the order shown: per fact the
+  `cfg.related_k` most similar memories that score at least `cfg.related_min_score`.
+
+  The chat numbers the memories by position, [0], [1], ... (as Mem0 does), not by bank id: a short id in a fixed
+  range is copied far more reliably than an arbitrary one (a bank id the prompt never showed is a format error).
+  `parse_manager_reply` maps the reply's ids back to bank ids.
+  """
   seen, related = set(), []
   if facts and len(bank):
     for hits in bank.search([f.text for f in facts], cfg.related_k):
@@ -124,8 +129,19 @@ def _manager_prompt(bank: MemoryBank, facts: list[extraction_lib.Fact], session:
         if score >= cfg.related_min_score and entry.memory_id not in seen:
           seen.add(entry.memory_id)
           related.append(entry)
-  chat = prompts.manager_messages([f.text for f in facts], related, speaker=turn.speaker, date=session.date_time)
-  return chat, seen
+  shown = [dataclasses.replace(entry, memory_id=position) for position, entry in enumerate(related)]
+  chat = prompts.manager_messages([f.text for f in facts], shown, speaker=turn.speaker, date=session.date_time)
+  return chat, [entry.memory_id for entry in related]
+
+
+def parse_manager_reply(text: str, shown_ids: Sequence[int], speaker: str, cfg: RunnerConfig
+                        ) -> parsers.ManagerParse:
+  """Parses a reply to a `_manager_prompt` chat whose memories have bank ids `shown_ids` (in the order shown): the
+  only valid UPDATE / DELETE ids are the positions 0 .. len(shown_ids) - 1, returned as the bank ids they name."""
+  parsed = parsers.parse_manager_output(text, range(len(shown_ids)), speaker=speaker, max_ops=cfg.max_ops_per_output)
+  ops = [op if op.memory_id is None else dataclasses.replace(op, memory_id=shown_ids[op.memory_id])
+         for op in parsed.ops]
+  return dataclasses.replace(parsed, ops=ops)
 
 
 def op_counts(ops) -> dict[str, int]:
@@ -149,8 +165,8 @@ class BankStats:
 def _turn_chats(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerConfig,
                 extractor: ChatPolicy | None):
   """The manager chats of turn `step` of every conversation whose turn `step` has facts (a turn with nothing to
-  store is not shown to the manager): (live indexes, (session, turn) items, chats, the memory ids each chat
-  shows)."""
+  store is not shown to the manager): (live indexes, (session, turn) items, chats, the bank ids of the memories
+  each chat shows, in order)."""
   candidates = [i for i, turns in enumerate(turn_lists) if step < len(turns)]
   extracted = _facts_for_turns([turn_lists[i][step] for i in candidates], cfg, extractor)
   live, items, chats, valid = [], [], [], []
@@ -168,11 +184,11 @@ def _turn_chats(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerC
 
 def _apply_replies(banks: Sequence[MemoryBank], conversations: Sequence[Conversation], live: Sequence[int], items,
                    valid, texts: Sequence[str], cfg: RunnerConfig, stats: BankStats) -> None:
-  """Parses one manager reply per live conversation (`_turn_chats`' live indexes, items and valid ids), applies it
-  to that conversation's bank (one batched embedding call) and counts it in `stats`."""
+  """Parses one manager reply per live conversation (`_turn_chats`' live indexes, items and shown bank ids),
+  applies it to that conversation's bank (one batched embedding call) and counts it in `stats`."""
   ops = []
   for i, (_, turn), ids, text in zip(live, items, valid, texts):
-    parsed = parsers.parse_manager_output(text, ids, speaker=turn.speaker, max_ops=cfg.max_ops_per_output)
+    parsed = parse_manager_reply(text, ids, turn.speaker, cfg)
     stats.format_errors += parsed.format_error is not None
     stats.ops.update(op.kind.value for op in parsed.ops)
     stats.turn_ops[(conversations[i].sample_id, turn.dia_id)] = tuple(op.kind.value for op in parsed.ops)
@@ -328,8 +344,7 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
       i = live[j]
       session, turn = items[j]
       for s in samples[j]:
-        parsed = parsers.parse_manager_output(s.text, valid[j], speaker=turn.speaker,
-                                              max_ops=cfg.max_ops_per_output)
+        parsed = parse_manager_reply(s.text, valid[j], turn.speaker, cfg)
         branch_banks.append(fork(banks[i]))
         branch_ops.append(parsed.ops)
         branch_meta.append((j, s, parsed))
