@@ -245,8 +245,8 @@ def test_agents_trained_at_once_in_processes_match_one_after_the_other(tmp_path)
 def test_demo_grpo_raises_both_agents_em_and_teaches_the_manager_update_and_delete(tmp_path):
   """The demo's RL stages from one SFT start (configs/demo.py: 40 GRPO steps of the answer agent, 12 of the
   manager, the two at once): each agent's held-out EM rises at least 0.02 above the SFT start, and the manager
-  UPDATEs / DELETEs at more of the held-out turns that need it (+0.25 of them, the two shares added: which operation
-  it learns differs from one CPU model to another); with lr 0 both stay exactly at the SFT start."""
+  UPDATEs or DELETEs at more of the held-out turns that change or retract a fact (+0.25 of them; which operation it
+  learns differs from one CPU model to another); with lr 0 both stay exactly at the SFT start."""
   config = demo_config(tmp_path)
   init = demo.warm_start(config)
   agents = ("answer", "manager")
@@ -257,13 +257,13 @@ def test_demo_grpo_raises_both_agents_em_and_teaches_the_manager_update_and_dele
                               [(lr0, agent, str(tmp_path / f"{agent}_lr0")) for agent in agents], init)
   for agent, grpo, control in zip(agents, results[:2], results[2:]):
     needed = {op: (grpo.before.get(f"eval/needed/{op}"), grpo.after.get(f"eval/needed/{op}"))
-              for op in ("UPDATE", "DELETE")}
+              for op in ("UPDATE", "DELETE", "UPDATE|DELETE")}
     print(f"{agent}: held-out EM SFT start {grpo.before['eval/em']:.3f}, after GRPO {grpo.after['eval/em']:.3f}; "
-          f"share of the turns needing UPDATE / DELETE where used, SFT start -> after: {needed}")
+          f"share of the turns needing UPDATE / DELETE (either) where used, SFT start -> after: {needed}")
     assert grpo.after["eval/em"] >= grpo.before["eval/em"] + 0.02, agent
     if agent == "manager":
-      gained = sum(after - before for before, after in needed.values())
-      assert gained >= 0.25, needed
+      before, after = needed["UPDATE|DELETE"]
+      assert after >= before + 0.25, needed
     assert control.before == grpo.before and control.after == control.before, agent
 
 

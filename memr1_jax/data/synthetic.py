@@ -641,12 +641,17 @@ def ops_where_needed(conversations: Sequence[schema.Conversation], turn_ops: dic
   Returns:
     {"ADD": share, "UPDATE": ..., "DELETE": ..., "NOOP": ...}: the share of the turns implying each operation at
     which the reply contained it (a NOOP turn also counts when the reply had no operation), for the implied
-    operations that occur; e.g. "DELETE" is the share of retraction turns at which the manager DELETEd.
+    operations that occur; e.g. "DELETE" is the share of retraction turns at which the manager DELETEd. And
+    "UPDATE|DELETE": the share of the change and retraction turns at which the reply UPDATEd or DELETEd, i.e. did
+    not leave the stale memory beside the new statement (an UPDATE to "Anna: I sold my bike." retracts as a DELETE
+    does: the answerer reads "no" from either).
   """
   hits: dict[str, list[bool]] = {}
   for turn, needed in needed_ops(conversations).items():
     used = turn_ops.get(turn, ())
     hits.setdefault(needed, []).append(needed in used or (needed == "NOOP" and not used))
+    if needed in ("UPDATE", "DELETE"):
+      hits.setdefault("UPDATE|DELETE", []).append(bool({"UPDATE", "DELETE"} & set(used)))
   return {op: sum(h) / len(h) for op, h in hits.items()}
 
 
