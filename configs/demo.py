@@ -1,7 +1,7 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (146 s on 2 Zen 4 cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (153 s on 2 Zen 4 cores)
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (200 s)
 
 (First runs on the 2-core EPYC sandboxes README.md names, both agents' RL at once; reruns load compiled programs
 from jax_cache_dir.)
