@@ -223,7 +223,8 @@ def results_table(heuristic: dict, results: list[AgentResult], reader: str = "he
            "DELETE where needed | replaced where needed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 
   def row(agent, name, scores):
-    keys = [f"eval/ops/{op}" for op in OPS] + [f"eval/needed/{op}" for op in ("UPDATE", "DELETE", "UPDATE|DELETE")]
+    needed = ("UPDATE", "DELETE", "UPDATE|DELETE")
+    keys = [f"eval/ops/{op}" for op in OPS] + [f"eval/needed/{op}" for op in needed]
     cells = [f"{scores[k]:.0%}" if k in scores else "-" for k in keys]
     lines.append(f"| {agent} | {name} | {scores['eval/em']:.3f} | {scores['eval/f1']:.3f} | " + " | ".join(cells) + " |")
 

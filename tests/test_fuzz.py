@@ -16,6 +16,7 @@ import pytest
 from hypothesis import strategies as st
 
 from memr1_jax.agents import parsers, prompts
+from memr1_jax.agents.heuristics import read_manager_prompt
 from memr1_jax.data.schema import QA, Conversation, Session, Turn
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import ScriptedPolicy
@@ -50,6 +51,40 @@ def _ops(*ops) -> str:
   return json.dumps({"operations": list(ops)})
 
 
+class _BankIdManager:
+  """Scripted manager replies (successive calls, the last one repeats) that name memories by bank id, as
+  ADVERSARIAL_TURNS states them: before a reply is given, each "id" becomes the position at which the prompt shows
+  that memory (the prompt numbers memories by position), in the same JSON type, or a position past the list when the
+  prompt does not show it. Replies that are not an operations object pass unchanged. Use `bank_factory` for the walk.
+  """
+
+  def __init__(self, replies):
+    self.replies = list(replies)
+    self.banks = []
+
+  def bank_factory(self) -> MemoryBank:
+    self.banks.append(_bank())
+    return self.banks[-1]
+
+  def _reply(self, chat) -> str:
+    reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+    try:
+      ops = json.loads(reply)["operations"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+      return reply
+    shown = [text for _, text in read_manager_prompt(chat)[1]]
+    position = {e.memory_id: shown.index(prompts.clean_item(e.text)) for e in self.banks[0].entries()}
+    for op in ops:
+      if str(op.get("id", "")).isdigit():
+        bank_id = int(op["id"])
+        new = position.get(bank_id, len(shown) + bank_id)
+        op["id"] = str(new) if isinstance(op["id"], str) else new
+    return _ops(*ops)
+
+  def policy(self) -> ScriptedPolicy:
+    return ScriptedPolicy(self._reply)
+
+
 # One manager reply per turn and what it must do to the bank (ids count from 0 and are never reused).
 ADVERSARIAL_TURNS = [
     ("plain ADD", _ops({"op": "ADD", "text": "Alice drinks green tea"}), "id 0 added"),
@@ -74,15 +109,16 @@ ADVERSARIAL_TURNS = [
 
 def test_adversarial_manager_replies_have_their_stated_outcomes():
   """Each adversarial reply of ADVERSARIAL_TURNS, applied turn by turn through build_banks, does what it states."""
-  replies = [reply for _, reply, _ in ADVERSARIAL_TURNS]
-  (bank,), stats = runner.build_banks(_scripted(replies), [_conversation(len(replies))], _bank, CFG)
+  manager = _BankIdManager(reply for _, reply, _ in ADVERSARIAL_TURNS)
+  (bank,), stats = runner.build_banks(manager.policy(), [_conversation(len(ADVERSARIAL_TURNS))], manager.bank_factory,
+                                      CFG)
   texts = {e.memory_id: e.text for e in bank.entries()}
   expected = {1: "Alice drinks black tea", **{i: f"Bob fact {i - 2}" for i in range(2, MAX_OPS + 2)},
               MAX_OPS + 2: UNICODE_GARBAGE, MAX_OPS + 3: "Bob rides a red bike"}
   assert texts == expected
   assert bank.get(1).speaker == "Bob" and bank.get(2).speaker == "Alice"
   # Format errors: deleted-id UPDATE, 5000 ops, nested, truncated, garbage, 2 MB, unknown id. Rejected: 1 UPDATE.
-  assert (stats.format_errors, stats.rejected_ops, stats.manager_calls) == (7, 1, len(replies))
+  assert (stats.format_errors, stats.rejected_ops, stats.manager_calls) == (7, 1, len(ADVERSARIAL_TURNS))
   assert dict(stats.ops) == {"ADD": 4 + MAX_OPS, "UPDATE": 2, "DELETE": 1, "NOOP": 4}
 
 
@@ -127,11 +163,11 @@ def test_adversarial_answer_replies_get_defined_rewards(reply, em, format_error)
 def test_manager_episodes_survive_adversarial_replies_in_every_branch():
   """Manager RL episodes (forked banks, frozen answerer) with adversarial replies give one scored experience per
   sample of the trained turn, and the walked bank ends as build_banks' would."""
-  replies = [reply for _, reply, _ in ADVERSARIAL_TURNS]
-  conv = _conversation(len(replies))
+  manager = _BankIdManager(reply for _, reply, _ in ADVERSARIAL_TURNS)
+  conv = _conversation(len(ADVERSARIAL_TURNS))
   answerer = ScriptedPolicy(lambda chat: "**Answer:** black tea" if "black tea" in chat[1]["content"] else "?")
-  experiences, stats = runner.manager_episodes(_scripted(replies), answerer, [conv], {"c0": conv.qa}, _bank, CFG,
-                                               n=2)
+  experiences, stats = runner.manager_episodes(manager.policy(), answerer, [conv], {"c0": conv.qa},
+                                               manager.bank_factory, CFG, n=2)
   # Only the last turn completes the question: one group of n=2 samples, both the id-1 UPDATE to "black tea".
   assert [(e.group, e.kind) for e in experiences] == [(0, "manager"), (0, "manager")]
   assert all(e.info["em"] == 1.0 and e.reward == 1.0 - CFG.format_penalty for e in experiences)
