@@ -217,8 +217,8 @@ def manager_reader(config) -> str:
 def results_table(heuristic: dict, results: list[AgentResult], reader: str = "heuristic answerer") -> str:
   """The demo's outcome as a Markdown table: held-out EM / F1 and operation mix per agent and stage, and the share of
   the change / retraction turns at which the manager UPDATEd / DELETEd ("where needed"; and either, at both kinds of
-  turn: "replaced where needed"); the manager's EM is that of
-  `reader` (see `manager_reader`) answering from the banks the manager built."""
+  turn: "replaced where needed"); the manager's EM is that of `reader` (see `manager_reader`) answering from the
+  banks the manager built."""
   lines = ["| agent | policy | held-out EM | held-out F1 | ADD | UPDATE | DELETE | NOOP | UPDATE where needed | "
            "DELETE where needed | replaced where needed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 

@@ -166,7 +166,7 @@ def test_manager_prompt_numbers_memories_by_position_and_replies_act_on_the_bank
   cfg = runner.RunnerConfig(related_k=3, extraction="statements")
   for target, format_errors in ((0, 0), (3, 1)):
     def reply(chat, target=target):
-      fact, related = read_manager_prompt(chat)
+      fact = read_manager_prompt(chat)[0]
       if fact[0] != facts[3]:
         return ops_reply([{"op": "ADD", "text": fact[0]}])
       return ops_reply([{"op": "DELETE", "id": target}])

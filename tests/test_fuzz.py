@@ -59,7 +59,7 @@ class _BankIdManager:
   """
 
   def __init__(self, replies):
-    self.replies = list(replies)
+    self.next_reply = _scripted(replies).respond
     self.banks = []
 
   def bank_factory(self) -> MemoryBank:
@@ -67,7 +67,7 @@ class _BankIdManager:
     return self.banks[-1]
 
   def _reply(self, chat) -> str:
-    reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+    reply = self.next_reply(chat)
     try:
       ops = json.loads(reply)["operations"]
     except (ValueError, KeyError, TypeError, RecursionError):

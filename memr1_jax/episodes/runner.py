@@ -169,7 +169,7 @@ def _turn_chats(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerC
   each chat shows, in order)."""
   candidates = [i for i, turns in enumerate(turn_lists) if step < len(turns)]
   extracted = _facts_for_turns([turn_lists[i][step] for i in candidates], cfg, extractor)
-  live, items, chats, valid = [], [], [], []
+  live, items, chats, shown_ids = [], [], [], []
   for i, ext in zip(candidates, extracted):
     if not ext.facts:
       continue
@@ -178,16 +178,16 @@ def _turn_chats(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerC
     live.append(i)
     items.append((session, turn))
     chats.append(chat)
-    valid.append(ids)
-  return live, items, chats, valid
+    shown_ids.append(ids)
+  return live, items, chats, shown_ids
 
 
 def _apply_replies(banks: Sequence[MemoryBank], conversations: Sequence[Conversation], live: Sequence[int], items,
-                   valid, texts: Sequence[str], cfg: RunnerConfig, stats: BankStats) -> None:
+                   shown_ids, texts: Sequence[str], cfg: RunnerConfig, stats: BankStats) -> None:
   """Parses one manager reply per live conversation (`_turn_chats`' live indexes, items and shown bank ids),
   applies it to that conversation's bank (one batched embedding call) and counts it in `stats`."""
   ops = []
-  for i, (_, turn), ids, text in zip(live, items, valid, texts):
+  for i, (_, turn), ids, text in zip(live, items, shown_ids, texts):
     parsed = parse_manager_reply(text, ids, turn.speaker, cfg)
     stats.format_errors += parsed.format_error is not None
     stats.ops.update(op.kind.value for op in parsed.ops)
@@ -212,10 +212,10 @@ def build_banks(manager: ChatPolicy, conversations: Sequence[Conversation], bank
   stats = BankStats()
   longest = max((len(t) for t in turn_lists), default=0)
   for step in range(longest):
-    live, items, chats, valid = _turn_chats(banks, turn_lists, step, cfg, extractor)
+    live, items, chats, shown_ids = _turn_chats(banks, turn_lists, step, cfg, extractor)
     samples = manager.generate(chats, n=1, greedy=greedy) if chats else []
     stats.manager_calls += len(chats)
-    _apply_replies(banks, conversations, live, items, valid, [s[0].text for s in samples], cfg, stats)
+    _apply_replies(banks, conversations, live, items, shown_ids, [s[0].text for s in samples], cfg, stats)
     if progress:
       progress(step + 1, longest)
   return banks, stats
@@ -327,7 +327,7 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
   for step in range(max((len(t) for t in turn_lists), default=0)):
     for i, at in enumerate(targets):
       answerable[i].extend(at.get(step, ()))
-    live, items, chats, valid = _turn_chats(banks, turn_lists, step, cfg, extractor)
+    live, items, chats, shown_ids = _turn_chats(banks, turn_lists, step, cfg, extractor)
     trained = [j for j, i in enumerate(live) if targets[i].get(step)]
     plain = [j for j, i in enumerate(live) if not targets[i].get(step)]
     samples: list = [None] * len(live)
@@ -344,7 +344,7 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
       i = live[j]
       session, turn = items[j]
       for s in samples[j]:
-        parsed = parse_manager_reply(s.text, valid[j], turn.speaker, cfg)
+        parsed = parse_manager_reply(s.text, shown_ids[j], turn.speaker, cfg)
         branch_banks.append(fork(banks[i]))
         branch_ops.append(parsed.ops)
         branch_meta.append((j, s, parsed))
@@ -375,5 +375,5 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
             "turn": (conversations[live[j]].sample_id, items[j][1].dia_id)}))
       group += len(groups)
     # Advance every bank with its first sample.
-    _apply_replies(banks, conversations, live, items, valid, [s[0].text for s in samples], cfg, stats)
+    _apply_replies(banks, conversations, live, items, shown_ids, [s[0].text for s in samples], cfg, stats)
   return experiences, stats
