@@ -218,7 +218,8 @@ class TaskKnobs:
     update_prob: chance per later session that a live fact changes value (and that a retracted
       slot gets a new value).
     retract_prob: chance per later session that a live fact of a retractable slot is retracted.
-    restate_prob: chance per later session that a live fact is said again unchanged (a NOOP turn).
+    restate_prob: chance per later session that a live fact is said again unchanged (a NOOP turn); for a slot
+      that cannot be retracted (city, food) the retract_prob share is a restatement too.
     filler_ratio: chance, repeated, of one more filler exchange before each fact (at most
       `_MAX_FILLERS_PER_GAP`); 0 means no filler between facts.
     echo_prob: chance that the other speaker's reply repeats the new value ("Lyon is a lovely city!").
