@@ -8,6 +8,7 @@ cannot be restored (a missing or damaged file, an array whose shape differs from
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -15,6 +16,16 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
+
+
+
+
+def _drop_missing_metric_warning(record) -> bool:
+  """Steps without an evaluation save no metrics by design; orbax warns about each such save."""
+  return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_drop_missing_metric_warning)
 
 
 class CheckpointError(ValueError):

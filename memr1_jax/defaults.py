@@ -6,6 +6,9 @@ one code path from the CPU demo to a TPU pod, different numbers.
 
 from __future__ import annotations
 
+import json
+import os
+
 import ml_collections
 
 MODES = ("train", "sft", "eval", "export", "demo")
@@ -290,3 +293,29 @@ def default_config() -> ml_collections.ConfigDict:
   # Where mode=export writes the Hugging Face directory.
   c.export.path = ""
   return c
+
+
+def redacted(config) -> dict:
+  """`config` as a JSON-able dict (for config.json and checkpoint metadata) with the judge API key's value redacted.
+
+  The config holds only the NAME of the key's environment variable (config.eval.judge_api_key_env); should the key
+  itself have been pasted into any field, "<redacted>" is saved in its place.
+  """
+  text = config.to_json_best_effort()
+  key_env = config.eval.judge_api_key_env
+  key = os.environ.get(key_env, "") if key_env else ""
+  if key:
+    text = text.replace(json.dumps(key)[1:-1], "<redacted>")
+  return json.loads(text)
+
+
+def save(config, path: str) -> str:
+  """Writes `redacted(config)` to `path` as JSON, atomically (temporary file, then rename); returns `path`."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(redacted(config), f, indent=2, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  return path

@@ -41,11 +41,12 @@ import time
 
 import jax
 
-from memr1_jax import components, sft, train
+from memr1_jax import components, console, sft, train
 from memr1_jax.agents import heuristics, prompts
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import ScriptedPolicy
 from memr1_jax.metrics_writer import read_jsonl
+from memr1_jax.models.loading import export_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +62,15 @@ INSTRUCTIONS = (prompts.MANAGER_SYSTEM_PROMPT, prompts.ANSWER_SYSTEM_PROMPT, pro
 @dataclasses.dataclass
 class AgentResult:
   """Held-out scores of one agent's RL run: `before` (the SFT start) and `after` (the last step), each a dict of
-  eval/em, eval/f1 and, for the manager, eval/ops/<OP> shares; the run's directory and its wall time."""
+  eval/em, eval/f1 and, for the manager, eval/ops/<OP> shares; the run's directory, the trained policy exported as a
+  Hugging Face directory, and the run's wall time."""
 
   agent: str
   algorithm: str
   before: dict
   after: dict
   workdir: str
+  model: str
   seconds: float
 
 
@@ -132,21 +135,24 @@ def _eval_scores(metrics: dict) -> dict:
   return {k: v for k, v in metrics.items() if k.startswith("eval/")}
 
 
-def train_agent(config, agent: str, init_path: str, workdir: str | None = None, progress_position: int = 0
+def train_agent(config, agent: str, init_path: str, workdir: str | None = None, progress=console.bar
                 ) -> AgentResult:
   """Stage 3 for one agent: held-out scores of the SFT start, RL, held-out scores after the last step."""
   start = time.perf_counter()
-  trainer = train.Trainer(rl_config(config, agent, init_path, workdir), progress_position)
+  trainer = train.Trainer(rl_config(config, agent, init_path, workdir), progress)
   before = trainer.evaluate(trainer.config.data.eval_split)
   trainer.writer.write(0, before)
   last = trainer.run()
   after = _eval_scores(last) or trainer.evaluate(trainer.config.data.eval_split)  # (a resumed, finished run)
-  return AgentResult(agent, config.algorithm, _eval_scores(before), after, trainer.workdir,
+  model = os.path.join(trainer.workdir, "hf")
+  export_pretrained(trainer.learner.policy(), model, tokenizer_dir=components.tokenizer_dir(trainer.config))
+  return AgentResult(agent, config.algorithm, _eval_scores(before), after, trainer.workdir, model,
                      time.perf_counter() - start)
 
 
 def _start_child(config) -> None:
-  """A worker process's start: JAX settings, then the imports and the CPU backend of a training run."""
+  """A worker process's start: logging and JAX settings, then the imports and the CPU backend of a training run."""
+  console.setup()
   components.configure_jax(config)
   import tensorboardX  # pylint: disable=g-import-not-at-top,unused-import
   jax.devices()
@@ -177,10 +183,16 @@ def train_agents(config, runs: list[tuple], init_path: str,
   pool = pool or agent_pool(config, len(runs))
   if pool is None:
     return [train_agent(c, agent, init_path, workdir) for c, agent, workdir in runs]
-  with pool:
-    futures = [pool.submit(train_agent, c, agent, init_path, workdir, position)
-               for position, (c, agent, workdir) in enumerate(runs)]
-    return [f.result() for f in futures]
+  # The workers' progress bars are drawn here, one line each, from the updates they send.
+  with pool, multiprocessing.get_context("spawn").Manager() as manager:
+    queue = manager.Queue()
+    renderer = console.BarRenderer(queue)
+    try:
+      futures = [pool.submit(train_agent, c, agent, init_path, workdir, console.QueueBar(queue, position))
+                 for position, (c, agent, workdir) in enumerate(runs)]
+      return [f.result() for f in futures]
+    finally:
+      renderer.stop()
 
 
 def heuristic_scores(config) -> dict:
@@ -306,10 +318,15 @@ def run(config) -> dict:
     json.dump(out, f, indent=2)
   with open(os.path.join(config.workdir, "results.md"), "w", encoding="utf-8") as f:
     f.write(table + "\n")
-  timing_lines = "\n".join(f"  {name}: {seconds:.0f} s" for name, seconds in timings.items())
-  print(f"\nHeld-out results ({len(components.load_splits(config)[config.data.eval_split])} conversations, greedy "
-        f"decoding):\n\n{table}\n\nReward curves: {plot}\nTensorBoard: tensorboard --logdir {config.workdir}\n"
-        f"Wall time:\n{timing_lines}", flush=True)
+  num_eval = len(components.load_splits(config)[config.data.eval_split])
+  lines = [f"\nHeld-out results ({num_eval} conversations, greedy decoding):\n", table, "",
+           f"results:      {os.path.join(config.workdir, 'results.md')} (and results.json)",
+           f"reward plot:  {plot}", f"SFT model:    {init_path}"]
+  names = {"answer": "answer agent:", "manager": "manager:"}
+  lines += [f"{names[r.agent]:13} {r.model} (checkpoints: {os.path.join(r.workdir, 'checkpoints')})" for r in results]
+  lines += [f"logs:         tensorboard --logdir {config.workdir} (metrics.jsonl in each run's directory)",
+            "wall time:    " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())]
+  print("\n".join(lines), flush=True)
   return out
 
 
@@ -418,11 +435,9 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
 
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   from memr1_jax.models import config as model_config  # pylint: disable=g-import-not-at-top
   from memr1_jax.models import decoder as decoder_lib  # pylint: disable=g-import-not-at-top
-  from memr1_jax.models.loading import export_pretrained  # pylint: disable=g-import-not-at-top
   from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
   from memr1_jax.rl import train_state as ts  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
@@ -451,13 +466,15 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
               (steps, examples, batch_size, 256, "the task's text"))
     for num_steps, items, rows_per_step, bucket, what in phases:
       step_fn = sft.make_sft_step(spec, rows_per_step)
-      bar = tqdm(range(num_steps), desc=f"pretraining the demo base: {what}", unit="step", dynamic_ncols=True)
-      for step in bar:
+      bar = console.bar(num_steps, desc=f"pretraining the demo base: {what}")
+      for step in range(num_steps):
         rows = sft.pack_examples(train.batch_for_step(items, step, rows_per_step, seed), rows=rows_per_step,
                                  pad_id=tokenizer.pad_token_id, min_prompt_bucket=1, min_response_bucket=bucket)
         state, metrics = step_fn(state, frozen, rows)
         if step % 50 == 0:
           bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
+        bar.update(1)
+      bar.close()
     # bfloat16 halves the file shipped in the repo; the demo computes in float32 (config.model.dtype).
     export_pretrained(ts.policy_model(spec, state, frozen), out_dir, dtype="bfloat16", tokenizer_dir=tokenizer_dir)
   return out_dir

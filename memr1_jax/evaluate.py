@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import time
 from collections.abc import Sequence
 
 import jax
 
-from memr1_jax import components, train
+from memr1_jax import components, console, train
 from memr1_jax.data.schema import Conversation
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import ChatPolicy, EnginePolicy
@@ -38,7 +37,6 @@ from memr1_jax.eval import report as report_lib
 from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.operations import OpKind
 
-logger = logging.getLogger(__name__)
 
 # config.eval.manager_path value selecting the heuristic manager that ADDs every turn's simple fact.
 ADD_ALL = "add_all"
@@ -61,9 +59,19 @@ class EvalOutcome:
   seconds: dict[str, float]
 
 
-def _log_progress(done: int, total: int) -> None:
-  if done == total or done % max(1, total // 10) == 0:
-    logger.info("bank building: turn %d of %d", done, total)
+class _BankProgress:
+  """runner.build_banks' progress callback as a bar over dialogue turns (opened at the first call)."""
+
+  def __init__(self):
+    self.bar, self.done = None, 0
+
+  def __call__(self, done: int, total: int) -> None:
+    if self.bar is None:
+      self.bar = console.bar(total, desc="bank building (turns)", disable=jax.process_index() != 0)
+    self.bar.update(done - self.done)
+    self.done = done
+    if done == total:
+      self.bar.close()
 
 
 def build_eval_banks(conversations: Sequence[Conversation], manager: ChatPolicy | None, bank_factory,
@@ -76,7 +84,7 @@ def build_eval_banks(conversations: Sequence[Conversation], manager: ChatPolicy 
     stats.ops["ADD"] = sum(len(bank) for bank in banks.values())
     return banks, stats
   built, stats = runner.build_banks(manager, conversations, bank_factory, rcfg, extractor=extractor, greedy=True,
-                                    progress=_log_progress)
+                                    progress=_BankProgress())
   return {conv.sample_id: bank for conv, bank in zip(conversations, built)}, stats
 
 
@@ -235,7 +243,6 @@ def run(config) -> dict:
   outcome = evaluate_conversations(conversations, manager=manager, answerer=answerer, bank_factory=bank_factory,
                                    rcfg=train.runner_config(config), extractor=extractor, judge=judge)
   report = report_dict(outcome, info)
-  logger.info("bank building: %s", report["banks"])
   if jax.process_index() != 0:
     return report
   out_dir = os.path.join(config.workdir, "eval", e.split)

@@ -11,13 +11,10 @@ multi-host run call it; process 0 writes.
 
 from __future__ import annotations
 
-import logging
 import os
 
 from memr1_jax import components
 from memr1_jax.models.loading import export_pretrained
-
-logger = logging.getLogger(__name__)
 
 
 def run(config) -> str:
@@ -34,6 +31,5 @@ def run(config) -> str:
   if step is None:
     raise no_checkpoint
   export_pretrained(model, path, tokenizer_dir=components.tokenizer_dir(config))
-  logger.info("exported step %d of %s to %s", step, config.workdir, path)
-  print(f"# exported step {step} of {config.workdir} to {path}", flush=True)
+  print(f"exported step {step} of {config.workdir} to {path}", flush=True)
   return path

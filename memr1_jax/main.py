@@ -14,13 +14,14 @@ import re
 import sys
 
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from memr1_jax import defaults
+from memr1_jax import console, defaults
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a configs/*.py file.", lock_config=True)
 flags.mark_flags_as_required(["config"])
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' INFO records (orbax, absl, jax, transformers).")
 
 # mode -> module with a `run(config)` function; modules are imported only when their mode is chosen.
 MODE_MODULES = {
@@ -156,8 +157,9 @@ def main(argv):
     validate_config(config, source)
   except ConfigError as e:
     sys.exit(f"error: {e}")
-  logging.info("Resolved config from %s:\n%s", source, config)
-  print(f"# config: {source}\n{config}", flush=True)
+  console.setup(_VERBOSE.value)
+  saved = defaults.save(config, os.path.join(config.workdir, "config.json"))
+  print(f"{config.mode}: {source}, resolved config in {saved}", flush=True)
   try:
     module = importlib.import_module(MODE_MODULES[config.mode])
   except ModuleNotFoundError as e:

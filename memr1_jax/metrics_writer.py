@@ -1,4 +1,4 @@
-"""Metrics to TensorBoard (tensorboardX event files), a JSONL log and the console.
+"""Metrics to TensorBoard (tensorboardX event files) and a JSONL log.
 
 Only process 0 writes (`enabled`); every value is a Python float fetched once per step.
 """
@@ -6,15 +6,7 @@ Only process 0 writes (`enabled`); every value is a Python float fetched once pe
 from __future__ import annotations
 
 import json
-import logging
 import os
-
-logger = logging.getLogger(__name__)
-
-# Shown on the console line of each step, in this order, when present.
-CONSOLE_KEYS = ("rollout/reward", "rollout/em", "rollout/format_error", "train/loss", "train/kl", "train/entropy",
-                "train/clip_fraction", "train/grad_norm", "eval/em", "eval/f1", "perf/rollout_tokens_per_s",
-                "perf/update_tokens_per_s", "perf/mfu")
 
 
 class MetricsWriter:
@@ -38,8 +30,6 @@ class MetricsWriter:
     self._tb.flush()
     self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
     self._jsonl.flush()
-    shown = " ".join(f"{k.split('/', 1)[1]}={metrics[k]:.4g}" for k in CONSOLE_KEYS if k in metrics)
-    logger.info("step %d %s", step, shown)
 
   def close(self) -> None:
     if self.enabled:

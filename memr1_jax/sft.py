@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from memr1_jax import components, multihost
+from memr1_jax import components, console, defaults, multihost
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.metrics_writer import MetricsWriter
 from memr1_jax.sampling.generation import bucket_size, length_bucket
@@ -205,8 +205,6 @@ def run(config, progress: bool = True) -> dict:
     {"first_loss", "last_loss", "steps", "examples", "truncated", "export_path"} (losses in nats per token, the
     first and last step of this run).
   """
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
   from memr1_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
   from memr1_jax.rl import train_state as ts  # pylint: disable=g-import-not-at-top
   from memr1_jax.train import batch_for_step  # pylint: disable=g-import-not-at-top
@@ -251,10 +249,9 @@ def run(config, progress: bool = True) -> dict:
   writer = MetricsWriter(c.workdir, enabled=jax.process_index() == 0)
   first = last = None
   every = s.get("checkpoint_every", 0)
-  bar = tqdm(range(start, num_steps), desc="sft", unit="step", disable=not progress or jax.process_index() != 0,
-             dynamic_ncols=True)
+  bar = console.bar(num_steps, initial=start, desc="sft", disable=not progress or jax.process_index() != 0)
   try:
-    for step in bar:
+    for step in range(start, num_steps):
       batch = batch_for_step(examples, step, s.batch_size, c.seed)
       packed = pack_examples(batch, rows=rows, pad_id=tokenizer.pad_token_id,
                              min_prompt_bucket=c.rollout.get("min_prompt_bucket", 16),
@@ -265,12 +262,13 @@ def run(config, progress: bool = True) -> dict:
       metrics = {f"sft/{k}": float(v) for k, v in multihost.to_host(metrics).items()}
       first = metrics["sft/loss"] if first is None else first
       last = metrics["sft/loss"]
-      bar.set_postfix(loss=f"{last:.3f}")
+      bar.set_postfix(loss=f"{last:.3f}", refresh=False)
+      bar.update(1)
       if (step + 1) % c.train.log_every == 0 or step + 1 == num_steps:
         writer.write(step + 1, metrics)
       if (every and (step + 1) % every == 0) or step + 1 == num_steps:
         ckpt.save(step + 1, {"learner": state, "step": _global_step(mesh, step + 1)},
-                  {"next_step": step + 1, "mode": "sft", "config": json.loads(c.to_json_best_effort())})
+                  {"next_step": step + 1, "mode": "sft", "config": defaults.redacted(c)})
   finally:
     bar.close()
     ckpt.close()
@@ -281,6 +279,7 @@ def run(config, progress: bool = True) -> dict:
     model = lora_lib.merge_lora(model)
   out = export_path(c)
   export_pretrained(model, out, tokenizer_dir=components.tokenizer_dir(c))
-  logger.info("sft: %d steps, loss %s -> %s; exported to %s", num_steps - start, first, last, out)
+  logger.info("sft: %d steps, loss %s -> %s; model: %s", num_steps - start,
+              *(f"{v:.3f}" if v is not None else "-" for v in (first, last)), out)
   return {"first_loss": first, "last_loss": last, "steps": num_steps, "examples": len(examples),
           "truncated": truncated, "export_path": out}

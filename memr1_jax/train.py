@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memr1_jax import components, multihost
-from memr1_jax import faults
+from memr1_jax import components, console, defaults, faults, multihost
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.episodes import batching, runner
 from memr1_jax.episodes.policy import EnginePolicy, ScriptedPolicy
@@ -128,20 +127,6 @@ class Learner:
     return {k: float(v) for k, v in multihost.to_host(metrics).items()}
 
 
-def metadata_config(config) -> dict:
-  """`config` as a JSON-able dict for checkpoint metadata, with the judge API key's value redacted.
-
-  The config holds only the NAME of the key's environment variable (config.eval.judge_api_key_env); should the key
-  itself have been pasted into any field, "<redacted>" is saved in its place.
-  """
-  text = config.to_json_best_effort()
-  key_env = config.eval.judge_api_key_env
-  key = os.environ.get(key_env, "") if key_env else ""
-  if key:
-    text = text.replace(json.dumps(key)[1:-1], "<redacted>")
-  return json.loads(text)
-
-
 def _training_items(config, splits):
   """What one step samples from: (conversation, question) pairs (answer agent) or conversations (manager)."""
   train = splits["train"]
@@ -207,9 +192,9 @@ def _summarise(experiences) -> dict:
 class Trainer:
   """Owns one training run: components, learner, checkpoints, metrics."""
 
-  def __init__(self, config, progress_position: int = 0):
+  def __init__(self, config, progress=console.bar):
     self.config = config
-    self.progress_position = progress_position  # Line of the progress bar (several trainers at once: one each).
+    self.progress = progress  # Makes the run's progress bar (console.bar, or a console.QueueBar in a worker).
     self.faults = faults.from_env()  # Test-only fault injection (MEMR1_FAULT); {} in normal runs.
     self.workdir = config.workdir
     os.makedirs(self.workdir, exist_ok=True)
@@ -260,7 +245,7 @@ class Trainer:
     logger.info("resumed from %s at step %d", self.ckpt.directory, self.start_step)
 
   def save(self, next_step: int, metrics: dict | None = None) -> None:
-    meta = {"next_step": next_step, "config": metadata_config(self.config)}
+    meta = {"next_step": next_step, "config": defaults.redacted(self.config)}
     self.ckpt.save(next_step, self._ckpt_state(next_step), meta, metrics=metrics)
 
   # Episodes.
@@ -325,12 +310,11 @@ class Trainer:
     dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     rows_multiple = int(np.lcm(c.rl.micro_batch_size * c.rl.num_minibatches, dp))
     pad_id = self.rollout.engine.pad_token_id
-    nonfinite, last = 0, {}
+    nonfinite, last, bar = 0, {}, None
     try:
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      bar = tqdm(range(self.start_step, c.train.num_steps), desc=f"{c.agent} {c.algorithm}", unit="step",
-                 disable=jax.process_index() != 0, dynamic_ncols=True, position=self.progress_position)
-      for step in bar:
+      bar = self.progress(c.train.num_steps, initial=self.start_step, desc=f"{c.agent} {c.algorithm}",
+                          disable=jax.process_index() != 0)
+      for step in range(self.start_step, c.train.num_steps):
         t0 = time.perf_counter()
         experiences = self.episodes(step)
         t_rollout = time.perf_counter() - t0
@@ -371,7 +355,8 @@ class Trainer:
         if c.train.eval_every and (step + 1) % c.train.eval_every == 0:
           metrics.update(self.evaluate(c.data.eval_split))
         self.writer.write(step + 1, metrics)
-        bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in ("rollout/reward", "eval/em") if k in metrics})
+        bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in BAR_KEYS if k in metrics}, refresh=False)
+        bar.update(1)
         last = metrics
         if (step + 1) % c.train.checkpoint_every == 0 or step + 1 == c.train.num_steps or self._stop_signal:
           self.save(step + 1, {k: v for k, v in metrics.items() if k == "eval/em"} or None)
@@ -383,12 +368,25 @@ class Trainer:
         print(f"param_checksum process={jax.process_index()} updates={updates} "
               f"sha256={multihost.tree_checksum(self.learner.state)}", flush=True)
     finally:
+      if bar is not None:
+        bar.close()
       signal.signal(signal.SIGTERM, previous)
       self.ckpt.close()
       self.writer.close()
     return last
 
 
+# Shown beside each run's progress bar, when present.
+BAR_KEYS = ("rollout/reward", "train/loss", "eval/em")
+
+
 def run(config) -> dict:
-  """Entry point of mode=train; returns the last step's metrics."""
-  return Trainer(config).run()
+  """Entry point of mode=train; returns the last step's metrics and prints where the run's outputs are."""
+  trainer = Trainer(config)
+  last = trainer.run()
+  scores = "  ".join(f"{k}={v:.3f}" for k, v in last.items() if k.startswith("eval/") and "/" not in k[5:])
+  print(f"{config.agent} {config.algorithm}: {config.train.num_steps} steps" + (f"; {scores}" if scores else ""),
+        f"  checkpoints: {trainer.ckpt.directory} (latest step {trainer.ckpt.latest_step()})",
+        f"  metrics: {os.path.join(trainer.workdir, 'metrics.jsonl')} "
+        f"(tensorboard --logdir {os.path.join(trainer.workdir, 'tb')})", sep="\n", flush=True)
+  return last

@@ -445,7 +445,7 @@ def test_key_pasted_into_the_config_is_redacted_from_checkpoint_metadata(monkeyp
   monkeypatch.setenv("OPENAI_API_KEY", SECRET)
   config = defaults.default_config()
   config.eval.judge = f"https://judge.example/v1?key={SECRET}"
-  saved = json.dumps(train.metadata_config(config))
+  saved = json.dumps(defaults.redacted(config))
   assert SECRET not in saved and "key=<redacted>" in saved
 
 

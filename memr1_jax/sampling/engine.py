@@ -138,7 +138,7 @@ class RolloutEngine:
       new_tokens = int(out.mask.sum())
       total_tokens += new_tokens
       dt = time.perf_counter() - t0
-      logger.info("rollout micro-batch %d/%d: %d prompts x %d samples, %d new tokens in %.2fs (%.1f tokens/s)",
+      logger.debug("rollout micro-batch %d/%d: %d prompts x %d samples, %d new tokens in %.2fs (%.1f tokens/s)",
                   c + 1, len(chunks), len(chunk), n, new_tokens, dt, new_tokens / max(dt, 1e-9))
       for r in range(len(chunk) * n):
         i, j = chunk[r // n], r % n
@@ -153,6 +153,6 @@ class RolloutEngine:
             sampling_logprobs=out.sampling_logprobs[r, :length], text=text,
             finish_reason="stop" if stopped else "length", prompt_index=i, sample_index=j)
     dt = time.perf_counter() - start
-    logger.info("rollout: %d completions, %d new tokens in %.2fs (%.1f tokens/s)", len(results), total_tokens, dt,
+    logger.debug("rollout: %d completions, %d new tokens in %.2fs (%.1f tokens/s)", len(results), total_tokens, dt,
                 total_tokens / max(dt, 1e-9))
     return results
