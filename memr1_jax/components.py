@@ -16,14 +16,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memr1_jax import errors
 from memr1_jax import sharding as sharding_lib
 from memr1_jax.data.schema import Conversation
 
 logger = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-  """A config field holds a value the program cannot use (the message names the field)."""
+ConfigError = errors.ConfigError
 
 
 def configure_jax(config) -> None:
@@ -135,7 +135,9 @@ def load_trained_policy(config, mesh, checkpoint: str = "latest"):
         lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype,
                                        sharding=x.sharding), nnx.to_pure_dict(trained))
     try:
-      restored, _, _ = ckpt.restore_partial({"learner": {"policy": target}}, step)
+      # "latest" restores the newest step that verifies (an older one when the newest is damaged).
+      restored, _, step = ckpt.restore_partial({"learner": {"policy": target}},
+                                               None if checkpoint == "latest" else step)
     except (ValueError, KeyError, FileNotFoundError) as e:
       raise ConfigError(f"{directory}/{step}: cannot read the policy of config.model (preset/path, "
                         f"lora_rank={config.model.lora_rank}) from this checkpoint ({type(e).__name__}: {e})") from None

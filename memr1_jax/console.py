@@ -41,6 +41,8 @@ def setup(verbose: bool | None = None) -> None:
     package.removeHandler(handler)
   if verbose:
     absl_logging.set_verbosity(absl_logging.INFO)
+    logging.getLogger().setLevel(logging.INFO)
+    package.setLevel(logging.NOTSET)
     package.propagate = True
     return
   # Before transformers is first imported: its import-time advice ("PyTorch was not found") and INFO records.
@@ -161,7 +163,7 @@ class BarRenderer:
         elif event == "postfix":
           b.set_postfix(value, refresh=False)
         else:
-          b.refresh()
+          b.close()
 
   def stop(self) -> None:
     """Waits for the queued updates, then closes every bar in line order."""

@@ -51,8 +51,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.lora_rank = 0
   # LoRA scaling numerator (update = alpha / rank * B A).
   c.model.lora_alpha = 16.0
-  # Frozen model that answers questions in manager training and judges (empty: the policy's base weights).
-  c.model.frozen_answer_path = ""
 
   c.mesh = ml_collections.ConfigDict()
   # Device mesh shape over (data, fsdp, tensor); one entry may be -1 (all remaining devices).
@@ -74,9 +72,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.path = ""
   # Directory holding the datasets (and the tfds cache).
   c.data.data_dir = "data"
-  # Training split (LoCoMo: conv-26 train 152 QA, conv-30 validation 81 QA, 8 test conversations 1307 QA).
-  c.data.train_split = "train"
-  # Split used for best-checkpoint selection.
+  # Split used for best-checkpoint selection (LoCoMo's paper split: conv-26 trains on 152 QA, conv-30 validates on
+  # 81, 8 test conversations hold 1307).
   c.data.eval_split = "validation"
   # Include LoCoMo category 5 (adversarial) questions.
   c.data.include_adversarial = False
@@ -258,6 +255,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.judge_api_key_env = "OPENAI_API_KEY"
   # Longest judge reply in tokens (local judge and HTTP endpoint).
   c.eval.judge_max_tokens = 64
+  # Retries of a failed judge request (HTTP 429 / 5xx, connection errors) after 1 s, 2 s, 4 s, ... of waiting.
+  c.eval.judge_retries = 3
   # Checkpoint of <workdir>/checkpoints the policy is read from: latest | best (by validation EM) | none (base).
   c.eval.checkpoint = "latest"
 
@@ -292,6 +291,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.export = ml_collections.ConfigDict()
   # Where mode=export writes the Hugging Face directory.
   c.export.path = ""
+  # Replace a previous export at export.path (never anything else: the run, the model read, other files).
+  c.export.overwrite = False
   return c
 
 

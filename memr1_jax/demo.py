@@ -141,11 +141,13 @@ def train_agent(config, agent: str, init_path: str, workdir: str | None = None, 
   start = time.perf_counter()
   trainer = train.Trainer(rl_config(config, agent, init_path, workdir), progress)
   before = trainer.evaluate(trainer.config.data.eval_split)
-  trainer.writer.write(0, before)
+  if trainer.ckpt.latest_step() is None:  # A resumed run logged step 0 on its first try.
+    trainer.writer.write(0, before)
   last = trainer.run()
   after = _eval_scores(last) or trainer.evaluate(trainer.config.data.eval_split)  # (a resumed, finished run)
   model = os.path.join(trainer.workdir, "hf")
-  export_pretrained(trainer.learner.policy(), model, tokenizer_dir=components.tokenizer_dir(trainer.config))
+  export_pretrained(trainer.learner.policy(), model, tokenizer_dir=components.tokenizer_dir(trainer.config),
+                    overwrite=True)  # This run's own export of an earlier (interrupted) try.
   return AgentResult(agent, config.algorithm, _eval_scores(before), after, trainer.workdir, model,
                      time.perf_counter() - start)
 
@@ -476,7 +478,8 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
         bar.update(1)
       bar.close()
     # bfloat16 halves the file shipped in the repo; the demo computes in float32 (config.model.dtype).
-    export_pretrained(ts.policy_model(spec, state, frozen), out_dir, dtype="bfloat16", tokenizer_dir=tokenizer_dir)
+    export_pretrained(ts.policy_model(spec, state, frozen), out_dir, dtype="bfloat16", tokenizer_dir=tokenizer_dir,
+                      overwrite=True)  # Rebuilding replaces the shipped base.
   return out_dir
 
 

@@ -11,25 +11,41 @@ Who plays which part (every model decodes greedily, the paper's evaluation setti
 - the answer agent (config.eval.answer_path): a checkpoint directory, or empty: the policy;
 - the judge (config.eval.judge): "" (off), "local" (the answer agent's model through the rollout engine) or the
   base URL of an OpenAI-compatible endpoint (config.eval.judge_model; the API key is read from the environment
-  variable NAMED by config.eval.judge_api_key_env, and only process 0 calls it).
+  variable NAMED by config.eval.judge_api_key_env, and only process 0 calls it). An endpoint gets one tiny request
+  before any model loads: a judge that does not answer stops the eval at once (JudgeError: endpoint, model, reason).
 
-Writes under <workdir>/eval/<split>/: report.txt and report.json (per category: count, EM, F1, BLEU-1, J and
-LoCoMo F1), predictions.jsonl (per question: question, gold, prediction, category, scores, judge label and the
-memories the answer agent was shown) and banks.json (operation mix of bank building, format errors, timings).
+Each report has its own directory, <workdir>/eval/<split>/<checkpoint>-step<N> ("base" when the policy's weights
+come from no checkpoint of the workdir), so the reports of latest, best and none sit side by side:
+- report.txt and report.json: per category count, EM, F1, BLEU-1, J and LoCoMo F1, with the provenance (the
+  checkpoint path and step of each model, the config with the API key redacted, the judge, timestamps), the
+  operation mix of bank building and timings;
+- predictions.jsonl: per question its question, gold, prediction, category, scores, judge label and the memories
+  the answer agent was shown; appended and flushed as each batch of questions is answered;
+- verdicts.jsonl: the judge's verdicts, one flushed line each, keyed by a hash of (judge model, question, gold,
+  prediction);
+- state.json: the settings the predictions depend on (and their fingerprint), and the bank-building stats.
+An interrupted eval (a killed process, a judge that went down half way) resumes when rerun: questions already in
+predictions.jsonl under the same settings are not answered again (with none left, the banks are not rebuilt either)
+and cached verdicts are not asked again. Files of a run of other settings are moved to superseded-<time>-*/ first.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import datetime
+import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 
-from memr1_jax import components, console, train
-from memr1_jax.data.schema import Conversation
+from memr1_jax import components, console, defaults, train
+from memr1_jax.data.schema import QA, Conversation
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import ChatPolicy, EnginePolicy
 from memr1_jax.eval import judge as judge_lib
@@ -40,6 +56,10 @@ from memr1_jax.memory.operations import OpKind
 
 # config.eval.manager_path value selecting the heuristic manager that ADDs every turn's simple fact.
 ADD_ALL = "add_all"
+# The files of a report directory that an interrupted eval resumes from.
+STATE_FILE, PREDICTIONS_FILE, VERDICTS_FILE = "state.json", "predictions.jsonl", "verdicts.jsonl"
+# The files a run of other settings moves aside (the verdict cache stays: its keys name what they grade).
+RUN_FILES = (STATE_FILE, PREDICTIONS_FILE, "report.json", "report.txt", "banks.json")
 
 
 @dataclasses.dataclass
@@ -50,13 +70,117 @@ class EvalOutcome:
     rows: per-category scores, then the overall row (`eval.report.category_report`).
     predictions: one JSON-ready dict per question, in split order.
     bank_stats: operation mix, format errors and manager calls of bank building.
-    seconds: wall time of each phase ("banks", "answers", "judge").
+    seconds: wall time of each phase ("banks", "answers", "judge") of this run.
+    work: what this run did and what it took from an earlier one ("answered", "answers_resumed",
+      "verdicts_asked", "banks_resumed").
   """
 
   rows: list[report_lib.GroupScores]
   predictions: list[dict]
   bank_stats: runner.BankStats
   seconds: dict[str, float]
+  work: dict = dataclasses.field(default_factory=dict)
+
+
+def _share(obj):
+  """Process 0's JSON-able `obj` on every process: what the processes generate must match (generation is collective
+  across hosts), and only process 0 reads the report directory."""
+  if jax.process_count() == 1:
+    return obj
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  # Bytes travel as int32 (collectives of every backend sum those); the size first, as shapes must match.
+  data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8) if jax.process_index() == 0 else None
+  size = int(multihost_utils.broadcast_one_to_all(np.array(0 if data is None else data.size, np.int32)))
+  buffer = np.zeros(size, np.int32) if data is None else data.astype(np.int32)
+  shared = np.asarray(multihost_utils.broadcast_one_to_all(buffer)).astype(np.uint8)
+  return json.loads(shared.tobytes().decode("utf-8"))
+
+
+def _answer_key(sample_id: str, qid: str, question: str) -> str:
+  """A question's key in predictions.jsonl."""
+  return json.dumps([sample_id, qid, question], ensure_ascii=False)
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class EvalStore:
+  """The resumable files of one report directory (see the module doc); `directory` None keeps everything in memory
+  (tests, and every process but 0).
+
+  Attributes:
+    fingerprint: a hash of `settings`, the things the predictions depend on.
+    answers: the prediction records saved under the same settings, by `_answer_key`.
+    bank_mix: the saved bank-building stats (`operation_mix`), None before the banks are built.
+    verdicts: the judge's `VerdictCache`.
+    note: one line on what opening the directory found (resumed or superseded files), "" for a fresh one.
+  """
+
+  def __init__(self, directory: str | None, settings: dict):
+    """Opens `directory`: resumes its files when their settings equal `settings`, else moves them aside."""
+    self.directory, self.settings = directory, settings
+    self.fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    self.answers: dict[str, dict] = {}
+    self.bank_mix: dict | None = None
+    self.note = ""
+    if directory:
+      os.makedirs(directory, exist_ok=True)
+      self._open()
+    self.verdicts = judge_lib.VerdictCache(self._path(VERDICTS_FILE) if directory else None)
+    if not self.note and (self.answers or len(self.verdicts)):
+      self.note = f"resuming {directory}: its {len(self.answers)} answers and {len(self.verdicts)} verdicts are reused"
+
+  def _path(self, name: str) -> str:
+    return os.path.join(self.directory, name)
+
+  def _open(self) -> None:
+    try:
+      with open(self._path(STATE_FILE), encoding="utf-8") as f:
+        state = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+      state = None
+    state = state if isinstance(state, dict) else None
+    if state is not None and state.get("fingerprint") == self.fingerprint:
+      self.bank_mix = state.get("banks")
+      for row in report_lib.read_jsonl(self._path(PREDICTIONS_FILE)):
+        if all(isinstance(row.get(k), str) for k in ("sample_id", "qid", "question", "prediction")):
+          self.answers[_answer_key(row["sample_id"], row["qid"], row["question"])] = row
+      return
+    stale = [name for name in RUN_FILES if os.path.exists(self._path(name))]
+    if stale:
+      stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+      aside = tempfile.mkdtemp(prefix=f"superseded-{stamp}-", dir=self.directory)
+      for name in stale:
+        os.replace(self._path(name), os.path.join(aside, name))
+      old = (state or {}).get("settings")
+      changed = ([k for k in sorted(set(self.settings) | set(old)) if old.get(k) != self.settings.get(k)]
+                 if isinstance(old, dict) else ["no saved settings"])
+      self.note = (f"{self.directory} held an eval of other settings ({', '.join(changed)}): starting afresh, its "
+                   f"files moved to {aside}")
+    self._write_state()
+
+  def _write_state(self) -> None:
+    state = {"fingerprint": self.fingerprint, "settings": self.settings, "banks": self.bank_mix}
+    report_lib.write_atomic(self._path(STATE_FILE), json.dumps(state, indent=2, ensure_ascii=False) + "\n")
+
+  def save_banks(self, mix: dict) -> None:
+    """Records the bank-building stats (a rerun with every question answered skips bank building)."""
+    self.bank_mix = mix
+    if self.directory:
+      self._write_state()
+
+  def add_answers(self, records: Sequence[dict]) -> None:
+    """Records answered questions: appended to predictions.jsonl and flushed at once."""
+    for record in records:
+      self.answers[_answer_key(record["sample_id"], record["qid"], record["question"])] = record
+    if self.directory and records:
+      report_lib.append_jsonl(self._path(PREDICTIONS_FILE), records)
+
+  def finish(self, predictions: Sequence[dict]) -> None:
+    """Rewrites predictions.jsonl atomically as the final list (split order, judge labels)."""
+    text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+    report_lib.write_atomic(self._path(PREDICTIONS_FILE), text)
 
 
 class _BankProgress:
@@ -93,10 +217,18 @@ def _memory_json(bank: MemoryBank, memory_id: int) -> dict:
   return {"id": memory_id, "speaker": entry.speaker, "timestamp": entry.timestamp, "text": entry.text}
 
 
+def _answer_record(conv: Conversation, qa: QA, exp, bank: MemoryBank) -> dict:
+  """The predictions.jsonl record of `qa` answered by experience `exp` over `bank` (judge fields come later)."""
+  return {"sample_id": conv.sample_id, "qid": qa.qid, "category": qa.category, "question": qa.question,
+          "gold": qa.answer, "prediction": exp.info["answer"], "response": exp.sample.text, "em": exp.info["em"],
+          "f1": exp.info["f1"], "format_error": bool(exp.info["format_error"]),
+          "memories": [_memory_json(bank, i) for i in exp.info["memory_ids"]]}
+
+
 def evaluate_conversations(conversations: Sequence[Conversation], *, manager: ChatPolicy | None,
                            answerer: ChatPolicy, bank_factory, rcfg: runner.RunnerConfig,
-                           extractor: ChatPolicy | None = None, judge: judge_lib.Judge | None = None
-                           ) -> EvalOutcome:
+                           extractor: ChatPolicy | None = None, judge: judge_lib.Judge | None = None,
+                           store: EvalStore | None = None, batch_size: int = 64) -> EvalOutcome:
   """Builds the banks, answers every question of `conversations` greedily, judges, and scores per category.
 
   Args:
@@ -107,33 +239,63 @@ def evaluate_conversations(conversations: Sequence[Conversation], *, manager: Ch
     rcfg: retrieval sizes and extraction mode.
     extractor: the fact extractor when rcfg.extraction == "llm".
     judge: grades each prediction against the gold answer (None: no J column).
+    store: where answers and verdicts are saved as they come and resumed from (None: in memory only).
+    batch_size: questions answered (and locally judged) per call; each batch is saved before the next.
+  Raises:
+    judge_lib.JudgeError: the judge failed; the message names the directory holding the work saved so far.
   """
   items = [(conv, qa) for conv in conversations for qa in conv.qa]
   if not items:
     raise ValueError("evaluate: the conversations have no questions")
+  store = store or EvalStore(None, {})
+  saved, bank_mix = _share([store.answers, store.bank_mix])  # Process 0 alone reads the directory.
+  keys = [_answer_key(conv.sample_id, qa.qid, qa.question) for conv, qa in items]
+  todo = [i for i, key in enumerate(keys) if key not in saved]
   t0 = time.perf_counter()
-  banks, stats = build_eval_banks(conversations, manager, bank_factory, rcfg, extractor)
+  rebuild = bool(todo) or bank_mix is None
+  if rebuild:
+    banks, stats = build_eval_banks(conversations, manager, bank_factory, rcfg, extractor)
+    store.save_banks(operation_mix(stats))
+  else:  # Every answer is saved: the banks are not needed again.
+    banks, stats = {}, _bank_stats(bank_mix)
   t1 = time.perf_counter()
-  experiences = runner.answer_episodes(answerer, banks, items, rcfg, n=1, greedy=True)
+  answers = dict(saved)
+  bar = console.bar(len(items), initial=len(items) - len(todo), desc="answering (questions)",
+                    disable=jax.process_index() != 0 or not todo)
+  for start in range(0, len(todo), max(1, batch_size)):
+    batch = todo[start:start + max(1, batch_size)]
+    experiences = runner.answer_episodes(answerer, banks, [items[i] for i in batch], rcfg, n=1, greedy=True)
+    records = [_answer_record(*items[i], exp, banks[items[i][0].sample_id]) for i, exp in zip(batch, experiences)]
+    store.add_answers(records)
+    answers.update(zip((keys[i] for i in batch), records))
+    bar.update(len(batch))
+  bar.close()
   t2 = time.perf_counter()
+  answered = [answers[key] for key in keys]
   verdicts: list[judge_lib.JudgeVerdict | None] = [None] * len(items)
+  cached = len(store.verdicts)
   if judge is not None:
-    verdicts = judge.verdicts([qa.question for _, qa in items], [qa.answer for _, qa in items],
-                              [e.info["answer"] for e in experiences])
+    try:
+      verdicts = judge.cached_verdicts([a["question"] for a in answered], [a["gold"] for a in answered],
+                                       [a["prediction"] for a in answered], store.verdicts, batch_size=batch_size,
+                                       agree=_share)
+    except judge_lib.JudgeError as err:
+      if not store.directory:
+        raise
+      raise judge_lib.JudgeError(
+          f"{err}; the {len(items)} answers and {len(store.verdicts)} verdicts so far are saved in "
+          f"{store.directory}: rerun the same command to resume from them") from err
   t3 = time.perf_counter()
   records, predictions = [], []
-  for (conv, qa), exp, verdict in zip(items, experiences, verdicts):
+  for answer, verdict in zip(answered, verdicts):
     label = None if verdict is None else verdict.correct
-    records.append(report_lib.EvalRecord(qa.category, exp.info["answer"], qa.answer, label))
-    bank = banks[conv.sample_id]
-    predictions.append({
-        "sample_id": conv.sample_id, "qid": qa.qid, "category": qa.category, "question": qa.question,
-        "gold": qa.answer, "prediction": exp.info["answer"], "response": exp.sample.text, "em": exp.info["em"],
-        "f1": exp.info["f1"], "format_error": bool(exp.info["format_error"]), "judge": label,
-        "judge_format_error": None if verdict is None else verdict.format_error,
-        "memories": [_memory_json(bank, i) for i in exp.info["memory_ids"]]})
+    records.append(report_lib.EvalRecord(answer["category"], answer["prediction"], answer["gold"], label))
+    predictions.append({**answer, "judge": label,
+                        "judge_format_error": None if verdict is None else verdict.format_error})
   rows = report_lib.category_report(records, with_locomo_f1=all(1 <= r.category <= 5 for r in records))
-  return EvalOutcome(rows, predictions, stats, {"banks": t1 - t0, "answers": t2 - t1, "judge": t3 - t2})
+  work = {"answered": len(todo), "answers_resumed": len(items) - len(todo),
+          "verdicts_asked": len(store.verdicts) - cached, "banks_resumed": not rebuild}
+  return EvalOutcome(rows, predictions, stats, {"banks": t1 - t0, "answers": t2 - t1, "judge": t3 - t2}, work)
 
 
 def operation_mix(stats: runner.BankStats) -> dict:
@@ -145,33 +307,39 @@ def operation_mix(stats: runner.BankStats) -> dict:
           "manager_calls": stats.manager_calls}
 
 
+def _bank_stats(mix: dict) -> runner.BankStats:
+  """The BankStats that `operation_mix` summarised (as saved in state.json)."""
+  return runner.BankStats(ops=collections.Counter({k: v for k, v in mix["counts"].items() if v}),
+                          format_errors=mix["format_errors"], rejected_ops=mix["rejected_ops"],
+                          manager_calls=mix["manager_calls"])
+
+
 def report_dict(outcome: EvalOutcome, info: dict) -> dict:
-  """The report as JSON: {"scale", "groups"} (`eval.report.report_to_json`), `info` (which models played which
-  part), "banks" (`operation_mix`) and "seconds"."""
+  """The report as JSON: {"scale", "groups"} (`eval.report.report_to_json`), `info` (provenance: which models played
+  which part, the config, the judge, timestamps), "banks" (`operation_mix`), "seconds" and "work"."""
   return {**report_lib.report_to_json(outcome.rows), **info, "banks": operation_mix(outcome.bank_stats),
-          "seconds": outcome.seconds}
+          "seconds": outcome.seconds, "work": outcome.work}
 
 
-def write_outcome(outcome: EvalOutcome, out_dir: str, report: dict) -> None:
-  """Writes report.txt / report.json (`eval.report.write_report`), predictions.jsonl and banks.json (`report`
-  without the per-category groups) under `out_dir`."""
-  report_lib.write_report(outcome.rows, out_dir)
-  with open(os.path.join(out_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
-    for prediction in outcome.predictions:
-      f.write(json.dumps(prediction, ensure_ascii=False) + "\n")
-  with open(os.path.join(out_dir, "banks.json"), "w", encoding="utf-8") as f:
-    json.dump({k: v for k, v in report.items() if k not in ("scale", "groups")}, f, indent=2)
+def write_outcome(outcome: EvalOutcome, store: EvalStore, report: dict) -> None:
+  """Writes report.txt / report.json (`report`, through `eval.report.write_report`) and the final predictions.jsonl
+  under `store.directory`."""
+  report_lib.write_report(outcome.rows, store.directory,
+                          extra={k: v for k, v in report.items() if k not in ("scale", "groups")})
+  store.finish(outcome.predictions)
 
 
-def local_judge(policy: EnginePolicy, max_new_tokens: int) -> judge_lib.Judge:
-  """A judge that is `policy`'s model decoding greedily through its rollout engine (chat template applied)."""
+def local_judge(policy: EnginePolicy, max_new_tokens: int, name: str = "local") -> judge_lib.Judge:
+  """A judge that is `policy`'s model decoding greedily through its rollout engine (chat template applied); `name`
+  identifies that model in the verdict cache."""
   engine = policy.engine
 
   def generate_fn(prompts: list[str]) -> list[str]:
     completions = engine.generate(prompts, n=1, key=0, temperature=0.0, max_new_tokens=max_new_tokens)
     return [c.text or "" for c in completions]
 
-  return judge_lib.Judge(judge_lib.generate_fn_backend(generate_fn, render=engine.tokenizer.apply_chat_template))
+  return judge_lib.Judge(judge_lib.generate_fn_backend(generate_fn, render=engine.tokenizer.apply_chat_template),
+                         name=name)
 
 
 def http_judge(config) -> judge_lib.Judge:
@@ -179,12 +347,28 @@ def http_judge(config) -> judge_lib.Judge:
   e = config.eval
   if not e.judge_model:
     raise components.ConfigError(f"config.eval.judge_model: empty; name the model served at {e.judge!r}")
+  if e.judge_retries < 0:
+    raise components.ConfigError(f"config.eval.judge_retries={e.judge_retries}: must be 0 or more")
   try:
     http_config = judge_lib.HttpJudgeConfig(base_url=e.judge, model=e.judge_model, api_key_env=e.judge_api_key_env,
-                                            max_tokens=e.judge_max_tokens)
-    return judge_lib.Judge(judge_lib.HttpChatBackend(http_config))
+                                            max_tokens=e.judge_max_tokens, max_retries=e.judge_retries)
+    return judge_lib.Judge(judge_lib.HttpChatBackend(http_config), name=e.judge_model)
   except ValueError as err:
     raise components.ConfigError(f"config.eval.judge={e.judge!r}: {err}") from None
+
+
+def check_judge(judge: judge_lib.Judge) -> None:
+  """Process 0 sends the HTTP judge one tiny request (with its retries); when it fails, every process raises a
+  one-line JudgeError (endpoint, model, reason) before any model loads or bank is built."""
+  error = ""
+  if jax.process_index() == 0:
+    try:
+      judge.backend.check()
+    except judge_lib.JudgeError as err:
+      error = f"{err}; eval stopped before loading any model (config.eval.judge, config.eval.judge_model)"
+  error = _share(error)
+  if error:
+    raise judge_lib.JudgeError(error)
 
 
 def _check_config(config) -> None:
@@ -202,8 +386,21 @@ def _check_config(config) -> None:
         "'llm' needs a model manager (or set it to 'simple')")
 
 
+def eval_settings(config, conversations: Sequence[Conversation], policies: dict) -> dict:
+  """What an eval's predictions depend on: the split's content, the models (`policies`: each part's provenance) and
+  the config sections that change an answer. The judge is not among them: a verdict is cached under its model."""
+  saved = defaults.redacted(config)
+  split = hashlib.sha256()
+  for conv in conversations:
+    split.update(json.dumps(dataclasses.asdict(conv), sort_keys=True, default=str).encode("utf-8"))
+  return {"split": [config.eval.split, split.hexdigest()], "policies": policies, "seed": config.seed,
+          "model": saved["model"], "memory": saved["memory"],
+          "rollout": {k: saved["rollout"][k] for k in ("max_prompt_len", "max_new_tokens")}}
+
+
 def run(config) -> dict:
-  """Entry point of mode=eval; returns the report (see `write_outcome`) and prints its table."""
+  """Entry point of mode=eval; returns the report (see `write_outcome`, plus "out_dir") and prints its table."""
+  started = _now()
   _check_config(config)
   e = config.eval
   splits = components.load_splits(config)  # Fails fast on bad data before any model loads.
@@ -216,41 +413,53 @@ def run(config) -> dict:
   judge = None
   if e.judge and e.judge != "local":
     judge = http_judge(config)  # Checked on every process; only process 0 sends requests.
+    check_judge(judge)
     judge = judge if jax.process_index() == 0 else None
   mesh = components.setup_mesh(config)
   bank_factory = components.bank_factory(config)
   policies: dict[str, EnginePolicy] = {}
-  info = {"split": e.split, "questions": sum(len(c.qa) for c in conversations)}
+  sources: dict[str, dict] = {}
+  info = {"split": e.split, "questions": sum(len(c.qa) for c in conversations), "checkpoint": e.checkpoint}
 
   def policy_for(path: str) -> EnginePolicy:
-    """The engine of checkpoint directory `path` ("": the policy), loaded once."""
+    """The engine of checkpoint directory `path` ("": the policy), loaded once; its provenance in `sources`."""
     if path not in policies:
       if path:
         model, tokenizer = components.load_policy(config, mesh, path)
+        sources[path] = {"model": path, "checkpoint": path, "step": None}
       else:
         model, tokenizer, step = components.load_trained_policy(config, mesh, e.checkpoint)
         info["policy_step"] = step
+        sources[path] = {"model": config.model.path or f"preset {config.model.preset}", "step": step,
+                         "checkpoint": None if step is None else os.path.join(config.workdir, "checkpoints", str(step))}
       policies[path] = train.make_engine_policy(model, tokenizer, config, mesh, seed=config.seed)
     return policies[path]
 
   manager = None if e.manager_path == ADD_ALL else policy_for(e.manager_path)
   answerer = policy_for(e.answer_path)
   extractor = manager if config.memory.extraction == "llm" else None
+  provenance = {"manager": {"model": ADD_ALL} if manager is None else sources[e.manager_path],
+                "answer": sources[e.answer_path]}
   if e.judge == "local":
-    judge = local_judge(answerer, e.judge_max_tokens)
-  info.update(manager=e.manager_path or "policy", answer=e.answer_path or "policy",
-              judge=e.judge if judge is not None else "")
+    judge = local_judge(answerer, e.judge_max_tokens, name="local " + json.dumps(provenance["answer"], sort_keys=True))
+  step = info.get("policy_step")
+  out_dir = os.path.join(config.workdir, "eval", e.split, "base" if step is None else f"{e.checkpoint}-step{step}")
+  info.update(manager=e.manager_path or "policy", answer=e.answer_path or "policy", policies=provenance,
+              judge=e.judge if judge is not None else "", judge_model=judge.name if judge is not None else "",
+              config=defaults.redacted(config), out_dir=out_dir)
+  store = EvalStore(out_dir if jax.process_index() == 0 else None, eval_settings(config, conversations, provenance))
+  if store.note:
+    print(f"# {store.note}", flush=True)
   outcome = evaluate_conversations(conversations, manager=manager, answerer=answerer, bank_factory=bank_factory,
-                                   rcfg=train.runner_config(config), extractor=extractor, judge=judge)
-  report = report_dict(outcome, info)
+                                   rcfg=train.runner_config(config), extractor=extractor, judge=judge, store=store,
+                                   batch_size=config.rollout.max_batch)
+  report = report_dict(outcome, {**info, "started": started, "finished": _now()})
   if jax.process_index() != 0:
     return report
-  out_dir = os.path.join(config.workdir, "eval", e.split)
-  os.makedirs(out_dir, exist_ok=True)
-  write_outcome(outcome, out_dir, report)
+  write_outcome(outcome, store, report)
   mix = report["banks"]
   ops = ", ".join(f"{k} {v}" for k, v in mix["counts"].items())
   print(f"# eval {e.split}: {info['questions']} questions; manager {info['manager']}, answer agent "
         f"{info['answer']}; bank operations: {ops}; manager format errors {mix['format_errors']}\n"
         f"{report_lib.render_table(outcome.rows)}# written to {out_dir}", flush=True)
-  return {**report, "out_dir": out_dir}
+  return report

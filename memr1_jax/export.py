@@ -14,14 +14,47 @@ from __future__ import annotations
 import os
 
 from memr1_jax import components
-from memr1_jax.models.loading import export_pretrained
+from memr1_jax.models.loading import ExportError, check_export_target, export_pretrained
+
+
+def _within(path: str, directory: str) -> bool:
+  """Whether `path` is `directory` or lies inside it (both already resolved by os.path.realpath)."""
+  return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def check_export_path(config) -> None:
+  """Raises ConfigError when config.export.path would overwrite the run or the model it reads (before any load).
+
+  Refused: the workdir, a path inside it or containing it; config.model.path or the tokenizer directory, a path
+  inside one of them or containing one; an existing target that export_pretrained would refuse (ExportError).
+  """
+  path = config.export.path
+  if not path:
+    raise components.ConfigError("config.export.path: empty; set the directory to write the Hugging Face model to")
+  target = os.path.realpath(path)
+  workdir = os.path.realpath(config.workdir)
+  if _within(target, workdir):
+    raise components.ConfigError(f"config.export.path={path!r}: is or lies inside config.workdir={config.workdir!r} "
+                                 "(its checkpoints and logs); export to a directory outside the run")
+  if _within(workdir, target):
+    raise components.ConfigError(f"config.export.path={path!r}: contains config.workdir={config.workdir!r} (the run "
+                                 "being exported); export to a directory outside it")
+  for field, source in (("config.model.path", config.model.path), ("config.model.tokenizer",
+                                                                    components.tokenizer_dir(config))):
+    if source and (_within(target, os.path.realpath(source)) or _within(os.path.realpath(source), target)):
+      raise components.ConfigError(f"config.export.path={path!r}: is, lies inside or contains {field}={source!r} "
+                                   "(what the export reads); export to a separate directory")
+  overwrite = config.export.get("overwrite", False)
+  try:
+    check_export_target(path, overwrite)
+  except ExportError as e:
+    raise components.ConfigError(f"config.export.path={path!r}: {e} (config.export.overwrite={overwrite})") from e
 
 
 def run(config) -> str:
   """Entry point of mode=export; returns the directory written (config.export.path)."""
+  check_export_path(config)
   path = config.export.path
-  if not path:
-    raise components.ConfigError("config.export.path: empty; set the directory to write the Hugging Face model to")
   no_checkpoint = components.ConfigError(f"config.workdir={config.workdir!r}: no checkpoint under its checkpoints/ "
                                          "directory to export (train first, or point config.workdir at a run)")
   if not os.path.isdir(os.path.join(config.workdir, "checkpoints")):  # Before any model loads.
@@ -30,6 +63,7 @@ def run(config) -> str:
   model, _, step = components.load_trained_policy(config, mesh, "latest")
   if step is None:
     raise no_checkpoint
-  export_pretrained(model, path, tokenizer_dir=components.tokenizer_dir(config))
+  export_pretrained(model, path, tokenizer_dir=components.tokenizer_dir(config),
+                    overwrite=config.export.get("overwrite", False))
   print(f"exported step {step} of {config.workdir} to {path}", flush=True)
   return path

@@ -17,11 +17,14 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from memr1_jax import console, defaults
+from memr1_jax import console, defaults, errors, workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a configs/*.py file.", lock_config=True)
 flags.mark_flags_as_required(["config"])
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' INFO records (orbax, absl, jax, transformers).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' INFO records (orbax, absl, jax, transformers) "
+                              "and the traceback behind an error.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False, "Resume a workdir whose saved config differs "
+                                         "in agent, algorithm, model, data or seed (see memr1_jax/workdir.py).")
 
 # mode -> module with a `run(config)` function; modules are imported only when their mode is chosen.
 MODE_MODULES = {
@@ -45,11 +48,39 @@ ENUM_FIELDS = {
     "rl.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
     "model.dtype": _DTYPES, "model.param_dtype": _DTYPES, "model.attention_impl": ("", "xla", "cudnn"),
 }
+_INF = float("inf")
+# Numeric fields and their allowed closed range, with what the bound means (checked before anything is built).
+RANGES = {
+    "rollout.batch_size": (1, _INF, "at least 1 prompt per step"),
+    "rollout.group_size": (1, _INF, "at least 1 response per prompt"),
+    "rollout.max_prompt_len": (1, _INF, "at least 1 token"),
+    "rollout.max_new_tokens": (1, _INF, "at least 1 new token per response"),
+    "rollout.temperature": (0.0, _INF, "0 (greedy) or more"),
+    "rollout.top_p": (1e-9, 1.0, "in (0, 1]"),
+    "rollout.top_k": (0, _INF, "0 (off) or more"),
+    "rollout.max_batch": (1, _INF, "at least 1 row per engine call"),
+    "rl.actor_lr": (0.0, _INF, "0 or more"), "rl.critic_lr": (0.0, _INF, "0 or more"),
+    "rl.epochs": (1, _INF, "at least 1 pass over each batch"),
+    "rl.micro_batch_size": (1, _INF, "at least 1 row"), "rl.num_minibatches": (1, _INF, "at least 1"),
+    "rl.max_grad_norm": (0.0, _INF, "0 (off) or more"), "rl.clip_eps_low": (0.0, _INF, "0 or more"),
+    "rl.clip_eps_high": (0.0, _INF, "0 or more"), "rl.kl_coef": (0.0, _INF, "0 or more"),
+    "rl.gamma": (0.0, 1.0, "in [0, 1]"), "rl.lam": (0.0, 1.0, "in [0, 1]"),
+    "sft.lr": (0.0, _INF, "0 or more"), "sft.epochs": (1, _INF, "at least 1"),
+    "sft.batch_size": (1, _INF, "at least 1 example per step"), "sft.micro_batch_size": (1, _INF, "at least 1"),
+    "sft.num_steps": (0, _INF, "0 (from sft.epochs) or more"),
+    "sft.checkpoint_every": (0, _INF, "0 (only the last step) or more"),
+    "train.num_steps": (1, _INF, "at least 1 step"), "train.log_every": (1, _INF, "at least 1"),
+    "train.eval_every": (0, _INF, "0 (off) or more"),
+    "train.checkpoint_every": (1, _INF, "at least 1 (the last step is always saved)"),
+    "train.keep_checkpoints": (1, _INF, "at least 1"), "train.max_nonfinite_steps": (1, _INF, "at least 1"),
+    "memory.related_k": (0, _INF, "0 or more"), "memory.answer_k_per_speaker": (1, _INF, "at least 1"),
+    "data.synthetic_train": (1, _INF, "at least 1 conversation"),
+    "data.synthetic_eval": (1, _INF, "at least 1 conversation"),
+}
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
-class ConfigError(ValueError):
-  """A config field holds a value the program does not accept."""
+ConfigError = errors.ConfigError
 
 
 def _field_values(config, prefix: str = "") -> dict[str, object]:
@@ -98,6 +129,20 @@ def validate_config(config, source: str = "config") -> None:
                       f"config.data.name={config.data.name!r} needs 'simple' or 'llm'")
   if not config.model.path and not config.model.preset:
     raise ConfigError(f"{source}: set config.model.path (a Hugging Face checkpoint directory) or config.model.preset")
+  for name, (low, high, meaning) in RANGES.items():
+    value = fields[name]
+    if not low <= value <= high:
+      raise ConfigError(f"{source}: config.{name}={value!r} is out of range: {meaning}")
+  if config.algorithm == "grpo" and config.mode in ("train", "demo") and config.rollout.group_size < 2:
+    raise ConfigError(f"{source}: config.rollout.group_size={config.rollout.group_size} with algorithm=grpo: a group "
+                      "needs at least 2 responses (one response has advantage 0: nothing would train)")
+  if config.rl.clip_eps_low >= 1:
+    raise ConfigError(f"{source}: config.rl.clip_eps_low={config.rl.clip_eps_low} must be below 1")
+
+
+def _shipped_configs() -> list[str]:
+  here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  return [name for name in os.listdir(here) if name.endswith(".py")] if os.path.isdir(here) else []
 
 
 def _config_file_arg(argv: list[str]) -> str | None:
@@ -138,7 +183,12 @@ def unknown_override(argv: list[str]) -> str | None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing; an override of a field the config file lacks exits naming the file and the field."""
+  """absl's flag parsing; a missing config file, or an override of a field the config file lacks, exits with one
+  line naming the file (and the field)."""
+  source = _config_file_arg(argv)
+  if source is not None and not os.path.isfile(source.partition(":")[0]):
+    sys.exit(f"error: --config={source}: no such file (configs/ holds the shipped ones: "
+             f"{', '.join(sorted(_shipped_configs()))})")
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError):  # ml_collections' own error names neither the file nor the full field.
@@ -148,27 +198,35 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"error: {message}")
 
 
+def run(config, source: str, allow_config_change: bool = False) -> None:
+  """Validates `config`, claims its workdir (training modes), then runs its mode."""
+  validate_config(config, source)
+  lock = workdir.claim(config, source, allow_config_change)
+  try:
+    saved = f", resolved config in {os.path.join(config.workdir, workdir.CONFIG_FILE)}" if lock else ""
+    print(f"{config.mode}: {source}{saved}", flush=True)
+    module = importlib.import_module(MODE_MODULES[config.mode])
+    from memr1_jax import components  # pylint: disable=g-import-not-at-top  # Imports JAX: after the checks.
+    components.configure_jax(config)
+    module.run(config)
+  finally:
+    if lock:
+      lock.release()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
-  source = flags.FLAGS["config"].config_filename
-  try:
-    validate_config(config, source)
-  except ConfigError as e:
-    sys.exit(f"error: {e}")
   console.setup(_VERBOSE.value)
-  saved = defaults.save(config, os.path.join(config.workdir, "config.json"))
-  print(f"{config.mode}: {source}, resolved config in {saved}", flush=True)
   try:
-    module = importlib.import_module(MODE_MODULES[config.mode])
-  except ModuleNotFoundError as e:
-    if e.name != MODE_MODULES[config.mode]:
+    run(_CONFIG.value, flags.FLAGS["config"].config_filename, _ALLOW_CONFIG_CHANGE.value)
+  except errors.Preempted as e:
+    print(f"{e}; rerun the same command to resume (exit code {errors.PREEMPTED_EXIT_CODE})", file=sys.stderr)
+    sys.exit(errors.PREEMPTED_EXIT_CODE)
+  except errors.Error as e:
+    if _VERBOSE.value:
       raise
-    sys.exit(f"mode {config.mode!r} is not implemented yet in this version; modes: {', '.join(MODE_MODULES)}")
-  from memr1_jax import components  # pylint: disable=g-import-not-at-top
-  components.configure_jax(config)
-  module.run(config)
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

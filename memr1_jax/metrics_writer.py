@@ -1,25 +1,38 @@
 """Metrics to TensorBoard (tensorboardX event files) and a JSONL log.
 
-Only process 0 writes (`enabled`); every value is a Python float fetched once per step.
+Only process 0 writes (`enabled`); every value is a Python float fetched once per step. A run resumed from the
+checkpoint of step R opens its writer with `resume_step=R`: the records a killed run logged after R are dropped from
+metrics.jsonl and hidden from TensorBoard (purge_step), so the log holds each step once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 
 
 class MetricsWriter:
-  """Writes `{name: float}` per step to `<workdir>/tb` (TensorBoard) and `<workdir>/metrics.jsonl`."""
+  """Writes `{name: float}` per step to `<workdir>/tb` (TensorBoard) and `<workdir>/metrics.jsonl`.
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  resume_step: the step of the checkpoint a run resumes from; records of later steps are discarded first (None: a
+  fresh run, nothing is discarded). Either way a last line cut short by a kill is dropped before appending.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      path = os.path.join(workdir, "metrics.jsonl")
+      truncate_jsonl(path, resume_step)
+      # TensorBoard hides the events of steps >= purge_step from the event files that sort before this one. The
+      # suffix (nanoseconds) keeps that order within one second, where tensorboardX would otherwise reuse, and so
+      # truncate, the previous writer's file name.
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"), filename_suffix=f".{time.time_ns():020d}",
+                               purge_step=None if resume_step is None else resume_step + 1)
+      self._jsonl = open(path, "a", encoding="utf-8")
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     """Records `metrics` at `step`."""
@@ -37,13 +50,58 @@ class MetricsWriter:
       self._jsonl.close()
 
 
-def read_jsonl(workdir: str) -> list[dict]:
-  """All records of `<workdir>/metrics.jsonl` (later records for a step replace earlier ones after a resume)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  by_step = {}
+def _complete_lines(path: str) -> list[str]:
+  """The lines of `path` without a last one that is not valid JSON (a record cut short by a kill -9)."""
   with open(path, encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        rec = json.loads(line)
-        by_step[rec["step"]] = rec
+    lines = f.readlines()
+  if lines:
+    try:
+      json.loads(lines[-1])
+    except json.JSONDecodeError:
+      if lines[-1].strip():
+        lines.pop()
+  return lines
+
+
+def _step(line: str) -> int | None:
+  """The step of a metrics.jsonl line, or None for a blank or unreadable one (kept as it is)."""
+  try:
+    rec = json.loads(line)
+  except json.JSONDecodeError:
+    return None
+  step = rec.get("step") if isinstance(rec, dict) else None
+  return step if isinstance(step, int) else None
+
+
+def truncate_jsonl(path: str, last_step: int | None) -> None:
+  """Rewrites the metrics log `path` atomically without the records of steps after `last_step` (None: keep all).
+
+  A last line cut short by a kill is dropped too. A missing file, or one with nothing to drop, is left untouched.
+  """
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    original = f.read()
+  kept = [line if line.endswith("\n") else line + "\n" for line in _complete_lines(path)
+          if last_step is None or (step := _step(line)) is None or step <= last_step]
+  if "".join(kept) == original:
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_jsonl(workdir: str) -> list[dict]:
+  """All records of `<workdir>/metrics.jsonl` by step (a later record of a step replaces an earlier one).
+
+  A last line cut short by a kill is skipped.
+  """
+  by_step = {}
+  for line in _complete_lines(os.path.join(workdir, "metrics.jsonl")):
+    if line.strip():
+      rec = json.loads(line)
+      by_step[rec["step"]] = rec
   return [by_step[s] for s in sorted(by_step)]

@@ -33,15 +33,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from memr1_jax import components, console, defaults, multihost
+from memr1_jax import components, console, defaults, errors, multihost
 from memr1_jax.checkpoint import Checkpointer
+from memr1_jax.data import errors as data_errors
 from memr1_jax.metrics_writer import MetricsWriter
 from memr1_jax.sampling.generation import bucket_size, length_bucket
 
 logger = logging.getLogger(__name__)
 
 
-class TrajectoryError(ValueError):
+class TrajectoryError(errors.Error, ValueError):
   """A trajectory file or line is unusable (the message names the file and line)."""
 
 
@@ -54,26 +55,25 @@ def read_trajectories(path: str) -> list[dict]:
   if not os.path.exists(path):
     raise TrajectoryError(f"config.sft.path: {path!r} does not exist")
   records = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{number}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise TrajectoryError(f"{where}: not valid JSON ({e})") from None
-      if not isinstance(record, dict):
-        raise TrajectoryError(f"{where}: expected a JSON object with 'messages' and 'response'")
-      messages, response = record.get("messages"), record.get("response")
-      if not isinstance(messages, list) or not messages:
-        raise TrajectoryError(f"{where}: 'messages' must be a non-empty list of chat messages")
-      for i, m in enumerate(messages):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-          raise TrajectoryError(f"{where}: messages[{i}] must be an object with string 'role' and 'content'")
-      if not isinstance(response, str) or not response:
-        raise TrajectoryError(f"{where}: 'response' must be a non-empty string")
-      records.append({"messages": messages, "response": response})
+  for number, line in enumerate(data_errors.read_text(path).split("\n"), start=1):
+    if not line.strip():
+      continue
+    where = f"{path}:{number}"
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise TrajectoryError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(record, dict):
+      raise TrajectoryError(f"{where}: expected a JSON object with 'messages' and 'response'")
+    messages, response = record.get("messages"), record.get("response")
+    if not isinstance(messages, list) or not messages:
+      raise TrajectoryError(f"{where}: 'messages' must be a non-empty list of chat messages")
+    for i, m in enumerate(messages):
+      if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+        raise TrajectoryError(f"{where}: messages[{i}] must be an object with string 'role' and 'content'")
+    if not isinstance(response, str) or not response:
+      raise TrajectoryError(f"{where}: 'response' must be a non-empty string")
+    records.append({"messages": messages, "response": response})
   if not records:
     raise TrajectoryError(f"{path}: no trajectories")
   return records
@@ -246,7 +246,8 @@ def run(config, progress: bool = True) -> dict:
     restored, meta, _ = ckpt.restore({"learner": state, "step": _global_step(mesh, 0)})
     state, start = restored["learner"], int(meta["next_step"])
     logger.info("sft: resumed from %s at step %d", ckpt.directory, start)
-  writer = MetricsWriter(c.workdir, enabled=jax.process_index() == 0)
+  # A resumed run first drops what a killed run logged after its checkpoint (start is 0 only on a fresh run).
+  writer = MetricsWriter(c.workdir, enabled=jax.process_index() == 0, resume_step=start or None)
   first = last = None
   every = s.get("checkpoint_every", 0)
   bar = console.bar(num_steps, initial=start, desc="sft", disable=not progress or jax.process_index() != 0)
@@ -278,7 +279,8 @@ def run(config, progress: bool = True) -> dict:
   if c.model.lora_rank:
     model = lora_lib.merge_lora(model)
   out = export_path(c)
-  export_pretrained(model, out, tokenizer_dir=components.tokenizer_dir(c))
+  # Replaces this run's own previous export (a rerun or resume); anything else at `out` is still refused.
+  export_pretrained(model, out, tokenizer_dir=components.tokenizer_dir(c), overwrite=True)
   logger.info("sft: %d steps, loss %s -> %s; model: %s", num_steps - start,
               *(f"{v:.3f}" if v is not None else "-" for v in (first, last)), out)
   return {"first_loss": first, "last_loss": last, "steps": num_steps, "examples": len(examples),

@@ -8,7 +8,6 @@ checkpoint, evaluation. Every random choice of step s (data order, sampling keys
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -19,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memr1_jax import components, console, defaults, faults, multihost
+from memr1_jax import components, console, defaults, errors, faults, multihost
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.episodes import batching, runner
 from memr1_jax.episodes.policy import EnginePolicy, ScriptedPolicy
@@ -29,7 +28,7 @@ from memr1_jax.metrics_writer import MetricsWriter
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(errors.Error, RuntimeError):
   """Too many consecutive updates had a non-finite loss or gradient."""
 
 
@@ -208,6 +207,10 @@ class Trainer:
     # The frozen answer agent that rewards and evaluates the manager.
     self.manager_answerer = self._frozen_answerer() if config.agent == "manager" else None
     self.items = _training_items(config, self.splits)
+    if not self.items:
+      what = "questions" if config.agent == "answer" else "conversations"
+      raise components.ConfigError(f"config.data: the training split of {config.data.path or config.data.name} "
+                                   f"holds no {what} to train the {config.agent} agent on")
     self.answer_banks = {}
     self.ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep_last=config.train.keep_checkpoints,
                              best_metric=components.BEST_METRIC)
@@ -243,6 +246,9 @@ class Trainer:
     self.learner.state = restored["learner"]
     self.start_step = int(meta["next_step"])
     logger.info("resumed from %s at step %d", self.ckpt.directory, self.start_step)
+    # Reopened at the restored step: what a killed run logged after its checkpoint leaves metrics.jsonl and TensorBoard.
+    self.writer.close()
+    self.writer = MetricsWriter(self.workdir, enabled=jax.process_index() == 0, resume_step=self.start_step)
 
   def save(self, next_step: int, metrics: dict | None = None) -> None:
     meta = {"next_step": next_step, "config": defaults.redacted(self.config)}
@@ -264,7 +270,7 @@ class Trainer:
     c = self.config
     g = c.rollout.group_size if c.algorithm == "grpo" else 1
     batch = batch_for_step(self.items, step, c.rollout.batch_size, c.seed)
-    self.rollout.engine.model = self.learner.policy()
+    self.rollout.set_model(self.learner.policy())
     self.rollout.set_step(step)
     if isinstance(self.manager_answerer, EnginePolicy):
       self.manager_answerer.set_step(step)
@@ -284,7 +290,7 @@ class Trainer:
   def evaluate(self, split: str) -> dict:
     """Greedy exact match / F1 of the current policy on `split` (the manager through the frozen answerer)."""
     convs = self.splits[split]
-    self.rollout.engine.model = self.learner.policy()
+    self.rollout.set_model(self.learner.policy())
     items = [(conv, qa) for conv in convs for qa in conv.qa]
     ops = {}
     if self.config.agent == "answer":
@@ -310,7 +316,7 @@ class Trainer:
     dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     rows_multiple = int(np.lcm(c.rl.micro_batch_size * c.rl.num_minibatches, dp))
     pad_id = self.rollout.engine.pad_token_id
-    nonfinite, last, bar = 0, {}, None
+    nonfinite, last, bar, stopped_after = 0, {}, None, None
     try:
       bar = self.progress(c.train.num_steps, initial=self.start_step, desc=f"{c.agent} {c.algorithm}",
                           disable=jax.process_index() != 0)
@@ -347,9 +353,11 @@ class Trainer:
             logger.error("step %d: non-finite loss or gradient, update skipped (%d in a row); batch: %s", step,
                          nonfinite, " ".join(self.batch_labels(step)))
             if nonfinite >= c.train.max_nonfinite_steps:
+              good = self.ckpt.last_finite_step()  # Newer checkpoints may hold NaN / inf.
               raise NonFiniteError(
-                  f"{nonfinite} consecutive non-finite updates (last at step {step}); stopping. The last good "
-                  f"checkpoint is step {self.ckpt.latest_step()} in {self.ckpt.directory}")
+                  f"{nonfinite} consecutive non-finite updates (last at step {step}); stopping. "
+                  + (f"The last good checkpoint is step {good} in {self.ckpt.directory}" if good is not None else
+                     f"No checkpoint in {self.ckpt.directory} holds only finite values"))
           else:
             nonfinite = 0
         if c.train.eval_every and (step + 1) % c.train.eval_every == 0:
@@ -361,7 +369,7 @@ class Trainer:
         if (step + 1) % c.train.checkpoint_every == 0 or step + 1 == c.train.num_steps or self._stop_signal:
           self.save(step + 1, {k: v for k, v in metrics.items() if k == "eval/em"} or None)
         if self._stop_signal:
-          logger.warning("stopped by signal %d after step %d (checkpoint saved)", self._stop_signal, step + 1)
+          stopped_after = step + 1
           break
       if c.train.log_param_checksum:  # Every process prints its view: equal digests = the hosts agree.
         updates = int(multihost.to_host(self.learner.state.updates))
@@ -373,6 +381,9 @@ class Trainer:
       signal.signal(signal.SIGTERM, previous)
       self.ckpt.close()
       self.writer.close()
+    if stopped_after is not None:
+      raise errors.Preempted(f"stopped by signal {self._stop_signal} after step {stopped_after} (checkpoint saved in "
+                             f"{self.ckpt.directory})")
     return last
 
 

@@ -2,10 +2,10 @@
 
 import collections
 import http.server
-import importlib.util
 import json
 import os
 import secrets
+import socket
 import threading
 
 import numpy as np
@@ -16,30 +16,15 @@ from memr1_jax.data import read_locomo
 from memr1_jax.data.splits import without_adversarial
 from memr1_jax.episodes.policy import ScriptedPolicy
 from memr1_jax.episodes.runner import RunnerConfig
-from memr1_jax.eval.judge import Judge
+from memr1_jax.eval.judge import Judge, JudgeError
 from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.embedders import HashingEmbedder
+from memr1_jax.testing.smoke import smoke_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "locomo_small.json")
 DATA_DIR = os.environ.get("MEMR1_DATA_DIR", os.path.join(REPO, "..", "shared", "data"))
 LOCOMO = os.path.join(DATA_DIR, "locomo", "locomo10.json")
-
-
-def smoke_config(workdir, **overrides):
-  """configs/smoke.py with `workdir` and dotted-key overrides."""
-  spec = importlib.util.spec_from_file_location("smoke", os.path.join(REPO, "configs", "smoke.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
-  c.workdir = str(workdir)
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
 
 
 def fixture_config(workdir, **overrides):
@@ -81,7 +66,7 @@ def test_eval_on_real_locomo_validation_conversation(tmp_path):
   expected = collections.Counter(qa["category"] for qa in raw_qa(LOCOMO, "conv-30"))
   assert report_counts(report) == dict(expected)
   assert report["groups"][-1]["name"] == "overall" and report["groups"][-1]["count"] == 81 == report["questions"]
-  out = tmp_path / "eval" / "validation"
+  out = tmp_path / "eval" / "validation" / "base"
   assert json.loads((out / "report.json").read_text())["groups"] == report["groups"]
   table = (out / "report.txt").read_text()
   assert all(name in table for name in ("multi-hop", "temporal", "single-hop", "overall"))
@@ -108,7 +93,7 @@ def test_eval_fixture_with_llm_manager_from_checkpoint_dir(tmp_path):
   assert report["banks"]["format_errors"] <= turns
   assert report_counts(report) == dict(collections.Counter(qa["category"] for qa in raw_qa(FIXTURE, "conv-30")))
   assert report["manager"] == report["answer"] == manager_dir and "policy_step" not in report
-  assert len(read_predictions(tmp_path / "run" / "eval" / "validation")) == 4
+  assert len(read_predictions(tmp_path / "run" / "eval" / "validation" / "base")) == 4
 
 
 def _scripted_answerer(correct_questions):
@@ -152,25 +137,37 @@ def test_eval_local_judge_grades_every_answer(tmp_path):
   """judge="local": the answer model grades every prediction; J is the mean of the recorded labels."""
   report = evaluate.run(fixture_config(tmp_path, **{"eval.judge": "local", "eval.judge_max_tokens": 4}))
   overall = report["groups"][-1]
-  predictions = read_predictions(tmp_path / "eval" / "validation")
+  predictions = read_predictions(tmp_path / "eval" / "validation" / "base")
   assert overall["j_count"] == overall["count"] == 4 and report["judge"] == "local"
   assert all(isinstance(p["judge"], bool) for p in predictions)
   assert overall["j"] == np.mean([p["judge"] for p in predictions])
 
 
 class _JudgeServer:
-  """A local chat-completions endpoint: CORRECT for the questions in `correct`, WRONG otherwise."""
+  """A local chat-completions endpoint: CORRECT for the questions in `correct`, WRONG otherwise; once it has given
+  `down_after` verdicts it answers every request with HTTP 503 (down) until `down_after` is set to None."""
 
-  def __init__(self, correct):
+  def __init__(self, correct, down_after=None):
     self.requests = []
+    self.down_after, self.verdicts = down_after, 0
+    lock = threading.Lock()
     server = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
 
       def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        server.requests.append((dict(self.headers), body))
         user = body["messages"][-1]["content"]
+        with lock:
+          server.requests.append((dict(self.headers), body))
+          down = server.down_after is not None and server.verdicts >= server.down_after
+          if not down and "Generated answer:" in user:
+            server.verdicts += 1
+        if down:
+          self.send_response(503)
+          self.send_header("Content-Length", "0")
+          self.end_headers()
+          return
         label = "CORRECT" if any(f"Question: {q}\n" in user for q in correct) else "WRONG"
         reply = json.dumps({"choices": [{"message": {"content": json.dumps({"label": label})}}]}).encode()
         self.send_response(200)
@@ -195,6 +192,12 @@ class _JudgeServer:
     self.httpd.server_close()
 
 
+def judge_requests(server, start=0):
+  """The questions of the grading requests `server` received (from request `start` on; not the check request)."""
+  users = [b["messages"][-1]["content"] for _, b in server.requests[start:]]
+  return [u.split("Question: ", 1)[1].split("\n", 1)[0] for u in users if "Generated answer:" in u]
+
+
 def test_eval_http_judge_scores_per_category(tmp_path, monkeypatch):
   """An HTTP judge on 127.0.0.1 grades each question once; J per category follows its labels; no key on disk."""
   key = "sk-test-" + secrets.token_hex(12)
@@ -205,12 +208,12 @@ def test_eval_http_judge_scores_per_category(tmp_path, monkeypatch):
     report = evaluate.run(fixture_config(tmp_path, **{
         "eval.judge": server.url, "eval.judge_model": "judge-model", "eval.judge_api_key_env":
         "MEMR1_TEST_EVAL_JUDGE_KEY"}))
-  assert len(server.requests) == len(qas)
+  assert len(judge_requests(server)) == len(qas) and len(server.requests) == len(qas) + 1  # + the check request.
   assert all(h["Authorization"] == f"Bearer {key}" and b["model"] == "judge-model" for h, b in server.requests)
   j = {g["category"]: g["j"] for g in report["groups"]}
   assert j == {1: 1.0, 2: 0.0, 3: 0.0, 4: 1.0, None: 0.5}
-  for path in (tmp_path / "eval" / "validation").iterdir():
-    assert key not in path.read_text()
+  for path in (tmp_path / "eval").rglob("*"):
+    assert path.is_dir() or key not in path.read_text()
 
 
 @pytest.mark.parametrize("overrides,field", [
@@ -225,3 +228,150 @@ def test_eval_bad_config_names_the_field(tmp_path, overrides, field):
   """Bad eval settings fail before any model loads, with a ConfigError naming the config field."""
   with pytest.raises(components.ConfigError, match=field.replace(".", r"\.")):
     evaluate.run(fixture_config(tmp_path, **overrides))
+
+
+def _http_judge_overrides(url):
+  """Fixture overrides for the stub judge at `url`: no API key, no retries (a 503 fails at once)."""
+  return {"eval.judge": url, "eval.judge_model": "judge-model", "eval.judge_api_key_env": "",
+          "eval.judge_retries": 0}
+
+
+def _count_calls(monkeypatch, module, name, count=lambda *args, **kwargs: 1):
+  """Wraps module.name so that each call adds count(*args, **kwargs) to the returned list."""
+  calls, real = [], getattr(module, name)
+
+  def wrapped(*args, **kwargs):
+    calls.append(count(*args, **kwargs))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(module, name, wrapped)
+  return calls
+
+
+def test_eval_resumes_after_judge_goes_down(tmp_path, monkeypatch):
+  """Judge down after 2 verdicts: JudgeError naming the dir, work kept; the rerun asks only the 2 missing verdicts."""
+  qas = raw_qa(FIXTURE, "conv-30")
+  correct = [qa["question"] for qa in qas if qa["category"] in (1, 4)]
+  out = tmp_path / "eval" / "validation" / "base"
+  answered = _count_calls(monkeypatch, evaluate.runner, "answer_episodes", lambda policy, banks, items, *a, **k:
+                          len(items))
+  built = _count_calls(monkeypatch, evaluate, "build_eval_banks")
+  with _JudgeServer(correct, down_after=2) as server:
+    c = fixture_config(tmp_path, **_http_judge_overrides(server.url))
+    with pytest.raises(JudgeError, match="HTTP 503") as error:
+      evaluate.run(c)
+    assert str(out) in str(error.value) and "\n" not in str(error.value)
+    assert sum(answered) == 4 and len(built) == 1
+    assert len(read_predictions(out)) == 4 and len((out / "verdicts.jsonl").read_text().splitlines()) == 2
+    first = judge_requests(server)
+    graded = first[:2]  # The two requests the endpoint answered before it went down.
+    server.down_after, start = None, len(server.requests)
+    report = evaluate.run(c)
+    again = judge_requests(server, start)
+  assert sum(answered) == 4 and len(built) == 1  # Nothing answered twice; no bank rebuilt.
+  assert sorted(again) == sorted(set(qa["question"] for qa in qas) - set(graded))
+  assert len(read_predictions(out)) == 4 and len((out / "verdicts.jsonl").read_text().splitlines()) == 4
+  assert {g["category"]: g["j"] for g in report["groups"]} == {1: 1.0, 2: 0.0, 3: 0.0, 4: 1.0, None: 0.5}
+  assert report["work"] == {"answered": 0, "answers_resumed": 4, "verdicts_asked": 2, "banks_resumed": True}
+
+
+def test_eval_unreachable_judge_fails_before_loading_models(tmp_path, monkeypatch):
+  """A judge endpoint that does not answer: a one-line JudgeError (endpoint, model, reason) before any model loads."""
+  with socket.socket() as sock:  # A port nothing listens on.
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("a model was loaded")
+
+  monkeypatch.setattr(components, "load_trained_policy", no_model)
+  monkeypatch.setattr(components, "load_policy", no_model)
+  with pytest.raises(JudgeError) as error:
+    evaluate.run(fixture_config(tmp_path, **_http_judge_overrides(url)))
+  message = str(error.value)
+  assert url in message and "'judge-model'" in message and "refused" in message.lower() and "\n" not in message
+  assert not (tmp_path / "eval").exists()
+
+
+def test_eval_reports_of_checkpoints_sit_side_by_side(tmp_path, monkeypatch, capsys):
+  """eval.checkpoint=latest (step 7) and none write to latest-step7/ and base/, each report.json with provenance."""
+  real = components.load_trained_policy
+  monkeypatch.setattr(components, "load_trained_policy", lambda config, mesh, checkpoint: (
+      *real(config, mesh, "none")[:2], 7 if checkpoint == "latest" else None))
+  out = tmp_path / "eval" / "validation"
+  latest = evaluate.run(fixture_config(tmp_path, **{"eval.checkpoint": "latest"}))
+  assert capsys.readouterr().out.rstrip().endswith(f"# written to {out / 'latest-step7'}")
+  latest_text = (out / "latest-step7" / "report.json").read_text()
+  base = evaluate.run(fixture_config(tmp_path, **{"eval.checkpoint": "none"}))
+  assert (out / "latest-step7" / "report.json").read_text() == latest_text
+  assert latest["out_dir"] == str(out / "latest-step7") and base["out_dir"] == str(out / "base")
+  for report, step in ((latest, 7), (base, None)):
+    saved = json.loads((out / ("base" if step is None else "latest-step7") / "report.json").read_text())
+    assert saved["groups"] == report["groups"] and len(read_predictions(report["out_dir"])) == 4
+    assert saved["policies"]["manager"] == {"model": "add_all"} and saved["policies"]["answer"]["step"] == step
+    assert saved["policies"]["answer"]["checkpoint"] == (None if step is None else
+                                                         os.path.join(str(tmp_path), "checkpoints", "7"))
+    assert saved["config"]["eval"]["checkpoint"] == ("latest" if step else "none")
+    assert saved["config"]["workdir"] == str(tmp_path) and saved["judge_model"] == ""
+    assert saved["started"] <= saved["finished"]
+
+
+class _Killed(Exception):
+  """Stands for the death of the process."""
+
+
+def _resume_fixture():
+  """The fixture's conv-30, a scripted manager and an answerer right on temporal / single-hop, each logging calls."""
+  conv = without_adversarial([c for c in read_locomo(FIXTURE) if c.sample_id == "conv-30"][0])
+  calls = {"manager": 0, "answer": []}
+
+  def manage(chat):
+    calls["manager"] += 1
+    return json.dumps({"operations": [{"op": "ADD", "text": f"memory {calls['manager']}"}]})
+
+  answerer = _scripted_answerer({q.question: q.answer for q in conv.qa if q.category in (2, 4)})
+
+  def answer(chat):
+    calls["answer"].append(chat[-1]["content"].rsplit("Question: ", 1)[1])
+    if calls.get("fail_at") == len(calls["answer"]):
+      raise _Killed  # The process dies here.
+    return answerer.respond(chat)
+
+  def evaluate_with(store):
+    return evaluate.evaluate_conversations(
+        [conv], manager=ScriptedPolicy(manage), answerer=ScriptedPolicy(answer),
+        bank_factory=lambda: MemoryBank(HashingEmbedder(32), 32, index="brute_force"),
+        rcfg=RunnerConfig(answer_k_per_speaker=2), store=store, batch_size=2)
+
+  return conv, calls, evaluate_with
+
+
+def test_eval_killed_while_answering_resumes_without_answering_twice(tmp_path):
+  """Killed at the 3rd answer (batches of 2): the first batch is on disk; the rerun answers only the other 2."""
+  conv, calls, evaluate_with = _resume_fixture()
+  calls["fail_at"] = 3
+  with pytest.raises(_Killed):
+    evaluate_with(evaluate.EvalStore(str(tmp_path), {"run": 1}))
+  assert [p["question"] for p in read_predictions(tmp_path)] == calls["answer"][:2]
+  calls["fail_at"], before = None, list(calls["answer"])
+  store = evaluate.EvalStore(str(tmp_path), {"run": 1})
+  assert "resuming" in store.note and len(store.answers) == 2
+  outcome = evaluate_with(store)
+  assert sorted(before[:2] + calls["answer"][len(before):]) == sorted(q.question for q in conv.qa)
+  assert [p["question"] for p in outcome.predictions] == [q.question for q in conv.qa]
+  assert outcome.work["answered"] == 2 and outcome.work["answers_resumed"] == 2
+  assert {row.category: row.em for row in outcome.rows} == {1: 0.0, 2: 1.0, 3: 0.0, 4: 1.0, None: 0.5}
+
+
+def test_eval_store_of_other_settings_starts_afresh_and_keeps_old_files(tmp_path):
+  """Saved answers of other settings are not reused: all questions answered again, the old files moved aside."""
+  conv, calls, evaluate_with = _resume_fixture()
+  evaluate_with(evaluate.EvalStore(str(tmp_path), {"run": 1}))
+  first = (tmp_path / "predictions.jsonl").read_text()
+  store = evaluate.EvalStore(str(tmp_path), {"run": 2})
+  assert "other settings (run)" in store.note and not store.answers
+  evaluate_with(store)
+  assert len(calls["answer"]) == 2 * len(conv.qa)
+  aside = [p for p in tmp_path.iterdir() if p.name.startswith("superseded-")]
+  assert len(aside) == 1 and (aside[0] / "predictions.jsonl").read_text() == first
+  assert len(read_predictions(tmp_path)) == len(conv.qa)

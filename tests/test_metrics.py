@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import secrets
+import socket
 import threading
 
 import pytest
@@ -249,7 +250,8 @@ def test_judge_rejects_unequal_inputs():
 class _ChatServer:
   """A local chat-completions endpoint: records requests, answers CORRECT when pred says Paris."""
 
-  def __init__(self, fail_first: int = 0, fail_status: int = 500):
+  def __init__(self, fail_first: int = 0, fail_status: int = 500, ok_first: int | None = None):
+    """Fails the first `fail_first` requests with `fail_status`; with `ok_first`, every request after that many."""
     self.requests: list[tuple[dict, dict]] = []
     self.fail_left = fail_first
     server = self
@@ -259,7 +261,7 @@ class _ChatServer:
       def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         server.requests.append((dict(self.headers), body))
-        if server.fail_left > 0:
+        if server.fail_left > 0 or (ok_first is not None and len(server.requests) > ok_first):
           server.fail_left -= 1
           self.send_response(fail_status)
           self.end_headers()
@@ -340,6 +342,67 @@ def test_http_judge_config_rejects_non_http_url():
   """Only http(s) base URLs are accepted (no file:// or other urllib schemes)."""
   with pytest.raises(ValueError, match="base_url"):
     judge_lib.HttpJudgeConfig(base_url="file:///etc/passwd", model="m")
+
+
+def test_http_judge_check_names_endpoint_model_and_reason():
+  """check() against a port nothing listens on raises a one-line JudgeError naming URL, model and reason."""
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+  config = judge_lib.HttpJudgeConfig(base_url=url, model="judge-model", api_key_env="", max_retries=0)
+  with pytest.raises(judge_lib.JudgeError) as error:
+    judge_lib.HttpChatBackend(config).check()
+  message = str(error.value)
+  assert f"{url}/chat/completions" in message and "'judge-model'" in message and "refused" in message.lower()
+
+
+def test_verdict_cache_reloads_and_skips_a_torn_line(tmp_path):
+  """Verdicts are on disk as soon as put; a torn last line is skipped and the next verdict is not lost to it."""
+  path = str(tmp_path / "verdicts.jsonl")
+  cache = judge_lib.VerdictCache(path)
+  cache.put("a", judge_lib.JudgeVerdict(True))
+  with open(path, "a") as f:
+    f.write('{"key": "b", "corr')  # A writer killed in the middle of a line.
+  cache.put("c", judge_lib.JudgeVerdict(False, "no label found"))
+  again = judge_lib.VerdictCache(path)
+  assert len(again) == 2 and "b" not in again
+  assert again.get("a") == judge_lib.JudgeVerdict(True)
+  assert again.get("c") == judge_lib.JudgeVerdict(False, "no label found")
+
+
+def test_cached_verdicts_ask_each_missing_triple_once(tmp_path):
+  """Cached triples are not asked again, a repeated triple is asked once, the judge's name is part of the key."""
+  asked = []
+
+  def backend(conversations):
+    asked.extend(c[-1]["content"] for c in conversations)
+    return ['{"label": "CORRECT"}' if "Generated answer: Paris" in c[-1]["content"] else '{"label": "WRONG"}'
+            for c in conversations]
+
+  cache = judge_lib.VerdictCache(str(tmp_path / "verdicts.jsonl"))
+  judge = judge_lib.Judge(backend, name="judge-a")
+  cache.put(judge_lib.verdict_key("judge-a", "q1", "Paris", "Rome"), judge_lib.JudgeVerdict(True, "cached"))
+  verdicts = judge.cached_verdicts(["q1", "q2", "q2"], ["Paris"] * 3, ["Rome", "Paris", "Paris"], cache)
+  assert verdicts == [judge_lib.JudgeVerdict(True, "cached"), judge_lib.JudgeVerdict(True),
+                      judge_lib.JudgeVerdict(True)]
+  assert len(asked) == 1 and "Question: q2" in asked[0]
+  judge_lib.Judge(backend, name="judge-b").cached_verdicts(["q1"], ["Paris"], ["Rome"], cache)
+  assert len(asked) == 2 and len(judge_lib.VerdictCache(cache.path)) == 3
+
+
+def test_cached_verdicts_keep_what_came_before_the_endpoint_failed(tmp_path):
+  """An endpoint that fails after 2 replies: JudgeHTTPError, and those 2 verdicts are in the cache on disk."""
+  with _ChatServer(ok_first=2) as server:
+    config = judge_lib.HttpJudgeConfig(base_url=server.url, model="m", api_key_env="", max_retries=0,
+                                       max_concurrency=1)
+    judge = judge_lib.Judge(judge_lib.HttpChatBackend(config), name="m")
+    cache = judge_lib.VerdictCache(str(tmp_path / "verdicts.jsonl"))
+    with pytest.raises(judge_lib.JudgeHTTPError, match="HTTP 500"):
+      judge.cached_verdicts(["q1", "q2", "q3", "q4"], ["Paris"] * 4, ["Paris", "Rome", "Paris", "Rome"], cache)
+  saved = judge_lib.VerdictCache(cache.path)
+  assert len(saved) == 2
+  assert saved.get(judge_lib.verdict_key("m", "q1", "Paris", "Paris")) == judge_lib.JudgeVerdict(True)
+  assert saved.get(judge_lib.verdict_key("m", "q2", "Paris", "Rome")) == judge_lib.JudgeVerdict(False)
 
 
 # ----------------------------------------------------------------------------- report

@@ -284,7 +284,7 @@ def test_export_replaces_an_existing_directory(ckpts, tmp_path):
   out = str(tmp_path / "export")
   model, _ = load_pretrained(ckpts["qwen2_tied_mha"])
   export_pretrained(model, out, max_shard_bytes=16_000)
-  export_pretrained(model, out)
+  export_pretrained(model, out, overwrite=True)
   assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
 
 

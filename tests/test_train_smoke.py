@@ -1,31 +1,12 @@
 """configs/smoke.py through the full training path: episodes, memory banks, rollout, update, checkpoint, eval."""
 
-import importlib.util
-import os
-
 import jax
 import numpy as np
 import pytest
 
 from memr1_jax import metrics_writer, train
 from memr1_jax.checkpoint import Checkpointer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def smoke_config(workdir, **overrides):
-  spec = importlib.util.spec_from_file_location("smoke", os.path.join(REPO, "configs", "smoke.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
-  c.workdir = str(workdir)
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+from memr1_jax.testing.smoke import smoke_config
 
 
 @pytest.mark.parametrize("agent,algorithm", [("answer", "grpo"), ("manager", "grpo"), ("answer", "ppo"),

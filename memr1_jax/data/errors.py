@@ -12,10 +12,12 @@ import json
 import os
 from typing import Any
 
+from memr1_jax import errors
+
 _MISSING = object()
 
 
-class DataFormatError(ValueError):
+class DataFormatError(errors.Error, ValueError):
   """A dataset file without the expected structure; `path`, `record` and `field` say where."""
 
   def __init__(self, path: str | os.PathLike[str], record: str, field: str, problem: str):
@@ -78,10 +80,20 @@ def require(obj: Any, key: str, kinds: type | tuple[type, ...], ref: RecordRef,
   return value
 
 
+def read_text(path: str | os.PathLike[str]) -> str:
+  """The file's text; bytes that are not UTF-8 become a `DataFormatError` naming the file and the byte offset."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as err:
+    raise DataFormatError(path, "<file>", "<encoding>", f"not UTF-8 text (byte {err.start}: "
+                          f"{data[err.start:err.start + 1]!r}); save it as UTF-8") from None
+
+
 def load_json(path: str | os.PathLike[str]) -> Any:
   """Parses a JSON file; a syntax error (e.g. a truncated file) becomes a `DataFormatError`."""
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  text = read_text(path)
   try:
     return json.loads(text)
   except json.JSONDecodeError as err:
@@ -92,13 +104,13 @@ def load_json(path: str | os.PathLike[str]) -> Any:
 def load_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any]]:
   """Parses a JSON-lines file; returns (line number from 1, value) for each non-blank line."""
   records = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        records.append((line_number, json.loads(line)))
-      except json.JSONDecodeError as err:
-        raise DataFormatError(path, f"line {line_number}", "<json>",
-                              f"invalid JSON at column {err.colno}: {err.msg}") from err
+  # Split on "\n" only: str.splitlines would also split inside strings holding U+2028 and the like.
+  for line_number, line in enumerate(read_text(path).split("\n"), start=1):
+    if not line.strip():
+      continue
+    try:
+      records.append((line_number, json.loads(line)))
+    except json.JSONDecodeError as err:
+      raise DataFormatError(path, f"line {line_number}", "<json>",
+                            f"invalid JSON at column {err.colno}: {err.msg}") from err
   return records

@@ -58,6 +58,10 @@ class EnginePolicy:
     self.seed = seed
     self.set_step(0)
 
+  def set_model(self, model) -> None:
+    """Samples from `model` (the trainer's latest policy weights) from now on."""
+    self.engine.set_model(model)
+
   def set_step(self, step: int) -> None:
     """Restarts the key stream for training step `step`."""
     self._step, self._calls = int(step), 0

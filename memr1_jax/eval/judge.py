@@ -8,13 +8,19 @@ batch of chat conversations to completions:
   (the tokenizer's chat template, or `agents.prompts.render_plain_text`).
 - `HttpChatBackend(HttpJudgeConfig(...))`: an OpenAI-compatible `/chat/completions` endpoint over
   urllib. The API key is read from the environment variable NAMED in the config at request time;
-  it is never stored on an object, logged, or written anywhere.
+  it is never stored on an object, logged, or written anywhere. `check()` sends one tiny request
+  (fail fast before long work); `stream()` yields each reply as it arrives.
+
+`VerdictCache` keeps verdicts on disk (JSONL, one flushed line per verdict, keyed by `verdict_key`
+of judge name, question, gold and prediction); `Judge.cached_verdicts` asks only for the missing
+ones and stores each as it arrives, so an interrupted judging loses nothing already answered.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import http.client
 import json
 import logging
@@ -24,9 +30,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+from memr1_jax import errors
 from memr1_jax.agents.prompts import ChatMessage, render_plain_text
+from memr1_jax.eval import report as report_lib
 
 _log = logging.getLogger(__name__)
 
@@ -107,7 +115,11 @@ def generate_fn_backend(
   return complete
 
 
-class JudgeHTTPError(RuntimeError):
+class JudgeError(errors.Error, RuntimeError):
+  """The judge cannot grade: one line naming the endpoint, the model and the reason (never the API key)."""
+
+
+class JudgeHTTPError(JudgeError):
   """The judge endpoint failed after all retries (the message never contains the API key)."""
 
 
@@ -167,9 +179,41 @@ class HttpChatBackend:
 
   def __call__(self, conversations: list[list[ChatMessage]]) -> list[str]:
     """Returns the reply text of each conversation, in order; raises JudgeHTTPError on failure."""
+    replies = [""] * len(conversations)
+    for i, reply in self.stream(conversations):
+      replies[i] = reply
+    return replies
+
+  def stream(self, conversations: list[list[ChatMessage]]) -> Iterator[tuple[int, str]]:
+    """(index, reply text) of each conversation as its reply arrives, `max_concurrency` requests in flight.
+
+    After a request fails for good, requests not yet sent are dropped, the replies of those in flight are still
+    yielded, then its JudgeHTTPError is raised.
+    """
+    if not conversations:
+      return
     workers = max(1, min(self.config.max_concurrency, len(conversations)))
+    error = None
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-      return list(pool.map(self._complete_one, conversations))
+      futures = {pool.submit(self._complete_one, messages): i for i, messages in enumerate(conversations)}
+      for future in concurrent.futures.as_completed(futures):
+        if future.cancelled():
+          continue
+        try:
+          reply = future.result()
+        except JudgeHTTPError as e:
+          if error is None:
+            error = e
+            for pending in futures:
+              pending.cancel()
+          continue
+        yield futures[future], reply
+    if error is not None:
+      raise error
+
+  def check(self) -> None:
+    """Sends one tiny request (with the usual retries); raises JudgeHTTPError naming endpoint, model and reason."""
+    self._complete_one([{"role": "user", "content": 'Reply with {"label": "CORRECT"}.'}])
 
   def _complete_one(self, messages: list[ChatMessage]) -> str:
     body = {"model": self.config.model, "messages": messages, "temperature": 0.0,
@@ -196,7 +240,7 @@ class HttpChatBackend:
         last_error = f"unreadable response: {type(e).__name__}"
       _log.warning("judge request to %s failed (%s), attempt %d of %d", self._url,
                    self._scrub(last_error), attempt + 1, self.config.max_retries + 1)
-    raise JudgeHTTPError(f"judge request to {self._url} failed: {self._scrub(last_error)}")
+    raise JudgeHTTPError(f"judge {self.config.model!r} at {self._url} does not answer: {self._scrub(last_error)}")
 
   def _headers(self) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
@@ -218,30 +262,104 @@ def _reply_text(payload: object) -> str:
   return content if isinstance(content, str) else ""
 
 
+def verdict_key(judge_name: str, question: str, gold: str, pred: str) -> str:
+  """The verdict cache's key of a triple graded by the judge named `judge_name`: a SHA-256 hex digest."""
+  text = json.dumps([judge_name, question, gold, pred], ensure_ascii=False)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class VerdictCache:
+  """Verdicts by `verdict_key`, read from and appended to a JSONL file (None: in memory only).
+
+  Each line is {"key", "correct", "format_error"}, written and flushed as soon as the verdict is known; a torn last
+  line (a killed process) is skipped on reading.
+  """
+
+  def __init__(self, path: str | None = None):
+    """Loads the verdicts already in `path` (a missing file is an empty cache)."""
+    self.path = path
+    self._verdicts = {}
+    for row in report_lib.read_jsonl(path) if path else ():
+      if isinstance(row.get("key"), str) and isinstance(row.get("correct"), bool):
+        self._verdicts[row["key"]] = JudgeVerdict(row["correct"], row.get("format_error"))
+
+  def __len__(self) -> int:
+    return len(self._verdicts)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._verdicts
+
+  def get(self, key: str) -> JudgeVerdict | None:
+    """The verdict stored under `key`, or None."""
+    return self._verdicts.get(key)
+
+  def put(self, key: str, verdict: JudgeVerdict) -> None:
+    """Stores `verdict` under `key`, on disk at once when the cache has a file."""
+    self._verdicts[key] = verdict
+    if self.path:
+      report_lib.append_jsonl(self.path, [{"key": key, "correct": verdict.correct,
+                                           "format_error": verdict.format_error}])
+
+
 class Judge:
   """Grades (question, gold, prediction) triples with an LLM behind `backend`."""
 
-  def __init__(self, backend: Backend):
-    """`backend` maps a batch of chat conversations to reply strings (see module doc)."""
+  def __init__(self, backend: Backend, name: str = ""):
+    """`backend` maps a batch of chat conversations to reply strings (see module doc); `name` identifies the judge
+    in a `VerdictCache` (the model name: a verdict is reused only from the same judge)."""
     self.backend = backend
+    self.name = name
 
   def __repr__(self) -> str:
     return f"Judge(backend={self.backend!r})"
 
-  def verdicts(self, questions: Sequence[str], golds: Sequence[str],
-               preds: Sequence[str]) -> list[JudgeVerdict]:
-    """One `JudgeVerdict` per triple; a reply list of the wrong length is an error per item."""
+  def stream(self, questions: Sequence[str], golds: Sequence[str], preds: Sequence[str],
+             batch_size: int = 0) -> Iterator[tuple[int, JudgeVerdict]]:
+    """(index, verdict) of each triple as the backend replies: one by one from a backend with a `stream` method
+    (HTTP), else after each batch of `batch_size` triples (0: one batch). A reply list of the wrong length is an
+    error per item of its batch; a backend error is raised after the verdicts already obtained were yielded."""
     if not len(questions) == len(golds) == len(preds):
       raise ValueError(f"Judge: got {len(questions)} questions, {len(golds)} golds and "
                        f"{len(preds)} preds; they must be equal")
-    if not questions:
-      return []
     conversations = [judge_messages(q, g, p) for q, g, p in zip(questions, golds, preds)]
-    replies = self.backend(conversations)
-    if len(replies) != len(conversations):
-      return [JudgeVerdict(False, f"backend returned {len(replies)} replies for "
-                                  f"{len(conversations)} prompts")] * len(conversations)
-    return [parse_judge_output(reply) for reply in replies]
+    if hasattr(self.backend, "stream"):
+      for i, reply in self.backend.stream(conversations):
+        yield i, parse_judge_output(reply)
+      return
+    size = batch_size or max(1, len(conversations))
+    for start in range(0, len(conversations), size):
+      batch = conversations[start:start + size]
+      replies = self.backend(batch)
+      if len(replies) != len(batch):
+        error = JudgeVerdict(False, f"backend returned {len(replies)} replies for {len(batch)} prompts")
+        yield from ((start + j, error) for j in range(len(batch)))
+      else:
+        yield from ((start + j, parse_judge_output(reply)) for j, reply in enumerate(replies))
+
+  def verdicts(self, questions: Sequence[str], golds: Sequence[str],
+               preds: Sequence[str]) -> list[JudgeVerdict]:
+    """One `JudgeVerdict` per triple; a reply list of the wrong length is an error per item."""
+    out: list = [None] * len(questions)
+    for i, verdict in self.stream(questions, golds, preds):
+      out[i] = verdict
+    return out
+
+  def cached_verdicts(self, questions: Sequence[str], golds: Sequence[str], preds: Sequence[str],
+                      cache: VerdictCache, *, batch_size: int = 0,
+                      agree: Callable[[list[bool]], list[bool]] = list) -> list[JudgeVerdict | None]:
+    """One verdict per triple: from `cache`, else asked of the backend (each triple once) and stored in `cache` as
+    it arrives, so an error leaves every verdict obtained so far in the cache.
+
+    `agree` maps the mask of triples to ask to the one used (multi-host: process 0's, as a local judge's generation
+    is collective); a triple asked on another process's word and absent here is None.
+    """
+    keys = [verdict_key(self.name, q, g, p) for q, g, p in zip(questions, golds, preds)]
+    first = {key: i for i, key in reversed(list(enumerate(keys)))}  # One request per distinct triple.
+    ask = [i for i, flag in enumerate(agree([first[k] == i and k not in cache for i, k in enumerate(keys)])) if flag]
+    for j, verdict in self.stream([questions[i] for i in ask], [golds[i] for i in ask], [preds[i] for i in ask],
+                                  batch_size):
+      cache.put(keys[ask[j]], verdict)
+    return [cache.get(key) for key in keys]
 
   def judge(self, questions: Sequence[str], golds: Sequence[str],
             preds: Sequence[str]) -> list[bool]:

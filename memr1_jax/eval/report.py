@@ -2,12 +2,15 @@
 
 Scores are means over the records of a group, stored as fractions in [0, 1]; the text table shows
 them as percentages. J is the share of CORRECT judge labels among the records that have one.
+Also the file helpers of report directories: JSONL read (torn last line skipped) and flushed append,
+atomic writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 from collections.abc import Iterable, Sequence
 
@@ -120,11 +123,55 @@ def render_table(rows: Sequence[GroupScores]) -> str:
 
 
 def write_report(rows: Sequence[GroupScores], out_dir: str | pathlib.Path,
-                 stem: str = "report") -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `<stem>.txt` (the table) and `<stem>.json` under `out_dir`; returns both paths."""
+                 stem: str = "report", extra: dict | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+  """Writes `<stem>.txt` (the table) and `<stem>.json` (`report_to_json` plus `extra`'s keys) under `out_dir`, each
+  atomically; returns both paths."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   text_path, json_path = out / f"{stem}.txt", out / f"{stem}.json"
-  text_path.write_text(render_table(rows), encoding="utf-8")
-  json_path.write_text(json.dumps(report_to_json(rows), indent=2) + "\n", encoding="utf-8")
+  write_atomic(text_path, render_table(rows))
+  write_atomic(json_path, json.dumps({**report_to_json(rows), **(extra or {})}, indent=2, ensure_ascii=False) + "\n")
   return text_path, json_path
+
+
+def write_atomic(path: str | pathlib.Path, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename: a reader sees the old file or the new one."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_jsonl(path: str | pathlib.Path) -> list[dict]:
+  """The JSON objects of `path`, one a line ([] when the file is missing); lines that do not parse (a line torn by a
+  killed writer) are skipped."""
+  try:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    return []
+  rows = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(row, dict):
+      rows.append(row)
+  return rows
+
+
+def append_jsonl(path: str | pathlib.Path, rows: Iterable[dict]) -> None:
+  """Appends one JSON line per row to `path` and flushes it to disk (after a newline when the file ends in a torn
+  line, so that a new row never joins it)."""
+  data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+  with open(path, "a+b") as f:
+    if f.seek(0, os.SEEK_END):
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b"\n":
+        data = b"\n" + data
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())

@@ -9,11 +9,13 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from memr1_jax import errors
+
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.Error, ValueError):
   """A checkpoint directory is missing a file, has an unsupported config field or a tensor of the wrong shape."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from memr1_jax import errors
 from memr1_jax import sharding as sharding_lib
 from memr1_jax.models import safetensors_io
 from memr1_jax.models.config import CheckpointError, ModelConfig, config_to_hf, read_hf_config
@@ -204,13 +205,56 @@ def _decoder_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
+class ExportError(errors.Error, ValueError):
+  """export_pretrained refused to write: its target holds something it must not replace (the message says what)."""
+
+
+# The tokenizer files export_pretrained copies along (by name prefix).
+TOKENIZER_PREFIXES = ("tokenizer", "special_tokens_map", "vocab", "merges", "generation_config", "chat_template")
+
+
+def _is_export_file(directory: str, name: str) -> bool:
+  """Whether `directory`/`name` is a plain file of the kind export_pretrained writes."""
+  full = os.path.join(directory, name)
+  return (os.path.isfile(full) and not os.path.islink(full)
+          and (name in ("config.json", "model.safetensors.index.json") or name.endswith(".safetensors")
+               or name.startswith(TOKENIZER_PREFIXES)))
+
+
+def check_export_target(path: str, overwrite: bool = False) -> bool:
+  """Whether export_pretrained may write `path`: True when it must replace an existing directory, False when free.
+
+  Raises ExportError for a file or link, for a non-empty directory unless `overwrite`, and (even with `overwrite`)
+  for a directory that is not a previous export: only config.json, *.safetensors and tokenizer files, no folders.
+  """
+  if not os.path.lexists(path):
+    return False
+  if os.path.islink(path) or not os.path.isdir(path):
+    raise ExportError(f"{path}: exists and is not a directory; the export does not replace it (choose another path)")
+  entries = os.listdir(path)
+  if not entries:
+    return True
+  if not overwrite:
+    raise ExportError(f"{path}: exists and is not empty; the export does not replace it (choose another path, or "
+                      "set overwrite to replace a previous export)")
+  foreign = sorted(e for e in entries if not _is_export_file(path, e))
+  if foreign or "config.json" not in entries or not any(e.endswith(".safetensors") for e in entries):
+    why = f"it holds {', '.join(foreign[:8])}" if foreign else "it lacks config.json or *.safetensors"
+    raise ExportError(f"{path}: not a previous export ({why}); even with overwrite the export only replaces one")
+  return True
+
+
 def export_pretrained(model: Decoder, path: str, *, dtype: str | None = None, tokenizer_dir: str | None = None,
-                      max_shard_bytes: int = 5 * 2**30) -> None:
+                      max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> None:
   """Writes `model` as a Hugging Face checkpoint directory (config.json + safetensors shards + index), atomically.
 
   dtype: tensor dtype to write (default: the parameters' own); tokenizer_dir: copy its tokenizer files along.
-  Only process 0 writes in a multi-host run (all processes must call it).
+  overwrite: replace a previous export at `path`. Without it an existing non-empty `path` raises ExportError, and
+  with it anything but a previous export still does (`check_export_target`); nothing is written then.
+  Only process 0 writes in a multi-host run (all processes must call it; each checks `path` first, so on a shared
+  filesystem all of them refuse together).
   """
+  check_export_target(path, overwrite)  # Before the (collective) gather of the parameters.
   cfg = model.cfg
   tensors = module_to_hf_tensors(model, DECODER_RULES, _decoder_hf_shapes(cfg))
   if dtype is not None:
@@ -238,8 +282,29 @@ def export_pretrained(model: Decoder, path: str, *, dtype: str | None = None, to
     json.dump(hf, f, indent=2)
   if tokenizer_dir:
     for fn in os.listdir(tokenizer_dir):
-      if fn.startswith(("tokenizer", "special_tokens_map", "vocab", "merges", "generation_config", "chat_template")):
+      if fn.startswith(TOKENIZER_PREFIXES):
         shutil.copy(os.path.join(tokenizer_dir, fn), tmp)
-  if os.path.exists(path):
-    shutil.rmtree(path)
-  os.replace(tmp, path)
+  _move_into_place(tmp, path, overwrite)
+
+
+def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
+  """Renames the finished directory `tmp` to `path`; a replaced export is renamed aside first and deleted last.
+
+  A crash between the two renames leaves the old export beside `path` as .export-old-*, never no model at all.
+  """
+  try:
+    replace = check_export_target(path, overwrite)  # Again: `path` may have appeared while the tensors were written.
+  except ExportError:
+    shutil.rmtree(tmp)
+    raise
+  if not replace:
+    os.replace(tmp, path)
+    return
+  old = tempfile.mkdtemp(prefix=".export-old-", dir=os.path.dirname(tmp))
+  os.replace(path, old)  # Onto the empty directory just made: a rename, atomic.
+  try:
+    os.replace(tmp, path)
+  except OSError:
+    os.replace(old, path)  # Put the previous export back.
+    raise
+  shutil.rmtree(old)

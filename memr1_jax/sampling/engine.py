@@ -107,6 +107,10 @@ class RolloutEngine:
       out.append(ids)
     return out
 
+  def set_model(self, model: nnx.Module) -> None:
+    """Samples from `model` from now on (new weights of the same architecture: the compiled programs are reused)."""
+    self.model = model
+
   def generate(self, prompts: Sequence[Prompt], n: int = 1, key=None, *, temperature: float = 1.0,
                top_p: float = 1.0, top_k: int = 0, max_new_tokens: int | None = None,
                stop_token_ids: Sequence[int] | None = None) -> list[Completion]:

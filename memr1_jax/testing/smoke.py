@@ -1,0 +1,19 @@
+"""configs/smoke.py (the smallest end-to-end run) as a config for tests, with a workdir and field overrides."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def smoke_config(workdir, **overrides):
+  """configs/smoke.py's config with `workdir` and dotted-key overrides ({"train.num_steps": 1}); returns it."""
+  spec = importlib.util.spec_from_file_location("smoke", os.path.join(REPO, "configs", "smoke.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.workdir = str(workdir)
+  c.update_from_flattened_dict(overrides)
+  return c
