@@ -74,14 +74,12 @@ def main(argv):
   components.configure_jax(config)
   convs = components.load_splits(config)[config.data.eval_split]
   factory = components.bank_factory(config)
-  rcfg = train.runner_config(config)
+  rcfg = components.runner_config(config)
   if not _MODEL.value:
     answerer = ScriptedPolicy(heuristics.heuristic_answer_reply)
-    items = [(conv, qa) for conv in convs for qa in conv.qa]
     for name, swap in SWAPS:
-      built, stats = runner.build_banks(ScriptedPolicy(swapped_reply(swap)), convs, factory, rcfg)
-      banks = {conv.sample_id: bank for conv, bank in zip(convs, built)}
-      em = train.heldout_scores(runner.answer_episodes(answerer, banks, items, rcfg, n=1, greedy=True))["eval/em"]
+      banks, stats = runner.greedy_banks(convs, ScriptedPolicy(swapped_reply(swap)), factory, rcfg)
+      em = runner.heldout_eval(convs, answerer, banks, rcfg)["eval/em"]
       print(f"{name:26s} held-out EM {em:.3f}  operations {dict(sorted(stats.ops.items()))}")
     return
   trainer = train.Trainer(demo.rl_config(config, "manager", _MODEL.value, os.path.join("runs", "manager_operations")))

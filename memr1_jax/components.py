@@ -14,11 +14,24 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from memr1_jax import errors
+from memr1_jax import data, errors
 from memr1_jax import sharding as sharding_lib
+from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.data.schema import Conversation
+from memr1_jax.episodes import runner
+from memr1_jax.episodes.policy import EnginePolicy
+from memr1_jax.memory.bank import MemoryBank
+from memr1_jax.memory.embedders import HashingEmbedder
+from memr1_jax.models import config as model_config
+from memr1_jax.models import decoder as decoder_lib
+from memr1_jax.models import lora as lora_lib
+from memr1_jax.models.encoder import SentenceEncoder, default_encoder_path
+from memr1_jax.models.loading import load_pretrained
+from memr1_jax.models.tokenizer import Tokenizer
+from memr1_jax.sampling.engine import RolloutConfig, RolloutEngine
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +76,6 @@ def load_policy(config, mesh, path: str | None = None):
   With config.model.path empty, a random-init decoder of config.model.preset and the tokenizer of
   config.model.tokenizer (tests, benchmarks, the CPU demo).
   """
-  from memr1_jax.models import config as model_config  # pylint: disable=g-import-not-at-top
-  from memr1_jax.models import decoder as decoder_lib  # pylint: disable=g-import-not-at-top
-  from memr1_jax.models.loading import load_pretrained  # pylint: disable=g-import-not-at-top
-  from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
   mc = config.model
   path = path or mc.path
   if path:
@@ -110,8 +119,6 @@ def load_trained_policy(config, mesh, checkpoint: str = "latest"):
   ("none", or the workdir has no checkpoint); "best" with no scored checkpoint raises ConfigError. Only the policy's
   trained arrays are read from the checkpoint (no optimizer state, reference or value model).
   """
-  from memr1_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
-  from memr1_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
   if checkpoint not in CHECKPOINT_CHOICES:
     raise ValueError(f"load_trained_policy: checkpoint={checkpoint!r} is not one of {CHECKPOINT_CHOICES}")
   policy, tokenizer = load_policy(config, mesh)
@@ -165,10 +172,8 @@ def _resolve_asset(path: str) -> str:
 def make_embedder(name: str):
   """The memory embedder `config.memory.encoder`: "" (bundled all-MiniLM-L6-v2), "hashing[:dim]", or a directory."""
   if name.startswith("hashing"):
-    from memr1_jax.memory.embedders import HashingEmbedder  # pylint: disable=g-import-not-at-top
     dim = int(name.split(":", 1)[1]) if ":" in name else 256
     return HashingEmbedder(dim)
-  from memr1_jax.models.encoder import SentenceEncoder, default_encoder_path  # pylint: disable=g-import-not-at-top
   return SentenceEncoder.from_pretrained(name or default_encoder_path())
 
 
@@ -193,7 +198,6 @@ class CachedEmbedder:
 
   def __call__(self, texts):
     """float32 [N, dim] embeddings of the sequence of strings `texts`."""
-    import numpy as np  # pylint: disable=g-import-not-at-top
     texts = list(texts)
     self._fill(texts)
     rows = []
@@ -204,7 +208,6 @@ class CachedEmbedder:
     return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
 
   def _fill(self, texts) -> int:
-    import numpy as np  # pylint: disable=g-import-not-at-top
     missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
     if missing:
       padded = missing + missing[-1:] * (self.min_batch - len(missing))
@@ -226,7 +229,6 @@ def cached_embedder(name: str, size: int):
 
 def bank_factory(config):
   """A zero-argument function making an empty MemoryBank as config.memory describes."""
-  from memr1_jax.memory.bank import MemoryBank  # pylint: disable=g-import-not-at-top
   embed = cached_embedder(config.memory.encoder, int(config.memory.get("embedding_cache", 0)))
   dim = embed.dim
   return lambda: MemoryBank(embed, dim, index=config.memory.index, max_ops_per_call=config.memory.max_ops_per_output)
@@ -234,7 +236,6 @@ def bank_factory(config):
 
 def load_splits(config) -> dict[str, list[Conversation]]:
   """{"train", "validation", "test"} -> conversations of config.data (LoCoMo's paper split, or the synthetic task)."""
-  from memr1_jax import data  # pylint: disable=g-import-not-at-top
   d = config.data
   if d.name == "synthetic":
     from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
@@ -260,3 +261,23 @@ def load_splits(config) -> dict[str, list[Conversation]]:
   convs = reader(path)
   # No official RL split: the first conversation trains, the second validates, the rest are the test set.
   return {"train": convs[:1], "validation": convs[1:2], "test": convs[2:]}
+
+
+def runner_config(config) -> runner.RunnerConfig:
+  """The episode settings of config.memory / config.rl."""
+  return runner.RunnerConfig(
+      related_k=config.memory.related_k, related_min_score=config.memory.related_min_score,
+      answer_k_per_speaker=config.memory.answer_k_per_speaker,
+      format_penalty=config.rl.format_penalty, max_ops_per_output=config.memory.max_ops_per_output,
+      extraction=config.memory.extraction, manager_reward_questions=config.rl.manager_reward_questions)
+
+
+def make_engine_policy(model, tokenizer, config, mesh, *, seed: int):
+  """An EnginePolicy over a RolloutEngine for `model` with config.rollout's shapes and sampling settings."""
+  r = config.rollout
+  engine = RolloutEngine(model, tokenizer, RolloutConfig(
+      max_new_tokens=r.max_new_tokens, max_prompt_len=r.max_prompt_len, max_rows_per_batch=r.max_batch,
+      min_prompt_bucket=r.min_prompt_bucket, prompt_bucket_multiple=r.prompt_bucket_multiple,
+      mesh=mesh if mesh is not None and mesh.size > 1 else None, seed=seed))
+  return EnginePolicy(engine, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                      max_new_tokens=r.max_new_tokens, seed=seed)

@@ -43,7 +43,7 @@ import jax
 
 from memr1_jax import components, console, sft, train
 from memr1_jax.agents import heuristics, prompts
-from memr1_jax.episodes import runner
+from memr1_jax.episodes import batching, runner
 from memr1_jax.episodes.policy import ScriptedPolicy
 from memr1_jax.metrics_writer import read_jsonl
 from memr1_jax.models.loading import export_pretrained
@@ -94,10 +94,10 @@ def make_sft_data(config, path: str) -> dict:
   """
   convs = components.load_splits(config)["train"]
   factory = components.bank_factory(config)
-  rcfg = train.runner_config(config)
+  rcfg = components.runner_config(config)
   manager, _ = heuristics.manager_trajectories(convs[:config.demo.sft_manager_conversations or None], factory, rcfg,
                                                explore=config.demo.explore, explore_with=config.demo.explore_with)
-  answer = heuristics.answer_trajectories(convs, train.add_all_banks(convs, factory, rcfg.extraction), rcfg,
+  answer = heuristics.answer_trajectories(convs, runner.add_all_banks(convs, factory, rcfg.extraction), rcfg,
                                          explore=config.demo.answer_explore, seed=config.seed)
   heuristics.write_jsonl(manager + answer, path)
   return {"manager": len(manager), "answer": len(answer)}
@@ -205,19 +205,15 @@ def heuristic_scores(config) -> dict:
   splits = components.load_splits(config)
   convs = splits[config.data.eval_split]
   factory = components.bank_factory(config)
-  rcfg = train.runner_config(config)
+  rcfg = components.runner_config(config)
   answerer = ScriptedPolicy(heuristics.heuristic_answer_reply)
-  items = [(conv, qa) for conv in convs for qa in conv.qa]
-
-  def scores(banks):
-    return train.heldout_scores(runner.answer_episodes(answerer, banks, items, rcfg, n=1, greedy=True))
 
   def manager_scores(reply):
-    built, stats = runner.build_banks(ScriptedPolicy(reply), convs, factory, rcfg)
-    out = scores({conv.sample_id: bank for conv, bank in zip(convs, built)})
-    return {**out, **train.bank_op_scores(convs, stats, config.data.name == "synthetic")}
+    banks, stats = runner.greedy_banks(convs, ScriptedPolicy(reply), factory, rcfg)
+    return {**runner.heldout_eval(convs, answerer, banks, rcfg),
+            **runner.bank_op_scores(convs, stats, config.data.name == "synthetic")}
 
-  return {"answer": scores(train.add_all_banks(convs, factory, rcfg.extraction)),
+  return {"answer": runner.heldout_eval(convs, answerer, runner.add_all_banks(convs, factory, rcfg.extraction), rcfg),
           "manager": manager_scores(heuristics.heuristic_manager_reply),
           "manager_informed": manager_scores(heuristics.informed_manager_reply)}
 
@@ -382,7 +378,7 @@ def base_corpus(tokenizer, num_conversations: int, rcfg: runner.RunnerConfig, se
   convs = (synthetic.generate_conversations(half, BASE_CORPUS_SEED, **short)
            + synthetic.generate_conversations(num_conversations - half, BASE_CORPUS_SEED + 1))
   manager, _ = heuristics.manager_trajectories(convs, factory, rcfg)
-  answer = heuristics.answer_trajectories(convs, train.add_all_banks(convs, factory), rcfg)
+  answer = heuristics.answer_trajectories(convs, runner.add_all_banks(convs, factory), rcfg)
   rng = random.Random(seed)
   eos = list(tokenizer.eos_token_ids[:1])
   out = []
@@ -470,7 +466,7 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
       step_fn = sft.make_sft_step(spec, rows_per_step)
       bar = console.bar(num_steps, desc=f"pretraining the demo base: {what}")
       for step in range(num_steps):
-        rows = sft.pack_examples(train.batch_for_step(items, step, rows_per_step, seed), rows=rows_per_step,
+        rows = sft.pack_examples(batching.batch_for_step(items, step, rows_per_step, seed), rows=rows_per_step,
                                  pad_id=tokenizer.pad_token_id, min_prompt_bucket=1, min_response_bucket=bucket)
         state, metrics = step_fn(state, frozen, rows)
         if step % 50 == 0:

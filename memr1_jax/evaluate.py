@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from memr1_jax import components, console, defaults, train
+from memr1_jax import components, console, defaults
 from memr1_jax.data.schema import QA, Conversation
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import ChatPolicy, EnginePolicy
@@ -201,15 +201,9 @@ class _BankProgress:
 def build_eval_banks(conversations: Sequence[Conversation], manager: ChatPolicy | None, bank_factory,
                      rcfg: runner.RunnerConfig, extractor: ChatPolicy | None = None
                      ) -> tuple[dict[str, MemoryBank], runner.BankStats]:
-  """{sample_id: bank} built greedily by `manager` (None: the ADD-everything heuristic), and the bank stats."""
-  if manager is None:
-    banks = train.add_all_banks(conversations, bank_factory, rcfg.extraction)
-    stats = runner.BankStats()
-    stats.ops["ADD"] = sum(len(bank) for bank in banks.values())
-    return banks, stats
-  built, stats = runner.build_banks(manager, conversations, bank_factory, rcfg, extractor=extractor, greedy=True,
-                                    progress=_BankProgress())
-  return {conv.sample_id: bank for conv, bank in zip(conversations, built)}, stats
+  """{sample_id: bank} built greedily by `manager` (None: the ADD-everything heuristic), and the bank stats, with a
+  progress bar over the turns."""
+  return runner.greedy_banks(conversations, manager, bank_factory, rcfg, extractor=extractor, progress=_BankProgress())
 
 
 def _memory_json(bank: MemoryBank, memory_id: int) -> dict:
@@ -432,7 +426,7 @@ def run(config) -> dict:
         info["policy_step"] = step
         sources[path] = {"model": config.model.path or f"preset {config.model.preset}", "step": step,
                          "checkpoint": None if step is None else os.path.join(config.workdir, "checkpoints", str(step))}
-      policies[path] = train.make_engine_policy(model, tokenizer, config, mesh, seed=config.seed)
+      policies[path] = components.make_engine_policy(model, tokenizer, config, mesh, seed=config.seed)
     return policies[path]
 
   manager = None if e.manager_path == ADD_ALL else policy_for(e.manager_path)
@@ -451,7 +445,7 @@ def run(config) -> dict:
   if store.note:
     print(f"# {store.note}", flush=True)
   outcome = evaluate_conversations(conversations, manager=manager, answerer=answerer, bank_factory=bank_factory,
-                                   rcfg=train.runner_config(config), extractor=extractor, judge=judge, store=store,
+                                   rcfg=components.runner_config(config), extractor=extractor, judge=judge, store=store,
                                    batch_size=config.rollout.max_batch)
   report = report_dict(outcome, {**info, "started": started, "finished": _now()})
   if jax.process_index() != 0:

@@ -32,11 +32,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from memr1_jax import components, console, defaults, errors, multihost
+from memr1_jax import sharding as sharding_lib
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.data import errors as data_errors
+from memr1_jax.episodes import batching
 from memr1_jax.metrics_writer import MetricsWriter
+from memr1_jax.models import lora as lora_lib
+from memr1_jax.models.loading import export_pretrained
+from memr1_jax.rl import logprobs as logprobs_lib
+from memr1_jax.rl import train_state as ts
+from memr1_jax.rl.update import UpdateConfig, apply_gradients
 from memr1_jax.sampling.generation import bucket_size, length_bucket
 
 logger = logging.getLogger(__name__)
@@ -131,7 +139,6 @@ def response_nll_sum(model, rows: dict, *, chunk_size: int | None = 256, seq_len
   seq_len: (static) when no row's prompt + response is longer, the model runs over that many positions only
   (`sequence_bucket`; the same values, see `rl.logprobs.response_hidden`).
   """
-  from memr1_jax.rl import logprobs as logprobs_lib  # pylint: disable=g-import-not-at-top
   logprobs_bt, _ = logprobs_lib.response_logprobs(
       model, rows["prompt_ids_bp"], rows["prompt_mask_bp"], rows["response_ids_bt"], rows["response_mask_bt"],
       chunk_size=chunk_size, seq_len=seq_len)
@@ -153,7 +160,6 @@ def make_sft_step(spec, micro_batch_size: int):
   gradients are accumulated; `seq_len` (static, one compilation each) as in `response_nll_sum`. Metrics: loss (mean
   nats per response token), tokens, grad_norm, lr, skipped.
   """
-  from memr1_jax.rl.update import UpdateConfig, apply_gradients  # pylint: disable=g-import-not-at-top
   update_config = UpdateConfig(algorithm="grpo", group_size=1)
 
   def micro_loss(params, frozen_policy, rows_mb, tokens, seq_len):
@@ -180,8 +186,6 @@ def make_sft_step(spec, micro_batch_size: int):
 
   if spec.mesh is None:
     return jax.jit(step, donate_argnums=0, static_argnums=3)
-  from memr1_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   replicated = NamedSharding(spec.mesh, P())
   return jax.jit(step, donate_argnums=0, static_argnums=3,
                  in_shardings=(spec.state_shardings, spec.frozen_shardings, sharding_lib.batch_sharding(spec.mesh)),
@@ -205,9 +209,6 @@ def run(config, progress: bool = True) -> dict:
     {"first_loss", "last_loss", "steps", "examples", "truncated", "export_path"} (losses in nats per token, the
     first and last step of this run).
   """
-  from memr1_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
-  from memr1_jax.rl import train_state as ts  # pylint: disable=g-import-not-at-top
-  from memr1_jax.train import batch_for_step  # pylint: disable=g-import-not-at-top
   c, s = config, config.sft
   os.makedirs(c.workdir, exist_ok=True)
   records = read_trajectories(s.path)  # Fails fast on bad data before the model loads.
@@ -253,7 +254,7 @@ def run(config, progress: bool = True) -> dict:
   bar = console.bar(num_steps, initial=start, desc="sft", disable=not progress or jax.process_index() != 0)
   try:
     for step in range(start, num_steps):
-      batch = batch_for_step(examples, step, s.batch_size, c.seed)
+      batch = batching.batch_for_step(examples, step, s.batch_size, c.seed)
       packed = pack_examples(batch, rows=rows, pad_id=tokenizer.pad_token_id,
                              min_prompt_bucket=c.rollout.get("min_prompt_bucket", 16),
                              prompt_bucket_multiple=c.rollout.get("prompt_bucket_multiple", 0))
@@ -274,7 +275,6 @@ def run(config, progress: bool = True) -> dict:
     bar.close()
     ckpt.close()
     writer.close()
-  from memr1_jax.models.loading import export_pretrained  # pylint: disable=g-import-not-at-top
   model = ts.policy_model(spec, state, frozen)
   if c.model.lora_rank:
     model = lora_lib.merge_lora(model)

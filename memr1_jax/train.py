@@ -22,51 +22,17 @@ from memr1_jax import components, console, defaults, errors, faults, multihost
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.episodes import batching, runner
 from memr1_jax.episodes.policy import EnginePolicy, ScriptedPolicy
-from memr1_jax.memory.operations import OpKind
 from memr1_jax.metrics_writer import MetricsWriter
+from memr1_jax.models import lora as lora_lib
+from memr1_jax.models import value as value_lib
+from memr1_jax.rl import train_state as ts
+from memr1_jax.rl.update import RolloutBatch, UpdateConfig, make_update_step
 
 logger = logging.getLogger(__name__)
 
 
 class NonFiniteError(errors.Error, RuntimeError):
   """Too many consecutive updates had a non-finite loss or gradient."""
-
-
-def runner_config(config) -> runner.RunnerConfig:
-  """The episode settings of config.memory / config.rl."""
-  return runner.RunnerConfig(
-      related_k=config.memory.related_k, related_min_score=config.memory.related_min_score,
-      answer_k_per_speaker=config.memory.answer_k_per_speaker,
-      format_penalty=config.rl.format_penalty, max_ops_per_output=config.memory.max_ops_per_output,
-      extraction=config.memory.extraction, manager_reward_questions=config.rl.manager_reward_questions)
-
-
-def make_engine_policy(model, tokenizer, config, mesh, *, seed: int):
-  """An EnginePolicy over a RolloutEngine for `model` with config.rollout's shapes and sampling settings."""
-  from memr1_jax.sampling.engine import RolloutConfig, RolloutEngine  # pylint: disable=g-import-not-at-top
-  r = config.rollout
-  engine = RolloutEngine(model, tokenizer, RolloutConfig(
-      max_new_tokens=r.max_new_tokens, max_prompt_len=r.max_prompt_len, max_rows_per_batch=r.max_batch,
-      min_prompt_bucket=r.min_prompt_bucket, prompt_bucket_multiple=r.prompt_bucket_multiple,
-      mesh=mesh if mesh is not None and mesh.size > 1 else None, seed=seed))
-  return EnginePolicy(engine, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                      max_new_tokens=r.max_new_tokens, seed=seed)
-
-
-def add_all_banks(conversations, bank_factory, extraction: str = "simple"):
-  """{sample_id: bank} in which every fact of every turn was ADDed (the heuristic manager; no model needed), facts
-  by the model-free `extraction` mode ("simple": each turn; "statements": each statement turn)."""
-  from memr1_jax.agents.extraction import extract_facts  # pylint: disable=g-import-not-at-top
-  banks = {}
-  for conv in conversations:
-    bank = bank_factory()
-    if not banks:
-      runner.prefetch_embeddings(bank, conversations, extraction)
-    for ext in extract_facts(conv.turns, extraction):
-      for fact in ext.facts:
-        bank.add(fact.text, speaker=fact.speaker, timestamp=fact.timestamp, source_turn_ids=fact.source_turn_ids)
-    banks[conv.sample_id] = bank
-  return banks
 
 
 @dataclasses.dataclass
@@ -81,10 +47,6 @@ class Learner:
 
   @classmethod
   def create(cls, config, policy, mesh) -> Learner:
-    from memr1_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
-    from memr1_jax.models import value as value_lib  # pylint: disable=g-import-not-at-top
-    from memr1_jax.rl import train_state as ts  # pylint: disable=g-import-not-at-top
-    from memr1_jax.rl.update import UpdateConfig, make_update_step  # pylint: disable=g-import-not-at-top
     mesh = mesh if mesh is not None and mesh.size > 1 else None
     if config.model.lora_rank:
       policy = lora_lib.add_lora(policy, config.model.lora_rank, config.model.lora_alpha, seed=config.seed,
@@ -106,17 +68,14 @@ class Learner:
 
   def policy(self):
     """The current policy as a Decoder (new arrays; safe to keep across the next donated update)."""
-    from memr1_jax.rl import train_state as ts  # pylint: disable=g-import-not-at-top
     return ts.policy_model(self.spec, self.state, self.frozen)
 
   def reference(self):
     """The frozen starting policy (used as the frozen answer agent / manager)."""
-    from memr1_jax.rl import train_state as ts  # pylint: disable=g-import-not-at-top
     return ts.reference_model(self.spec, self.frozen)
 
   def step(self, packed: dict, key) -> dict:
     """Runs the jitted update on one packed batch; returns host metrics."""
-    from memr1_jax.rl.update import RolloutBatch  # pylint: disable=g-import-not-at-top
     batch = RolloutBatch(**{k: v for k, v in packed.items() if k != "real_rows"})
     if self.spec.mesh is None:
       batch = jax.tree.map(jnp.asarray, batch)
@@ -132,36 +91,6 @@ def _training_items(config, splits):
   if config.agent == "answer":
     return [(c, qa) for c in train for qa in c.qa]
   return list(train)
-
-
-def heldout_scores(experiences) -> dict:
-  """{"eval/em", "eval/f1"}: the mean exact match and F1 of answer `experiences` (runner.Experience)."""
-  return {"eval/em": float(np.mean([e.info["em"] for e in experiences])),
-          "eval/f1": float(np.mean([e.info["f1"] for e in experiences]))}
-
-
-def bank_op_scores(conversations, stats: runner.BankStats, synthetic_task: bool) -> dict:
-  """The operation mix of banks built over `conversations` ({"eval/ops/<OP>": share of all operations}) and, on
-  the synthetic task (`synthetic_task`), {"eval/needed/<OP>": share of the turns implying <OP> at which the manager
-  used it} (`data.synthetic.ops_where_needed`)."""
-  total = max(sum(stats.ops.values()), 1)
-  out = {f"eval/ops/{op.value}": stats.ops.get(op.value, 0) / total for op in OpKind}
-  if synthetic_task:
-    from memr1_jax.data.synthetic import ops_where_needed  # pylint: disable=g-import-not-at-top
-    out.update({f"eval/needed/{op}": share for op, share in ops_where_needed(conversations, stats.turn_ops).items()})
-  return out
-
-
-def batch_for_step(items: list, step: int, size: int, seed: int) -> list:
-  """The `size` items of `step`: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
-  out, pos = [], step * size
-  while len(out) < size:
-    epoch, offset = divmod(pos, len(items))
-    order = np.random.default_rng([seed, epoch]).permutation(len(items))
-    take = min(size - len(out), len(items) - offset)
-    out.extend(items[i] for i in order[offset:offset + take])
-    pos += take
-  return out
 
 
 def _summarise(experiences) -> dict:
@@ -202,8 +131,8 @@ class Trainer:
     self.bank_factory = components.bank_factory(config)
     policy, self.tokenizer = components.load_policy(config, self.mesh)
     self.learner = Learner.create(config, policy, self.mesh)
-    self.rcfg = runner_config(config)
-    self.rollout = make_engine_policy(self.learner.policy(), self.tokenizer, config, self.mesh, seed=config.seed)
+    self.rcfg = components.runner_config(config)
+    self.rollout = components.make_engine_policy(self.learner.policy(), self.tokenizer, config, self.mesh, seed=config.seed)
     # The frozen answer agent that rewards and evaluates the manager.
     self.manager_answerer = self._frozen_answerer() if config.agent == "manager" else None
     self.items = _training_items(config, self.splits)
@@ -230,7 +159,7 @@ class Trainer:
         raise components.ConfigError(f"config.train.manager_answerer: {choice!r} is neither 'heuristic' nor a "
                                      "checkpoint directory")
       model, tokenizer = components.load_policy(self.config, self.mesh, choice)
-    return make_engine_policy(model, tokenizer, self.config, self.mesh, seed=self.config.seed + 1)
+    return components.make_engine_policy(model, tokenizer, self.config, self.mesh, seed=self.config.seed + 1)
 
   # Checkpoints.
 
@@ -258,18 +187,18 @@ class Trainer:
 
   def batch_labels(self, step: int) -> list[str]:
     """Ids of what step `step` trains on: question ids (answer agent) or conversation ids (manager)."""
-    batch = batch_for_step(self.items, step, self.config.rollout.batch_size, self.config.seed)
+    batch = batching.batch_for_step(self.items, step, self.config.rollout.batch_size, self.config.seed)
     return [item[1].qid or item[0].sample_id if isinstance(item, tuple) else item.sample_id for item in batch]
 
   def _answer_bank(self, convs):
     missing = [c for c in convs if c.sample_id not in self.answer_banks]
-    self.answer_banks.update(add_all_banks(missing, self.bank_factory, self.config.memory.extraction))
+    self.answer_banks.update(runner.add_all_banks(missing, self.bank_factory, self.config.memory.extraction))
     return self.answer_banks
 
   def episodes(self, step: int) -> list:
     c = self.config
     g = c.rollout.group_size if c.algorithm == "grpo" else 1
-    batch = batch_for_step(self.items, step, c.rollout.batch_size, c.seed)
+    batch = batching.batch_for_step(self.items, step, c.rollout.batch_size, c.seed)
     self.rollout.set_model(self.learner.policy())
     self.rollout.set_step(step)
     if isinstance(self.manager_answerer, EnginePolicy):
@@ -291,16 +220,11 @@ class Trainer:
     """Greedy exact match / F1 of the current policy on `split` (the manager through the frozen answerer)."""
     convs = self.splits[split]
     self.rollout.set_model(self.learner.policy())
-    items = [(conv, qa) for conv in convs for qa in conv.qa]
-    ops = {}
     if self.config.agent == "answer":
-      exps = runner.answer_episodes(self.rollout, self._answer_bank(convs), items, self.rcfg, n=1, greedy=True)
-    else:
-      built, stats = runner.build_banks(self.rollout, convs, self.bank_factory, self.rcfg, greedy=True)
-      banks = {conv.sample_id: b for conv, b in zip(convs, built)}
-      exps = runner.answer_episodes(self.manager_answerer, banks, items, self.rcfg, n=1, greedy=True)
-      ops = bank_op_scores(convs, stats, self.config.data.name == "synthetic")
-    return {**heldout_scores(exps), **ops}
+      return runner.heldout_eval(convs, self.rollout, self._answer_bank(convs), self.rcfg)
+    banks, stats = runner.greedy_banks(convs, self.rollout, self.bank_factory, self.rcfg)
+    return {**runner.heldout_eval(convs, self.manager_answerer, banks, self.rcfg),
+            **runner.bank_op_scores(convs, stats, self.config.data.name == "synthetic")}
 
   # The loop.
 

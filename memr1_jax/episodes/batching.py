@@ -83,3 +83,15 @@ def pack_experiences(experiences: Sequence[Experience], *, pad_id: int, group_si
     scores[i] = e.reward
   return dict(prompt_ids_bp=prompt_ids, prompt_mask_bp=prompt_mask, response_ids_bt=response_ids,
               response_mask_bt=response_mask, scores_b=scores, old_logprobs_bt=old_logprobs, real_rows=len(rows))
+
+
+def batch_for_step(items: list, step: int, size: int, seed: int) -> list:
+  """The `size` items of `step`: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
+  out, pos = [], step * size
+  while len(out) < size:
+    epoch, offset = divmod(pos, len(items))
+    order = np.random.default_rng([seed, epoch]).permutation(len(items))
+    take = min(size - len(out), len(items) - offset)
+    out.extend(items[i] for i in order[offset:offset + take])
+    pos += take
+  return out

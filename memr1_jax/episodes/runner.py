@@ -26,6 +26,8 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from memr1_jax.agents import extraction as extraction_lib
 from memr1_jax.agents import parsers, prompts
 from memr1_jax.data.schema import QA, Conversation, Session, Turn
@@ -377,3 +379,58 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
     # Advance every bank with its first sample.
     _apply_replies(banks, conversations, live, items, shown_ids, [s[0].text for s in samples], cfg, stats)
   return experiences, stats
+
+
+def add_all_banks(conversations, bank_factory, extraction: str = "simple"):
+  """{sample_id: bank} in which every fact of every turn was ADDed (the heuristic manager; no model needed), facts
+  by the model-free `extraction` mode ("simple": each turn; "statements": each statement turn)."""
+  banks = {}
+  for conv in conversations:
+    bank = bank_factory()
+    if not banks:
+      prefetch_embeddings(bank, conversations, extraction)
+    for ext in extraction_lib.extract_facts(conv.turns, extraction):
+      for fact in ext.facts:
+        bank.add(fact.text, speaker=fact.speaker, timestamp=fact.timestamp, source_turn_ids=fact.source_turn_ids)
+    banks[conv.sample_id] = bank
+  return banks
+
+
+def heldout_scores(experiences) -> dict:
+  """{"eval/em", "eval/f1"}: the mean exact match and F1 of answer `experiences` (runner.Experience)."""
+  return {"eval/em": float(np.mean([e.info["em"] for e in experiences])),
+          "eval/f1": float(np.mean([e.info["f1"] for e in experiences]))}
+
+
+def bank_op_scores(conversations, stats: BankStats, synthetic_task: bool) -> dict:
+  """The operation mix of banks built over `conversations` ({"eval/ops/<OP>": share of all operations}) and, on
+  the synthetic task (`synthetic_task`), {"eval/needed/<OP>": share of the turns implying <OP> at which the manager
+  used it} (`data.synthetic.ops_where_needed`)."""
+  total = max(sum(stats.ops.values()), 1)
+  out = {f"eval/ops/{op.value}": stats.ops.get(op.value, 0) / total for op in OpKind}
+  if synthetic_task:
+    from memr1_jax.data.synthetic import ops_where_needed  # pylint: disable=g-import-not-at-top
+    out.update({f"eval/needed/{op}": share for op, share in ops_where_needed(conversations, stats.turn_ops).items()})
+  return out
+
+
+def greedy_banks(conversations: Sequence[Conversation], manager: ChatPolicy | None, bank_factory: BankFactory,
+                 cfg: RunnerConfig, *, extractor: ChatPolicy | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, MemoryBank], BankStats]:
+  """({sample_id: bank}, stats) of banks built greedily by `manager` over `conversations` (None: every fact ADDed,
+  the heuristic baseline; its stats count those ADDs)."""
+  if manager is None:
+    banks = add_all_banks(conversations, bank_factory, cfg.extraction)
+    stats = BankStats()
+    stats.ops["ADD"] = sum(len(bank) for bank in banks.values())
+    return banks, stats
+  built, stats = build_banks(manager, conversations, bank_factory, cfg, extractor=extractor, greedy=True,
+                             progress=progress)
+  return {conv.sample_id: bank for conv, bank in zip(conversations, built)}, stats
+
+
+def heldout_eval(conversations: Sequence[Conversation], answerer: ChatPolicy, banks: dict[str, MemoryBank],
+                 cfg: RunnerConfig) -> dict:
+  """{"eval/em", "eval/f1"} of `answerer` answering every question of `conversations` greedily from `banks`."""
+  items = [(conv, qa) for conv in conversations for qa in conv.qa]
+  return heldout_scores(answer_episodes(answerer, banks, items, cfg, n=1, greedy=True))
