@@ -11,6 +11,8 @@ import os
 
 import ml_collections
 
+from memr1_jax import fileio
+
 MODES = ("train", "sft", "eval", "export", "demo")
 AGENTS = ("manager", "answer")
 ALGORITHMS = ("grpo", "ppo")
@@ -313,10 +315,5 @@ def redacted(config) -> dict:
 def save(config, path: str) -> str:
   """Writes `redacted(config)` to `path` as JSON, atomically (temporary file, then rename); returns `path`."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(redacted(config), f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  fileio.write_atomic(path, json.dumps(redacted(config), indent=2, sort_keys=True))
   return path

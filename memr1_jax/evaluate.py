@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from memr1_jax import components, console, defaults
+from memr1_jax import components, console, defaults, fileio
 from memr1_jax.data.schema import QA, Conversation
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import ChatPolicy, EnginePolicy
@@ -162,7 +162,7 @@ class EvalStore:
 
   def _write_state(self) -> None:
     state = {"fingerprint": self.fingerprint, "settings": self.settings, "banks": self.bank_mix}
-    report_lib.write_atomic(self._path(STATE_FILE), json.dumps(state, indent=2, ensure_ascii=False) + "\n")
+    fileio.write_atomic(self._path(STATE_FILE), json.dumps(state, indent=2, ensure_ascii=False) + "\n")
 
   def save_banks(self, mix: dict) -> None:
     """Records the bank-building stats (a rerun with every question answered skips bank building)."""
@@ -180,7 +180,7 @@ class EvalStore:
   def finish(self, predictions: Sequence[dict]) -> None:
     """Rewrites predictions.jsonl atomically as the final list (split order, judge labels)."""
     text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
-    report_lib.write_atomic(self._path(PREDICTIONS_FILE), text)
+    fileio.write_atomic(self._path(PREDICTIONS_FILE), text)
 
 
 class _BankProgress:

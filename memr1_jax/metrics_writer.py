@@ -11,6 +11,8 @@ import json
 import os
 import time
 
+from memr1_jax import fileio
+
 
 class MetricsWriter:
   """Writes `{name: float}` per step to `<workdir>/tb` (TensorBoard) and `<workdir>/metrics.jsonl`.
@@ -50,10 +52,10 @@ class MetricsWriter:
       self._jsonl.close()
 
 
-def _complete_lines(path: str) -> list[str]:
-  """The lines of `path` without a last one that is not valid JSON (a record cut short by a kill -9)."""
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
+def _complete_lines(text: str) -> list[str]:
+  """The lines of a metrics log's `text` without a last one that is not valid JSON (a record cut short by a kill)."""
+  *complete, last = text.split("\n")  # On "\n" only, as a file's readlines() does.
+  lines = [line + "\n" for line in complete] + ([last] if last else [])
   if lines:
     try:
       json.loads(lines[-1])
@@ -82,16 +84,10 @@ def truncate_jsonl(path: str, last_step: int | None) -> None:
     return
   with open(path, encoding="utf-8") as f:
     original = f.read()
-  kept = [line if line.endswith("\n") else line + "\n" for line in _complete_lines(path)
-          if last_step is None or (step := _step(line)) is None or step <= last_step]
-  if "".join(kept) == original:
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  kept = "".join(line if line.endswith("\n") else line + "\n" for line in _complete_lines(original)
+                 if last_step is None or (step := _step(line)) is None or step <= last_step)
+  if kept != original:
+    fileio.write_atomic(path, kept)
 
 
 def read_jsonl(workdir: str) -> list[dict]:
@@ -100,7 +96,9 @@ def read_jsonl(workdir: str) -> list[dict]:
   A last line cut short by a kill is skipped.
   """
   by_step = {}
-  for line in _complete_lines(os.path.join(workdir, "metrics.jsonl")):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    text = f.read()
+  for line in _complete_lines(text):
     if line.strip():
       rec = json.loads(line)
       by_step[rec["step"]] = rec

@@ -14,6 +14,7 @@ import os
 import pathlib
 from collections.abc import Iterable, Sequence
 
+from memr1_jax import fileio
 from memr1_jax.data.schema import CATEGORY_NAMES
 from memr1_jax.eval import metrics
 
@@ -129,19 +130,9 @@ def write_report(rows: Sequence[GroupScores], out_dir: str | pathlib.Path,
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   text_path, json_path = out / f"{stem}.txt", out / f"{stem}.json"
-  write_atomic(text_path, render_table(rows))
-  write_atomic(json_path, json.dumps({**report_to_json(rows), **(extra or {})}, indent=2, ensure_ascii=False) + "\n")
+  fileio.write_atomic(text_path, render_table(rows))
+  fileio.write_atomic(json_path, json.dumps({**report_to_json(rows), **(extra or {})}, indent=2, ensure_ascii=False) + "\n")
   return text_path, json_path
-
-
-def write_atomic(path: str | pathlib.Path, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename: a reader sees the old file or the new one."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict]:
