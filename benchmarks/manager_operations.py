@@ -1,7 +1,7 @@
 """What each memory operation is worth on the demo task, and how a trained manager's replies differ from the right ones
 (the measurements behind configs/demo.py's restate_prob and README's "Still weak").
 
-Without --model: held-out EM of the scripted informed manager (`heuristics.informed_manager_reply`) with one
+Without --model: held-out EM of the scripted informed manager (`demo.policies.informed_manager_reply`) with one
 operation swapped for another (UPDATE instead of DELETE, ADD instead of NOOP, ...), answered by the heuristic
 answerer over configs/demo.py's held-out conversations; seconds on 2 CPU cores.
 With --model=<HF dir> (e.g. runs/demo/sft/hf, the demo's SFT start): that model's greedy manager replies on the same
@@ -22,12 +22,12 @@ from absl import app, flags
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from configs import demo as demo_config  # noqa: E402  pylint: disable=g-import-not-at-top
-from memr1_jax import components, demo, train  # noqa: E402  pylint: disable=g-import-not-at-top
-from memr1_jax.agents import heuristics  # noqa: E402  pylint: disable=g-import-not-at-top
+from memr1_jax import components, tasks, train  # noqa: E402  pylint: disable=g-import-not-at-top
+from memr1_jax.demo import pipeline, policies  # noqa: E402  pylint: disable=g-import-not-at-top
 from memr1_jax.episodes import runner  # noqa: E402  pylint: disable=g-import-not-at-top
 from memr1_jax.episodes.policy import ScriptedPolicy  # noqa: E402  pylint: disable=g-import-not-at-top
 
-_RESTATE = flags.DEFINE_float("restate_prob", None, "data.synthetic_task.restate_prob (default: configs/demo.py's).")
+_RESTATE = flags.DEFINE_float("restate_prob", None, "demo.task.restate_prob (default: configs/demo.py's).")
 _SEED = flags.DEFINE_integer("seed", 0, "config.seed: the task draw.")
 _MODEL = flags.DEFINE_string("model", "", "An HF model directory whose greedy manager replies to categorise.")
 
@@ -41,14 +41,14 @@ SWAPS = (("as is", {}), ("UPDATE instead of DELETE", {"DELETE": "UPDATE"}),
 def swapped_reply(swap: dict):
   """The informed manager's reply with its operations' kinds replaced by `swap`, on the first fact and the first
   memory shown."""
-  def reply(chat):
-    facts, related = heuristics.read_manager_prompt(chat)
+  def reply(prompt):
+    facts, related = policies.manager_view(prompt)
     made = {"ADD": lambda: {"op": "ADD", "text": facts[0]},
             "UPDATE": lambda: {"op": "UPDATE", "id": related[0][0], "text": facts[0]},
             "DELETE": lambda: {"op": "DELETE", "id": related[0][0]},
             "NOOP": lambda: {"op": "NOOP"}}
-    ops = json.loads(heuristics.informed_manager_reply(chat))["operations"]
-    return heuristics.ops_reply([made[swap[op["op"]]]() if op["op"] in swap else op for op in ops])
+    ops = json.loads(policies.informed_manager_reply(prompt))["operations"]
+    return policies.ops_reply([made[swap[op["op"]]]() if op["op"] in swap else op for op in ops])
   return reply
 
 
@@ -70,37 +70,37 @@ def main(argv):
   config = demo_config.get_config()
   config.seed = _SEED.value
   if _RESTATE.value is not None:
-    config.data.synthetic_task.restate_prob = _RESTATE.value
+    config.demo.task.restate_prob = _RESTATE.value
   components.configure_jax(config)
-  convs = components.load_splits(config)[config.data.eval_split]
+  convs = tasks.load(config).splits()[config.data.eval_split]
   factory = components.bank_factory(config)
   rcfg = components.runner_config(config)
   if not _MODEL.value:
-    answerer = ScriptedPolicy(heuristics.heuristic_answer_reply)
+    answerer = ScriptedPolicy(policies.heuristic_answer_reply)
     for name, swap in SWAPS:
       banks, stats = runner.greedy_banks(convs, ScriptedPolicy(swapped_reply(swap)), factory, rcfg)
       em = runner.heldout_eval(convs, answerer, banks, rcfg)["eval/em"]
       print(f"{name:26s} held-out EM {em:.3f}  operations {dict(sorted(stats.ops.items()))}")
     return
-  trainer = train.Trainer(demo.rl_config(config, "manager", _MODEL.value, os.path.join("runs", "manager_operations")))
+  trainer = train.Trainer(pipeline.rl_config(config, "manager", _MODEL.value, os.path.join("runs", "manager_operations")))
   replies = []
   generate = trainer.rollout.generate
 
-  def recording(chats, **kwargs):
-    out = generate(chats, **kwargs)
-    replies.extend((chat, samples[0].text) for chat, samples in zip(chats, out))
+  def recording(prompts, **kwargs):
+    out = generate(prompts, **kwargs)
+    replies.extend((prompt, samples[0].text) for prompt, samples in zip(prompts, out))
     return out
 
   trainer.rollout.generate = recording
   scores = trainer.evaluate(config.data.eval_split)
   print(f"held-out EM {scores['eval/em']:.3f} over {len(replies)} manager turns")
   counts, examples = collections.Counter(), collections.defaultdict(list)
-  for chat, reply in replies:
-    right = json.loads(heuristics.informed_manager_reply(chat))["operations"]
+  for prompt, reply in replies:
+    right = json.loads(policies.informed_manager_reply(prompt))["operations"]
     key = (right[0]["op"], reply_kind(reply, right))
     counts[key] += 1
     if key[1] != "exact" and len(examples[key]) < 2:
-      examples[key].append((heuristics.read_manager_prompt(chat), reply))
+      examples[key].append((policies.manager_view(prompt), reply))
   for (needed, kind), n in sorted(counts.items()):
     print(f"turn needs {needed:6s} reply {kind:34s} {n}")
   for key, cases in examples.items():

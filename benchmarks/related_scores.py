@@ -19,8 +19,8 @@ from absl import app, flags
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from configs import demo as demo_config  # noqa: E402  pylint: disable=g-import-not-at-top
-from memr1_jax import components  # noqa: E402  pylint: disable=g-import-not-at-top
-from memr1_jax.data import synthetic  # noqa: E402  pylint: disable=g-import-not-at-top
+from memr1_jax import components, tasks  # noqa: E402  pylint: disable=g-import-not-at-top
+from memr1_jax.demo import synthetic  # noqa: E402  pylint: disable=g-import-not-at-top
 
 _THRESHOLD = flags.DEFINE_float("threshold", 0.6, "Score a shown memory must reach.")
 
@@ -42,7 +42,7 @@ def best_scores(conversations, embed) -> tuple[list[float], list[float]]:
 def main(argv):
   del argv
   config = demo_config.get_config()
-  conversations = components.load_splits(config)["train"]
+  conversations = tasks.load(config).splits()["train"]
   same, other = best_scores(conversations, components.make_embedder(config.memory.encoder))
   for name, scores in (("same speaker + attribute earlier", same), ("no such earlier fact", other)):
     q = np.percentile(scores, [5, 25, 50, 75, 95])

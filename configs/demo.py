@@ -6,25 +6,23 @@ r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent a
 (First runs on the 2-core EPYC sandboxes README.md names, both agents' RL at once; reruns load compiled programs
 from jax_cache_dir.)
 
-Nothing is downloaded: the synthetic memory task (`memr1_jax.data.synthetic`), the shipped tiny base model with its
-tokenizer (memr1_jax/data/assets/demo_base, built by `python -m memr1_jax.demo`), and the bundled all-MiniLM-L6-v2
-encoder for the memory bank. The same code path as configs/grpo_qwen7b.py (an HF checkpoint directory as
-model.path, episode runner, memory bank, rollout engine, GRPO / PPO update, checkpoints, evaluation) with every size
-shrunk; see memr1_jax/demo.py for the stages. Prints a table of held-out EM / F1 and the manager's operation mix for
+Nothing is downloaded: the synthetic memory task (`memr1_jax.demo`, plugged in as config.task), the shipped tiny
+base model with its tokenizer (memr1_jax/demo/assets/demo_base, built by `python -m memr1_jax.demo.base`), and the
+bundled all-MiniLM-L6-v2 encoder for the memory bank. The same code path as configs/grpo_qwen7b.py (an HF checkpoint
+directory as model.path, episode runner, memory bank, rollout engine, GRPO / PPO update, checkpoints, evaluation)
+with every size shrunk; see memr1_jax/demo/pipeline.py for the stages. Prints a table of held-out EM / F1 and the manager's operation mix for
 the heuristics, the SFT start and after RL, and writes <workdir>/reward.png next to the TensorBoard logs.
 """
 
-import os
-
-import memr1_jax
+from memr1_jax import demo
 from memr1_jax.defaults import default_config
-
-# The shipped tiny base model (an HF directory with its tokenizer), built by `python -m memr1_jax.demo`.
-DEMO_BASE_DIR = os.path.join(os.path.dirname(memr1_jax.__file__), "data", "assets", "demo_base")
+from memr1_jax.demo.base import DEMO_BASE_DIR
 
 
 def get_config():
   c = default_config()
+  c.task = "memr1_jax.demo"
+  c.demo = demo.section_config()
   c.mode = "demo"
   c.workdir = "runs/demo"
   # Compiled XLA programs are kept here: a second run skips ~75 s of compilation.
@@ -38,24 +36,24 @@ def get_config():
   c.mesh.num_devices = 1
 
   c.data.name = "synthetic"
-  c.data.synthetic_train = 48
-  c.data.synthetic_eval = 16
+  c.demo.train_conversations = 48
+  c.demo.eval_conversations = 16
   # A short, change-heavy task: facts stated in session 1, changed / retracted (a few restated) in session 2.
-  c.data.synthetic_task.num_sessions = 2
-  c.data.synthetic_task.facts_per_speaker = 2
-  c.data.synthetic_task.update_prob = 0.35
-  c.data.synthetic_task.retract_prob = 0.35
+  c.demo.task.num_sessions = 2
+  c.demo.task.facts_per_speaker = 2
+  c.demo.task.update_prob = 0.35
+  c.demo.task.retract_prob = 0.35
   # Fewer restatements ("I still live in Porto", a NOOP turn; only those of the slots that cannot be retracted, city
   # and food, remain: 9 of the 106 held-out fact turns, 16 of 113 at 0.1): the tiny manager does not tell them from
   # changes, and once GRPO teaches it UPDATE it overwrote the original with the restatement, losing its date
   # (held-out EM fell 0.794 -> 0.739, EPYC Genoa, seed 0; the scripted informed manager with UPDATE for NOOP:
   # 0.945 -> 0.848 at restate_prob 0.1, 0.933 -> 0.879 at 0, `python benchmarks/manager_operations.py`).
-  c.data.synthetic_task.restate_prob = 0.0
-  c.data.synthetic_task.filler_ratio = 0.0
+  c.demo.task.restate_prob = 0.0
+  c.demo.task.filler_ratio = 0.0
 
   c.memory.encoder = ""  # The bundled all-MiniLM-L6-v2 (Flax).
   # The task's rule-based extractor: statement turns are facts, chit-chat has nothing to store.
-  c.memory.extraction = "statements"
+  c.memory.extraction = "task"
   c.memory.embedding_cache = 50_000
   c.memory.related_k = 2
   # Shown only when the MiniLM inner product is >= 0.6 (benchmarks/related_scores.py): a training fact with an earlier
@@ -112,7 +110,7 @@ def get_config():
   c.demo.manager_steps = 12
   c.demo.manager_batch_size = 8
   # Where a turn needs UPDATE / DELETE / NOOP, half the manager's SFT replies there are the right operation, the rest
-  # ADD (heuristics.manager_trajectories): in the first GRPO step the SFT model samples UPDATE / DELETE at 8-45% of
+  # ADD (policies.manager_trajectories): in the first GRPO step the SFT model samples UPDATE / DELETE at 8-45% of
   # the turns needing them (seeds 0-2, EPYC Genoa); with a third, at 1-23%, and GRPO drove most of them to 0.
   c.demo.explore = 0.5
   c.demo.explore_with = "informed"

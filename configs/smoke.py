@@ -4,20 +4,24 @@
 Same code path as configs/grpo_qwen7b.py with every size shrunk; a few seconds per step on 2 CPU cores.
 """
 
+from memr1_jax import demo
 from memr1_jax.defaults import default_config
+from memr1_jax.demo.tokenizer import DEMO_TOKENIZER_DIR
 
 
 def get_config():
   c = default_config()
+  c.task = "memr1_jax.demo"
+  c.demo = demo.section_config()
   c.workdir = "runs/smoke"
   c.model.preset = "tiny"
-  c.model.tokenizer = "demo_tokenizer"
+  c.model.tokenizer = DEMO_TOKENIZER_DIR
   c.model.dtype = "float32"
   c.model.param_dtype = "float32"
   c.model.remat = False
   c.data.name = "synthetic"
-  c.data.synthetic_train = 2
-  c.data.synthetic_eval = 1
+  c.demo.train_conversations = 2
+  c.demo.eval_conversations = 1
   c.memory.encoder = "hashing:64"
   c.memory.related_k = 3
   c.memory.answer_k_per_speaker = 4

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from memr1_jax import data, errors
+from memr1_jax import errors, tasks
+from memr1_jax.agents import extraction as extraction_lib
 from memr1_jax import sharding as sharding_lib
 from memr1_jax.checkpoint import Checkpointer
-from memr1_jax.data.schema import Conversation
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import EnginePolicy
 from memr1_jax.memory.bank import MemoryBank
@@ -103,7 +103,7 @@ def load_policy(config, mesh, path: str | None = None):
 
 def tokenizer_dir(config) -> str:
   """The directory of config.model's tokenizer: config.model.tokenizer (resolved) or else config.model.path."""
-  return _resolve_asset(config.model.get("tokenizer") or config.model.path)
+  return config.model.get("tokenizer") or config.model.path
 
 
 # The validation metric that picks the best checkpoint of a run.
@@ -158,14 +158,6 @@ def load_trained_policy(config, mesh, checkpoint: str = "latest"):
     model = lora_lib.merge_lora(model)
   logger.info("policy: step %d of %s", step, directory)
   return model, tokenizer, step
-
-
-def _resolve_asset(path: str) -> str:
-  """`demo_tokenizer` -> the tokenizer shipped in memr1_jax/data/assets; anything else is a directory path."""
-  if path == "demo_tokenizer":
-    from memr1_jax.data.demo_tokenizer import DEMO_TOKENIZER_DIR  # pylint: disable=g-import-not-at-top
-    return str(DEMO_TOKENIZER_DIR)
-  return path
 
 
 @functools.lru_cache(maxsize=4)
@@ -234,33 +226,19 @@ def bank_factory(config):
   return lambda: MemoryBank(embed, dim, index=config.memory.index, max_ops_per_call=config.memory.max_ops_per_output)
 
 
-def load_splits(config) -> dict[str, list[Conversation]]:
-  """{"train", "validation", "test"} -> conversations of config.data (LoCoMo's paper split, or the synthetic task)."""
-  d = config.data
-  if d.name == "synthetic":
-    from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    try:
-      task = synthetic.TaskKnobs(**d.get("synthetic_task", {}))
-    except (TypeError, ValueError) as e:
-      raise ConfigError(f"config.data.synthetic_task: {e}") from None
-    train, heldout = synthetic.train_heldout_split(d.synthetic_train, d.synthetic_eval, config.seed,
-                                                   **dataclasses.asdict(task))
-    return {"train": train, "validation": heldout, "test": heldout}
-  path = d.path or os.path.join(d.data_dir, d.name, {"locomo": "locomo10.json", "longmemeval": "longmemeval_s.json",
-                                                      "msc": "msc_self_instruct.jsonl"}.get(d.name, ""))
-  if d.name not in ("locomo", "longmemeval", "msc"):
-    raise ConfigError(f"config.data.name={d.name!r}: expected locomo | longmemeval | msc | synthetic")
-  if not os.path.exists(path):
-    raise ConfigError(f"config.data.path: {path!r} does not exist (download the dataset, then point "
-                      "config.data.path at the file)")
-  if d.name == "locomo":
-    convs = data.read_locomo(path)
-    return {s: data.locomo_split(convs, s, include_adversarial=d.include_adversarial)
-            for s in ("train", "validation", "test")}
-  reader = data.read_longmemeval if d.name == "longmemeval" else data.read_msc
-  convs = reader(path)
-  # No official RL split: the first conversation trains, the second validates, the rest are the test set.
-  return {"train": convs[:1], "validation": convs[1:2], "test": convs[2:]}
+def fact_extractor(config):
+  """The model-free fact extractor of config.memory.extraction: "simple" (each turn), "task" (the task's own,
+  `tasks.Task.fact_extractor`); None for "llm" (a frozen model extracts)."""
+  choice = config.memory.extraction
+  if choice == "llm":
+    return None
+  if choice == "simple":
+    return extraction_lib.extract_facts_simple
+  extract = tasks.load(config).fact_extractor()
+  if extract is None:
+    raise ConfigError(f"config.memory.extraction='task': the task of config.task={config.task!r} has no extractor of "
+                      "its own; use 'simple' or 'llm'")
+  return extract
 
 
 def runner_config(config) -> runner.RunnerConfig:
@@ -269,7 +247,7 @@ def runner_config(config) -> runner.RunnerConfig:
       related_k=config.memory.related_k, related_min_score=config.memory.related_min_score,
       answer_k_per_speaker=config.memory.answer_k_per_speaker,
       format_penalty=config.rl.format_penalty, max_ops_per_output=config.memory.max_ops_per_output,
-      extraction=config.memory.extraction, manager_reward_questions=config.rl.manager_reward_questions)
+      extract=fact_extractor(config), manager_reward_questions=config.rl.manager_reward_questions)
 
 
 def make_engine_policy(model, tokenizer, config, mesh, *, seed: int):

@@ -13,7 +13,7 @@ import ml_collections
 
 from memr1_jax import fileio
 
-MODES = ("train", "sft", "eval", "export", "demo")
+MODES = ("train", "sft", "eval", "export")
 AGENTS = ("manager", "answer")
 ALGORITHMS = ("grpo", "ppo")
 
@@ -31,6 +31,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.workdir = "runs/default"
   # Global seed for parameters, sampling and data order.
   c.seed = 0
+  # Task module (`memr1_jax.tasks`): "" (the benchmark of config.data) or an import path whose module supplies the
+  # conversations, maybe an extractor, scripted policies, metrics, its own config section and modes.
+  c.task = ""
   # Persistent XLA compilation cache directory (empty: off): a rerun loads its programs instead of compiling them.
   c.jax_cache_dir = ""
 
@@ -39,7 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.path = ""
   # Preset name used when `path` is empty (random init; tests, benchmarks and the CPU demo).
   c.model.preset = ""
-  # Tokenizer directory (empty: model.path); "demo_tokenizer" is the one shipped for the synthetic task.
+  # Tokenizer directory (empty: model.path).
   c.model.tokenizer = ""
   # Compute dtype of matmuls.
   c.model.dtype = "bfloat16"
@@ -68,7 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.process_id = -1
 
   c.data = ml_collections.ConfigDict()
-  # Dataset: locomo | longmemeval | msc | synthetic.
+  # Dataset: locomo | longmemeval | msc (with config.task set, the task supplies the conversations; a name only).
   c.data.name = "locomo"
   # Path of the data file (e.g. locomo10.json); empty: <data_dir>/locomo/locomo10.json.
   c.data.path = ""
@@ -79,26 +82,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.eval_split = "validation"
   # Include LoCoMo category 5 (adversarial) questions.
   c.data.include_adversarial = False
-  # Synthetic task size (data.name == "synthetic"): conversations for train / held-out eval.
-  c.data.synthetic_train = 64
-  c.data.synthetic_eval = 16
-  # Synthetic task difficulty (data.synthetic.TaskKnobs): dated sessions per conversation.
-  c.data.synthetic_task = ml_collections.ConfigDict()
-  c.data.synthetic_task.num_sessions = 4
-  # Attributes (city, job, pet, ...) each speaker holds.
-  c.data.synthetic_task.facts_per_speaker = 3
-  # Chances per later session that a live fact changes value / is retracted / is restated unchanged.
-  c.data.synthetic_task.update_prob = 0.4
-  c.data.synthetic_task.retract_prob = 0.15
-  c.data.synthetic_task.restate_prob = 0.1
-  # Chance (repeated) of one more chit-chat exchange before each fact turn.
-  c.data.synthetic_task.filler_ratio = 0.3
-  # Chance that the other speaker's reply repeats the new value.
-  c.data.synthetic_task.echo_prob = 0.3
-  # Changes a fact takes before it only stays, is restated or is retracted.
-  c.data.synthetic_task.max_updates_per_fact = 2
-  # Every change names the value it replaces ("We left Porto for Lyon."); False: often only the new one.
-  c.data.synthetic_task.changes_name_old = False
 
   c.memory = ml_collections.ConfigDict()
   # Sentence encoder directory for memory embeddings (empty: the bundled all-MiniLM-L6-v2); "hashing" for a model-free one.
@@ -111,9 +94,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.memory.related_min_score = float("-inf")
   # Memories retrieved per speaker for the answer agent (the paper: 30 + 30).
   c.memory.answer_k_per_speaker = 30
-  # Fact extraction: simple ("<speaker>: <turn text>", dated by its session) | statements (synthetic task: simple
-  # facts of its statement turns, nothing from chit-chat) | llm (a frozen model extracts facts). Turns without
-  # facts are not shown to the manager.
+  # Fact extraction: simple ("<speaker>: <turn text>", dated by its session) | llm (a frozen model extracts facts)
+  # | task (config.task's own model-free extractor). Turns without facts are not shown to the manager.
   c.memory.extraction = "simple"
   # Maximum operations applied from one manager output.
   c.memory.max_ops_per_output = 64
@@ -240,7 +222,7 @@ def default_config() -> ml_collections.ConfigDict:
   # At the end, every process prints a SHA-256 of the whole train state (all-gathers it: small models only).
   c.train.log_param_checksum = False
   # The frozen answer agent whose exact match rewards the manager: "" (the starting policy), an HF checkpoint
-  # directory, or "heuristic" (the scripted first-match answerer of the synthetic task; the CPU demo).
+  # directory, or the name of a scripted policy of config.task (the CPU demo: "heuristic", its first-match answerer).
   c.train.manager_answerer = ""
 
   c.eval = ml_collections.ConfigDict()
@@ -261,34 +243,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.judge_retries = 3
   # Checkpoint of <workdir>/checkpoints the policy is read from: latest | best (by validation EM) | none (base).
   c.eval.checkpoint = "latest"
-
-  c.demo = ml_collections.ConfigDict()
-  # mode=demo: agents trained with RL after the SFT warm start, in this order (comma-separated).
-  c.demo.agents = "answer,manager"
-  # Train those agents at once, one spawned process each (CPU backend, one JAX process; else one after the other):
-  # the same numbers, sooner.
-  c.demo.parallel_agents = True
-  # RL steps of the answer agent and of the manager (train.num_steps is set from these per run).
-  c.demo.answer_steps = 20
-  c.demo.manager_steps = 10
-  # RL learning rate of the answer agent (0: rl.actor_lr, which the manager uses).
-  c.demo.answer_actor_lr = 0.0
-  # Conversations per manager RL step (rollout.batch_size counts questions for the answer agent).
-  c.demo.manager_batch_size = 4
-  # PPO (one response per prompt): prompts per step = this x the GRPO batch (0: rollout.group_size, GRPO's responses).
-  c.demo.ppo_prompts_per_group = 0
-  # rl.actor_lr / critic_lr / lam of the manager's PPO run, where not None (None: the rl.* settings).
-  c.demo.ppo_manager = ml_collections.ConfigDict({"actor_lr": None, "critic_lr": None, "lam": None})
-  # Share of exploratory replies among the heuristic manager's SFT records of a prompt that has them
-  # (heuristics.manager_trajectories; [0, 1), 0: ADD only).
-  c.demo.explore = 0.2
-  # Which replies explore: informed (the right UPDATE / DELETE / NOOP where one is needed) | blind (an UPDATE and a
-  # DELETE of the top related memory on every prompt that shows one).
-  c.demo.explore_with = "informed"
-  # Share of questions the heuristic answerer answers from a random statement instead of the first shown (SFT data).
-  c.demo.answer_explore = 0.0
-  # Training conversations whose heuristic manager trajectories join the SFT data (0: all; answers use all).
-  c.demo.sft_manager_conversations = 0
 
   c.export = ml_collections.ConfigDict()
   # Where mode=export writes the Hugging Face directory.

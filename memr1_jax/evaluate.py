@@ -43,11 +43,13 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
-from memr1_jax import components, console, defaults, fileio
+from memr1_jax import components, console, defaults, fileio, tasks
 from memr1_jax.data.schema import QA, Conversation
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import ChatPolicy, EnginePolicy
+from memr1_jax.errors import ConfigError
 from memr1_jax.eval import judge as judge_lib
 from memr1_jax.eval import report as report_lib
 from memr1_jax.memory.bank import MemoryBank
@@ -87,7 +89,6 @@ def _share(obj):
   across hosts), and only process 0 reads the report directory."""
   if jax.process_count() == 1:
     return obj
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   # Bytes travel as int32 (collectives of every backend sum those); the size first, as shapes must match.
   data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8) if jax.process_index() == 0 else None
   size = int(multihost_utils.broadcast_one_to_all(np.array(0 if data is None else data.size, np.int32)))
@@ -340,15 +341,15 @@ def http_judge(config) -> judge_lib.Judge:
   """The judge at the OpenAI-compatible endpoint config.eval.judge (ConfigError naming the field on bad input)."""
   e = config.eval
   if not e.judge_model:
-    raise components.ConfigError(f"config.eval.judge_model: empty; name the model served at {e.judge!r}")
+    raise ConfigError(f"config.eval.judge_model: empty; name the model served at {e.judge!r}")
   if e.judge_retries < 0:
-    raise components.ConfigError(f"config.eval.judge_retries={e.judge_retries}: must be 0 or more")
+    raise ConfigError(f"config.eval.judge_retries={e.judge_retries}: must be 0 or more")
   try:
     http_config = judge_lib.HttpJudgeConfig(base_url=e.judge, model=e.judge_model, api_key_env=e.judge_api_key_env,
                                             max_tokens=e.judge_max_tokens, max_retries=e.judge_retries)
     return judge_lib.Judge(judge_lib.HttpChatBackend(http_config), name=e.judge_model)
   except ValueError as err:
-    raise components.ConfigError(f"config.eval.judge={e.judge!r}: {err}") from None
+    raise ConfigError(f"config.eval.judge={e.judge!r}: {err}") from None
 
 
 def check_judge(judge: judge_lib.Judge) -> None:
@@ -368,14 +369,14 @@ def check_judge(judge: judge_lib.Judge) -> None:
 def _check_config(config) -> None:
   e = config.eval
   if e.checkpoint not in components.CHECKPOINT_CHOICES:
-    raise components.ConfigError(
+    raise ConfigError(
         f"config.eval.checkpoint={e.checkpoint!r} is not one of {components.CHECKPOINT_CHOICES}")
   for field, path in (("manager_path", "" if e.manager_path == ADD_ALL else e.manager_path),
                       ("answer_path", e.answer_path)):
     if path and not os.path.isdir(path):
-      raise components.ConfigError(f"config.eval.{field}={path!r}: not a directory (a Hugging Face checkpoint)")
+      raise ConfigError(f"config.eval.{field}={path!r}: not a directory (a Hugging Face checkpoint)")
   if e.manager_path == ADD_ALL and config.memory.extraction == "llm":
-    raise components.ConfigError(
+    raise ConfigError(
         f"config.eval.manager_path={ADD_ALL!r} stores the facts of a model-free extraction; config.memory.extraction="
         "'llm' needs a model manager (or set it to 'simple')")
 
@@ -397,12 +398,12 @@ def run(config) -> dict:
   started = _now()
   _check_config(config)
   e = config.eval
-  splits = components.load_splits(config)  # Fails fast on bad data before any model loads.
+  splits = tasks.load(config).splits()  # Fails fast on bad data before any model loads.
   if e.split not in splits:
-    raise components.ConfigError(f"config.eval.split={e.split!r} is not one of {sorted(splits)}")
+    raise ConfigError(f"config.eval.split={e.split!r} is not one of {sorted(splits)}")
   conversations = splits[e.split]
   if not any(conv.qa for conv in conversations):
-    raise components.ConfigError(f"config.eval.split={e.split!r}: no questions in {config.data.name} "
+    raise ConfigError(f"config.eval.split={e.split!r}: no questions in {config.data.name} "
                                  f"({config.data.path or config.data.data_dir})")
   judge = None
   if e.judge and e.judge != "local":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from memr1_jax import components
+from memr1_jax.errors import ConfigError
 from memr1_jax.models.loading import ExportError, check_export_target, export_pretrained
 
 
@@ -30,32 +31,32 @@ def check_export_path(config) -> None:
   """
   path = config.export.path
   if not path:
-    raise components.ConfigError("config.export.path: empty; set the directory to write the Hugging Face model to")
+    raise ConfigError("config.export.path: empty; set the directory to write the Hugging Face model to")
   target = os.path.realpath(path)
   workdir = os.path.realpath(config.workdir)
   if _within(target, workdir):
-    raise components.ConfigError(f"config.export.path={path!r}: is or lies inside config.workdir={config.workdir!r} "
+    raise ConfigError(f"config.export.path={path!r}: is or lies inside config.workdir={config.workdir!r} "
                                  "(its checkpoints and logs); export to a directory outside the run")
   if _within(workdir, target):
-    raise components.ConfigError(f"config.export.path={path!r}: contains config.workdir={config.workdir!r} (the run "
+    raise ConfigError(f"config.export.path={path!r}: contains config.workdir={config.workdir!r} (the run "
                                  "being exported); export to a directory outside it")
   for field, source in (("config.model.path", config.model.path), ("config.model.tokenizer",
                                                                     components.tokenizer_dir(config))):
     if source and (_within(target, os.path.realpath(source)) or _within(os.path.realpath(source), target)):
-      raise components.ConfigError(f"config.export.path={path!r}: is, lies inside or contains {field}={source!r} "
+      raise ConfigError(f"config.export.path={path!r}: is, lies inside or contains {field}={source!r} "
                                    "(what the export reads); export to a separate directory")
   overwrite = config.export.get("overwrite", False)
   try:
     check_export_target(path, overwrite)
   except ExportError as e:
-    raise components.ConfigError(f"config.export.path={path!r}: {e} (config.export.overwrite={overwrite})") from e
+    raise ConfigError(f"config.export.path={path!r}: {e} (config.export.overwrite={overwrite})") from e
 
 
 def run(config) -> str:
   """Entry point of mode=export; returns the directory written (config.export.path)."""
   check_export_path(config)
   path = config.export.path
-  no_checkpoint = components.ConfigError(f"config.workdir={config.workdir!r}: no checkpoint under its checkpoints/ "
+  no_checkpoint = ConfigError(f"config.workdir={config.workdir!r}: no checkpoint under its checkpoints/ "
                                          "directory to export (train first, or point config.workdir at a run)")
   if not os.path.isdir(os.path.join(config.workdir, "checkpoints")):  # Before any model loads.
     raise no_checkpoint

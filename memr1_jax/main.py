@@ -1,7 +1,8 @@
 r"""Entry point: `python -m memr1_jax.main --config=configs/<name>.py [--config.field=value ...]`.
 
 Modes (config.mode): train (RL of the manager or answer agent with GRPO / PPO), sft (supervised warm start),
-eval (per-category LoCoMo report), export (Hugging Face safetensors directory).
+eval (per-category LoCoMo report), export (Hugging Face safetensors directory), and those a task module adds
+(config.task, see `memr1_jax.tasks`; the CPU demo's "demo").
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from memr1_jax import console, defaults, errors, workdir
+from memr1_jax import components, console, defaults, errors, tasks, workdir
+from memr1_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a configs/*.py file.", lock_config=True)
 flags.mark_flags_as_required(["config"])
@@ -32,17 +34,14 @@ MODE_MODULES = {
     "sft": "memr1_jax.sft",
     "eval": "memr1_jax.evaluate",
     "export": "memr1_jax.export",
-    "demo": "memr1_jax.demo",
 }
 
 
 # Fields with a closed set of values (tests/test_reliability.py checks these against the modules that use them).
 _DTYPES = ("float32", "bfloat16", "float16")
 ENUM_FIELDS = {
-    "mode": defaults.MODES, "agent": defaults.AGENTS, "algorithm": defaults.ALGORITHMS,
-    "data.name": ("locomo", "longmemeval", "msc", "synthetic"),
-    "memory.index": ("scann", "brute_force"), "memory.extraction": ("simple", "statements", "llm"),
-    "demo.explore_with": ("informed", "blind"),
+    "agent": defaults.AGENTS, "algorithm": defaults.ALGORITHMS,
+    "memory.index": ("scann", "brute_force"), "memory.extraction": ("simple", "llm", "task"),
     "eval.checkpoint": ("latest", "best", "none"),
     "rl.kl_estimator": ("k1", "k2", "k3"), "rl.manager_reward_questions": ("turn", "answerable"),
     "rl.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
@@ -74,13 +73,9 @@ RANGES = {
     "train.checkpoint_every": (1, _INF, "at least 1 (the last step is always saved)"),
     "train.keep_checkpoints": (1, _INF, "at least 1"), "train.max_nonfinite_steps": (1, _INF, "at least 1"),
     "memory.related_k": (0, _INF, "0 or more"), "memory.answer_k_per_speaker": (1, _INF, "at least 1"),
-    "data.synthetic_train": (1, _INF, "at least 1 conversation"),
-    "data.synthetic_eval": (1, _INF, "at least 1 conversation"),
 }
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 
-
-ConfigError = errors.ConfigError
 
 
 def _field_values(config, prefix: str = "") -> dict[str, object]:
@@ -107,37 +102,61 @@ def _check_no_secret(fields: dict[str, object], source: str) -> None:
                         "the environment (value not shown)")
 
 
+def _task_section(config, source: str):
+  """(the task module of config.task or None, the default fields of its config section by dotted path)."""
+  module = tasks.task_module(config)
+  section = getattr(module, "SECTION", None)
+  if section is None:
+    return module, {}
+  if section not in config:
+    raise ConfigError(f"{source}: config.task={config.task!r} needs its section config.{section} (start from "
+                      f"{config.task}.section_config())")
+  return module, _field_values(module.section_config(), f"{section}.")
+
+
+def modes(module) -> dict[str, str]:
+  """Mode name -> module path with `run(config)`: the library's modes and those of the task module `module`."""
+  return {**MODE_MODULES, **getattr(module, "MODES", {})}
+
+
 def validate_config(config, source: str = "config") -> None:
   """Checks field names and enumerated values before any expensive work; raises ConfigError naming file and field.
 
-  Unknown fields (not in defaults.default_config()), values outside ENUM_FIELDS, and an API key
-  pasted into the config are errors.
+  Unknown fields (not in defaults.default_config() or the task's section), values outside ENUM_FIELDS, and an API
+  key pasted into the config are errors; the task module checks its own section (`validate`).
   """
   fields = _field_values(config)
   _check_no_secret(fields, source)
-  known = set(_field_values(defaults.default_config()))
+  module, section = _task_section(config, source)
+  known = set(_field_values(defaults.default_config())) | set(section)
   for name in fields:
     if name not in known:
       close = difflib.get_close_matches(name, known, n=1)
       raise ConfigError(f"{source}: config.{name} is not a known field" +
                         (f" (did you mean config.{close[0]}?)" if close else ""))
-  for name, allowed in ENUM_FIELDS.items():
+  enums = {**ENUM_FIELDS, "mode": tuple(modes(module))}
+  if module is None:
+    enums["data.name"] = tuple(tasks.DATASETS)
+  for name, allowed in enums.items():
     if fields[name] not in allowed:
       raise ConfigError(f"{source}: config.{name}={fields[name]!r} is not one of {allowed}")
-  if config.memory.extraction == "statements" and config.data.name != "synthetic":
-    raise ConfigError(f"{source}: config.memory.extraction='statements' reads the synthetic task's statements; "
-                      f"config.data.name={config.data.name!r} needs 'simple' or 'llm'")
+  if config.memory.extraction == "task" and module is None:
+    raise ConfigError(f"{source}: config.memory.extraction='task' reads with the extractor of a task module, and "
+                      "config.task is empty; use 'simple' or 'llm'")
   if not config.model.path and not config.model.preset:
     raise ConfigError(f"{source}: set config.model.path (a Hugging Face checkpoint directory) or config.model.preset")
   for name, (low, high, meaning) in RANGES.items():
     value = fields[name]
     if not low <= value <= high:
       raise ConfigError(f"{source}: config.{name}={value!r} is out of range: {meaning}")
-  if config.algorithm == "grpo" and config.mode in ("train", "demo") and config.rollout.group_size < 2:
+  trains = config.mode == "train" or config.mode not in MODE_MODULES  # A task's modes train (the demo does).
+  if config.algorithm == "grpo" and trains and config.rollout.group_size < 2:
     raise ConfigError(f"{source}: config.rollout.group_size={config.rollout.group_size} with algorithm=grpo: a group "
                       "needs at least 2 responses (one response has advantage 0: nothing would train)")
   if config.rl.clip_eps_low >= 1:
     raise ConfigError(f"{source}: config.rl.clip_eps_low={config.rl.clip_eps_low} must be below 1")
+  if hasattr(module, "validate"):
+    module.validate(config, source)
 
 
 def _shipped_configs() -> list[str]:
@@ -205,8 +224,7 @@ def run(config, source: str, allow_config_change: bool = False) -> None:
   try:
     saved = f", resolved config in {os.path.join(config.workdir, workdir.CONFIG_FILE)}" if lock else ""
     print(f"{config.mode}: {source}{saved}", flush=True)
-    module = importlib.import_module(MODE_MODULES[config.mode])
-    from memr1_jax import components  # pylint: disable=g-import-not-at-top  # Imports JAX: after the checks.
+    module = importlib.import_module(modes(tasks.task_module(config))[config.mode])
     components.configure_jax(config)
     module.run(config)
   finally:

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memr1_jax import components, console, defaults, errors, faults, multihost
+from memr1_jax import components, console, defaults, errors, faults, multihost, tasks
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.episodes import batching, runner
-from memr1_jax.episodes.policy import EnginePolicy, ScriptedPolicy
+from memr1_jax.episodes.policy import EnginePolicy
 from memr1_jax.metrics_writer import MetricsWriter
 from memr1_jax.models import lora as lora_lib
 from memr1_jax.models import value as value_lib
@@ -103,17 +103,6 @@ def _summarise(experiences) -> dict:
     vals = [e.info[key] for e in experiences if key in e.info]
     if vals:
       out[key if key.islower() else f"ops/{key}"] = float(np.mean(vals))
-  # Synthetic task (info["needed"], see Trainer.episodes): at the turns that change / retract a fact, the share of
-  # the sampled responses that UPDATE / DELETE, and the mean reward of those and of the others: what the reward
-  # pays for the operation.
-  for op in ("UPDATE", "DELETE"):
-    at = [e for e in experiences if e.info.get("needed") == op]
-    if at:
-      out[f"needed_{op}/share"] = float(np.mean([bool(e.info.get(op)) for e in at]))
-    for name, chosen in ((op, [e.reward for e in at if e.info.get(op)]),
-                         ("other", [e.reward for e in at if not e.info.get(op)])):
-      if chosen:
-        out[f"needed_{op}/reward_{name}"] = float(np.mean(chosen))
   return out
 
 
@@ -127,7 +116,8 @@ class Trainer:
     self.workdir = config.workdir
     os.makedirs(self.workdir, exist_ok=True)
     self.mesh = components.setup_mesh(config)
-    self.splits = components.load_splits(config)  # Fails fast on bad data before the model loads.
+    self.task = tasks.load(config)
+    self.splits = self.task.splits()  # Fails fast on bad data before the model loads.
     self.bank_factory = components.bank_factory(config)
     policy, self.tokenizer = components.load_policy(config, self.mesh)
     self.learner = Learner.create(config, policy, self.mesh)
@@ -150,14 +140,14 @@ class Trainer:
   def _frozen_answerer(self):
     """The frozen answer agent of config.train.manager_answerer (see defaults.py)."""
     choice = self.config.train.manager_answerer
-    if choice == "heuristic":
-      from memr1_jax.agents import heuristics  # pylint: disable=g-import-not-at-top
-      return ScriptedPolicy(heuristics.heuristic_answer_reply)
     model, tokenizer = self.learner.reference(), self.tokenizer
+    if choice and not os.path.isdir(choice):
+      scripted = self.task.scripted_policy(choice)
+      if scripted is None:
+        raise components.ConfigError(f"config.train.manager_answerer: {choice!r} is neither a checkpoint directory "
+                                     "nor a scripted policy of the task (config.task)")
+      return scripted
     if choice:
-      if not os.path.isdir(choice):
-        raise components.ConfigError(f"config.train.manager_answerer: {choice!r} is neither 'heuristic' nor a "
-                                     "checkpoint directory")
       model, tokenizer = components.load_policy(self.config, self.mesh, choice)
     return components.make_engine_policy(model, tokenizer, self.config, self.mesh, seed=self.config.seed + 1)
 
@@ -192,7 +182,7 @@ class Trainer:
 
   def _answer_bank(self, convs):
     missing = [c for c in convs if c.sample_id not in self.answer_banks]
-    self.answer_banks.update(runner.add_all_banks(missing, self.bank_factory, self.config.memory.extraction))
+    self.answer_banks.update(runner.add_all_banks(missing, self.bank_factory, self.rcfg))
     return self.answer_banks
 
   def episodes(self, step: int) -> list:
@@ -209,12 +199,16 @@ class Trainer:
     questions = {conv.sample_id: conv.qa for conv in batch}
     experiences, _ = runner.manager_episodes(self.rollout, self.manager_answerer, batch, questions,
                                              self.bank_factory, self.rcfg, n=g)
-    if c.data.name == "synthetic":  # The operation each trained turn implies, for the needed_* metrics.
-      from memr1_jax.data.synthetic import needed_ops  # pylint: disable=g-import-not-at-top
-      needed = needed_ops(batch)
-      for e in experiences:
-        e.info["needed"] = needed.get(e.info["turn"])
     return experiences
+
+  def rollout_metrics(self, step: int, experiences) -> dict:
+    """The rollout/* metrics of step `step`'s `experiences`: reward, lengths, EM / F1, operation mix, and the
+    task's own (`tasks.Task.experience_metrics`)."""
+    batch = batching.batch_for_step(self.items, step, self.config.rollout.batch_size, self.config.seed)
+    convs = list({(item[0] if isinstance(item, tuple) else item).sample_id:
+                  item[0] if isinstance(item, tuple) else item for item in batch}.values())
+    metrics = {**_summarise(experiences), **(self.task.experience_metrics(experiences, convs) if experiences else {})}
+    return {f"rollout/{k}": v for k, v in metrics.items()}
 
   def evaluate(self, split: str) -> dict:
     """Greedy exact match / F1 of the current policy on `split` (the manager through the frozen answerer)."""
@@ -222,9 +216,8 @@ class Trainer:
     self.rollout.set_model(self.learner.policy())
     if self.config.agent == "answer":
       return runner.heldout_eval(convs, self.rollout, self._answer_bank(convs), self.rcfg)
-    banks, stats = runner.greedy_banks(convs, self.rollout, self.bank_factory, self.rcfg)
-    return {**runner.heldout_eval(convs, self.manager_answerer, banks, self.rcfg),
-            **runner.bank_op_scores(convs, stats, self.config.data.name == "synthetic")}
+    return runner.evaluate_agents(convs, self.rollout, self.manager_answerer, self.bank_factory, self.rcfg,
+                                  bank_metrics=self.task.bank_metrics)
 
   # The loop.
 
@@ -248,7 +241,7 @@ class Trainer:
         t0 = time.perf_counter()
         experiences = self.episodes(step)
         t_rollout = time.perf_counter() - t0
-        metrics = {f"rollout/{k}": v for k, v in _summarise(experiences).items()}
+        metrics = self.rollout_metrics(step, experiences)
         if experiences and c.rl.max_update_groups and g > 1:
           experiences, informative = batching.select_groups(experiences, c.rl.max_update_groups,
                                                             np.random.default_rng((c.seed, step)))

@@ -485,20 +485,6 @@ def test_extract_facts_simple_one_per_turn():
   assert all(r.format_error is None and not r.fell_back for r in results)
 
 
-def test_extract_facts_statements_keeps_the_synthetic_tasks_statements_only():
-  """Statements mode: a statement of the synthetic task ("I sold my bike.") is its simple fact; chit-chat has none;
-  "llm" is refused by the model-free dispatcher."""
-  session = Session(index=1, date_time="1:56 pm on 8 May, 2023", turns=(
-      Turn("Anna", "Hey Ben, long time no see!", "D1:1"), Turn("Anna", "I sold my bike.", "D1:2"),
-      Turn("Ben", "I moved to Porto.", "D1:3")))
-  turns = [(session, t) for t in session.turns]
-  results = extraction.extract_facts(turns, "statements")
-  assert [[f.text for f in r.facts] for r in results] == [[], ["Anna: I sold my bike."], ["Ben: I moved to Porto."]]
-  assert extraction.extract_facts(turns, "simple") == extraction.extract_facts_simple(turns)
-  with pytest.raises(ValueError, match="needs a model"):
-    extraction.extract_facts(turns, "llm")
-
-
 def test_extract_facts_llm_parses_and_falls_back():
   """LLM mode: JSON facts are used, '[]' gives none, garbage falls back to the simple fact."""
   replies = ['["Caroline went to an LGBTQ support group on 7 May 2023."]', "[]", ""]

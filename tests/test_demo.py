@@ -6,9 +6,15 @@ import json
 import os
 import random
 
-from memr1_jax import demo
-from memr1_jax.agents import heuristics, parsers, prompts
-from memr1_jax.memory.bank import MemoryEntry
+from memr1_jax.agents import parsers, prompts
+from memr1_jax.agents.extraction import Fact
+from memr1_jax.data.schema import QA, Session, Turn
+from memr1_jax.demo import base, pipeline, policies, synthetic
+from memr1_jax.demo import task as demo_task
+from memr1_jax.episodes import runner
+from memr1_jax.episodes.policy import Sample
+from memr1_jax.memory.bank import MemoryBank, MemoryEntry
+from memr1_jax.memory.embedders import HashingEmbedder
 from memr1_jax.memory.operations import OpKind
 from memr1_jax.metrics_writer import read_jsonl
 
@@ -19,19 +25,28 @@ def demo_config(workdir, **overrides):
   spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "demo.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return demo.stage_config(module.get_config(), workdir=str(workdir), **overrides)
+  return pipeline.stage_config(module.get_config(), workdir=str(workdir), **overrides)
 
 
 def _memory(memory_id, text, speaker="Anna", stamp="1:56 pm on 8 May, 2023"):
   return MemoryEntry(memory_id, text, speaker, stamp, ())
 
 
+def _manager_prompt(facts, memories, speaker="Anna", date="d"):
+  """The runner's manager prompt (chat and view) for fact texts `facts` of `speaker` and the memories shown."""
+  return runner.manager_prompt([Fact(f, speaker, date, ()) for f in facts], memories, speaker=speaker, date=date)
+
+
+def _answer_prompt(question, memories):
+  """The runner's answer prompt (chat and view) for `question` over `memories` of Anna and Ben."""
+  return runner.answer_prompt(QA(question, "", 4), memories, ("Anna", "Ben"), 30)
+
+
 def test_heuristic_manager_adds_the_fact_in_the_parsed_format():
   """Without exploration the heuristic manager's reply parses to one ADD of the fact, verbatim."""
   fact = "Anna: I sold my bike."
-  chat = prompts.manager_messages([fact], [_memory(3, "Anna: I bought a bike.")],
-                                  speaker="Anna", date="1:56 pm on 8 May, 2023")
-  parsed = parsers.parse_manager_output(heuristics.heuristic_manager_reply(chat), {3}, speaker="Anna")
+  prompt = _manager_prompt([fact], [_memory(3, "Anna: I bought a bike.")])
+  parsed = parsers.parse_manager_output(policies.heuristic_manager_reply(prompt), {3}, speaker="Anna")
   assert parsed.format_error is None
   assert [(op.kind, op.text) for op in parsed.ops] == [(OpKind.ADD, fact)]
 
@@ -40,12 +55,12 @@ def test_heuristic_manager_explores_update_and_delete_of_the_top_memory():
   """The exploratory replies UPDATE and DELETE the first related memory shown with the first fact; none without a
   related memory."""
   facts = ["Anna: I took up chess.", "Anna: I moved to Porto."]
-  chat = prompts.manager_messages(facts, [_memory(7, "x"), _memory(2, "y")], speaker="Anna", date="d")
-  parsed = [parsers.parse_manager_output(r, {7, 2}) for r in heuristics.exploratory_manager_replies(chat)]
+  prompt = _manager_prompt(facts, [_memory(7, "x"), _memory(2, "y")])
+  parsed = [parsers.parse_manager_output(r, {7, 2}) for r in policies.exploratory_manager_replies(prompt)]
   assert [[(op.kind, op.memory_id, op.text) for op in p.ops] for p in parsed] == [
       [(OpKind.UPDATE, 7, facts[0]), (OpKind.ADD, None, facts[1])],
       [(OpKind.DELETE, 7, None), (OpKind.ADD, None, facts[1])]]
-  assert heuristics.exploratory_manager_replies(prompts.manager_messages(facts, [], speaker="Anna", date="d")) == []
+  assert policies.exploratory_manager_replies(_manager_prompt(facts, [])) == []
 
 
 def test_informed_manager_deletes_updates_or_keeps_the_same_speakers_memory_of_the_attribute():
@@ -55,9 +70,8 @@ def test_informed_manager_deletes_updates_or_keeps_the_same_speakers_memory_of_t
            _memory(8, "Anna: I moved to Porto.")]
 
   def ops(fact, memories=shown):
-    chat = prompts.manager_messages([fact], memories, speaker="Anna", date="d")
     return [(op.kind, op.memory_id) for op in parsers.parse_manager_output(
-        heuristics.informed_manager_reply(chat), {3, 5, 8}).ops]
+        policies.informed_manager_reply(_manager_prompt([fact], memories)), {3, 5, 8}).ops]
 
   assert ops("Anna: I sold my bike.") == [(OpKind.DELETE, 5)]
   assert ops("Anna: We left Porto for Lyon.") == [(OpKind.UPDATE, 8)]
@@ -66,33 +80,56 @@ def test_informed_manager_deletes_updates_or_keeps_the_same_speakers_memory_of_t
   assert ops("Anna: I sold my bike.", shown[:1]) == [(OpKind.ADD, None)]
 
 
+def test_extract_statements_keeps_the_synthetic_tasks_statements_only():
+  """The task's extractor: a statement of the task ("I sold my bike.") is its simple fact; chit-chat has none."""
+  session = Session(index=1, date_time="1:56 pm on 8 May, 2023", turns=(
+      Turn("Anna", "Hey Ben, long time no see!", "D1:1"), Turn("Anna", "I sold my bike.", "D1:2"),
+      Turn("Ben", "I moved to Porto.", "D1:3")))
+  results = demo_task.extract_statements([(session, t) for t in session.turns])
+  assert [[f.text for f in r.facts] for r in results] == [[], ["Anna: I sold my bike."], ["Ben: I moved to Porto."]]
+
+
+def test_needed_metrics_average_rewards_by_whether_the_implied_operation_was_used():
+  """At turns needing DELETE, needed_DELETE/share is the share of DELETEing responses, reward_DELETE averages their
+  rewards and reward_other the rest's; turns needing something else, and answer experiences, do not count."""
+  convs = synthetic.generate_conversations(4, 0, num_sessions=2, update_prob=0.3, retract_prob=0.5)
+  needed = demo_task.needed_ops(convs)
+  delete = next(turn for turn, op in needed.items() if op == "DELETE")
+  add = next(turn for turn, op in needed.items() if op == "ADD")
+
+  def exp(reward, turn, op, kind="manager"):
+    return runner.Experience(Sample(text=""), reward, 0, kind, {"turn": turn, op: 1})
+
+  metrics = demo_task.needed_metrics([exp(1.0, delete, "DELETE"), exp(0.5, delete, "DELETE"), exp(0.0, delete, "ADD"),
+                                      exp(0.9, add, "DELETE"), exp(0.3, delete, "DELETE", kind="answer")], convs)
+  assert metrics["needed_DELETE/reward_DELETE"] == 0.75 and metrics["needed_DELETE/reward_other"] == 0.0
+  assert metrics["needed_DELETE/share"] == 2 / 3
+  assert not any(k.startswith("needed_UPDATE") for k in metrics)
+
+
 def _trajectories(num_conversations, explore_with, **knobs):
   """(plain records, explored records at explore=1/3, plain banks) of the heuristic manager on synthetic
   conversations, with hashing embeddings and 2 related memories per fact."""
-  from memr1_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
-  from memr1_jax.memory.bank import MemoryBank  # pylint: disable=g-import-not-at-top
-  from memr1_jax.memory.embedders import HashingEmbedder  # pylint: disable=g-import-not-at-top
   convs = synthetic.generate_conversations(num_conversations, 0, num_sessions=2, facts_per_speaker=2, **knobs)
   embed = HashingEmbedder(64)
   factory = lambda: MemoryBank(embed, 64, index="brute_force")  # noqa: E731
-  cfg = runner.RunnerConfig(related_k=2, extraction="statements")
-  plain, banks = heuristics.manager_trajectories(convs, factory, cfg)
-  explored, _ = heuristics.manager_trajectories(convs, factory, cfg, explore=1 / 3, explore_with=explore_with)
-  return plain, explored, banks
+  cfg = runner.RunnerConfig(related_k=2, extract=demo_task.extract_statements)
+  walk, banks = policies.walk_manager(convs, factory, cfg)
+  explored, _ = policies.manager_trajectories(convs, factory, cfg, explore=1 / 3, explore_with=explore_with)
+  return walk, explored, banks
 
 
 def test_manager_trajectories_record_exploration_at_the_configured_share():
   """With blind exploration at 1/3 a prompt that shows a related memory has 4 ADD, 1 UPDATE and 1 DELETE records
   (1/6 each of UPDATE / DELETE); a prompt without one keeps its single ADD; the walk itself only ADDs."""
-  plain, explored, banks = _trajectories(2, "blind")
+  walk, explored, banks = _trajectories(2, "blind")
   by_prompt = {}
   for r in explored:
     op = json.loads(r["response"])["operations"][0]["op"]
     by_prompt.setdefault(json.dumps(r["messages"]), []).append(op)
-  assert len(by_prompt) == len(plain) and sum(len(b) for b in banks) == len(plain)
-  for r in plain:
-    shows_related = heuristics.read_manager_prompt(r["messages"])[1] != []
+  assert len(by_prompt) == len(walk.records) and sum(len(b) for b in banks) == len(walk.records)
+  for prompt, r in zip(walk.prompts, walk.records):
+    shows_related = prompt.view.memories != ()
     ops = sorted(by_prompt[json.dumps(r["messages"])])
     assert ops == (["ADD"] * 4 + ["DELETE", "UPDATE"] if shows_related else ["ADD"])
 
@@ -100,14 +137,14 @@ def test_manager_trajectories_record_exploration_at_the_configured_share():
 def test_informed_exploration_records_the_right_operation_where_one_is_needed():
   """With explore_with="informed" and explore=1/3, a prompt where the informed manager does not ADD has 4 ADD and 2
   informed records (some prompts do: retractions and changes); every other prompt keeps its single ADD."""
-  plain, explored, _ = _trajectories(4, "informed", update_prob=0.45, retract_prob=0.45)
+  walk, explored, _ = _trajectories(4, "informed", update_prob=0.45, retract_prob=0.45)
   by_prompt = {}
   for r in explored:
     by_prompt.setdefault(json.dumps(r["messages"]), []).append(r["response"])
-  assert len(by_prompt) == len(plain)
+  assert len(by_prompt) == len(walk.records)
   explored_kinds = set()
-  for r in plain:
-    informed = heuristics.informed_manager_reply(r["messages"])
+  for prompt, r in zip(walk.prompts, walk.records):
+    informed = policies.informed_manager_reply(prompt)
     replies = by_prompt[json.dumps(r["messages"])]
     if informed == r["response"]:
       assert replies == [r["response"]]
@@ -126,8 +163,7 @@ def test_heuristic_answerer_takes_the_first_statement_shown():
               _memory(6, "Anna: I sold my bike.")]
 
   def answer(question):
-    chat = prompts.answer_messages(question, memories, speakers=("Anna", "Ben"))
-    reply = heuristics.heuristic_answer_reply(chat)
+    reply = policies.heuristic_answer_reply(_answer_prompt(question, memories))
     parsed = parsers.parse_answer_output(reply)
     assert parsed.format_error is None
     assert [line for line in reply.splitlines() if line.startswith("[")] == [f"[{i}]" for i in parsed.selected_ids]
@@ -146,8 +182,8 @@ def test_heuristic_answerer_explores_other_statements_and_flips_yes_no():
               _memory(5, "Anna: I bought a bike.")]
 
   def answers(question, explore):
-    chat = prompts.answer_messages(question, memories, speakers=("Anna", "Ben"))
-    return {heuristics.heuristic_answer(chat, explore=explore, seed=seed)[0] for seed in range(40)}
+    prompt = _answer_prompt(question, memories)
+    return {policies.heuristic_answer(prompt, explore=explore, seed=seed)[0] for seed in range(40)}
 
   assert answers("Where does Anna live now?", 0.0) == {"Porto"}
   assert answers("Where does Anna live now?", 1.0) == {"Porto", "Lyon"}
@@ -159,18 +195,16 @@ def test_random_replies_are_well_formed_and_answer_the_asked_attribute():
   """The base model's uninformed replies parse, name only shown memories, and answer from a random statement of the
   asked attribute (both statements over draws; a random yes / no)."""
   rng = random.Random(0)
-  manager_chat = prompts.manager_messages(["Anna: I took up chess."], [_memory(7, "x"), _memory(2, "y")],
-                                          speaker="Anna", date="d")
+  manager_prompt = _manager_prompt(["Anna: I took up chess."], [_memory(7, "x"), _memory(2, "y")])
   memories = [_memory(4, "Anna: I moved to Porto."),
               _memory(9, "Anna: We left Porto for Lyon.", stamp="2:00 pm on 20 May, 2023"),
               _memory(5, "Anna: I bought a bike.")]
   answers = {}
   for _ in range(40):
-    parsed = parsers.parse_manager_output(heuristics.random_manager_reply(manager_chat, rng), {7, 2})
+    parsed = parsers.parse_manager_output(policies.random_manager_reply(manager_prompt, rng), {7, 2})
     assert parsed.format_error is None
     for question in ("Where does Anna live now?", "Does Anna own a bike now?"):
-      chat = prompts.answer_messages(question, memories, speakers=("Anna", "Ben"))
-      answer = parsers.parse_answer_output(heuristics.random_answer_reply(chat, rng))
+      answer = parsers.parse_answer_output(policies.random_answer_reply(_answer_prompt(question, memories), rng))
       assert answer.format_error is None and set(answer.selected_ids) <= {4, 9, 5}
       answers.setdefault(question, set()).add(answer.answer)
   assert answers == {"Where does Anna live now?": {"Porto", "Lyon"}, "Does Anna own a bike now?": {"yes", "no"}}
@@ -181,30 +215,30 @@ def test_rl_config_sizes_each_agents_batch_for_grpo_and_ppo(tmp_path):
   demo.ppo_prompts_per_group times as many (rollout.group_size when 0), one response each; each agent its steps."""
   config = demo_config(tmp_path, **{"rollout.batch_size": 8, "demo.manager_batch_size": 3, "rollout.group_size": 8,
                                     "demo.ppo_prompts_per_group": 4})
-  sizes = {(algo, agent): demo.rl_config(demo.stage_config(config, algorithm=algo), agent, "init").rollout.batch_size
+  sizes = {(algo, agent): pipeline.rl_config(pipeline.stage_config(config, algorithm=algo), agent, "init").rollout.batch_size
            for algo in ("grpo", "ppo") for agent in ("answer", "manager")}
   assert sizes == {("grpo", "answer"): 8, ("grpo", "manager"): 3, ("ppo", "answer"): 32, ("ppo", "manager"): 12}
-  default = demo.stage_config(config, **{"algorithm": "ppo", "demo.ppo_prompts_per_group": 0})
-  assert demo.rl_config(default, "manager", "init").rollout.batch_size == 24
-  assert demo.rl_config(config, "manager", "init").train.num_steps == config.demo.manager_steps
+  default = pipeline.stage_config(config, **{"algorithm": "ppo", "demo.ppo_prompts_per_group": 0})
+  assert pipeline.rl_config(default, "manager", "init").rollout.batch_size == 24
+  assert pipeline.rl_config(config, "manager", "init").train.num_steps == config.demo.manager_steps
 
 
 def test_rl_config_applies_the_ppo_manager_settings_to_the_managers_ppo_run_only(tmp_path):
   """demo.ppo_manager's non-None rl settings reach the manager's PPO run, not its GRPO run nor the answer agent's."""
   config = demo_config(tmp_path, **{"rl.actor_lr": 1e-3, "rl.lam": 1.0, "demo.ppo_manager.lam": 0.9,
                                     "demo.ppo_manager.actor_lr": None, "demo.answer_actor_lr": 0.0})
-  ppo = demo.stage_config(config, algorithm="ppo")
-  manager = demo.rl_config(ppo, "manager", "init").rl
+  ppo = pipeline.stage_config(config, algorithm="ppo")
+  manager = pipeline.rl_config(ppo, "manager", "init").rl
   assert (manager.lam, manager.actor_lr) == (0.9, 1e-3)
-  assert demo.rl_config(ppo, "answer", "init").rl.lam == 1.0
-  assert demo.rl_config(demo.stage_config(config, algorithm="grpo"), "manager", "init").rl.lam == 1.0
+  assert pipeline.rl_config(ppo, "answer", "init").rl.lam == 1.0
+  assert pipeline.rl_config(pipeline.stage_config(config, algorithm="grpo"), "manager", "init").rl.lam == 1.0
 
 
 def test_sft_data_are_parseable_replies_to_runner_prompts(tmp_path):
   """Every SFT record is a runner chat with a reply the parsers read without a format error."""
-  config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "data.synthetic_train": 2})
+  config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "demo.train_conversations": 2})
   path = str(tmp_path / "sft.jsonl")
-  counts = demo.make_sft_data(config, path)
+  counts = pipeline.make_sft_data(config, path)
   with open(path, encoding="utf-8") as f:
     records = [json.loads(line) for line in f]
   assert len(records) == counts["manager"] + counts["answer"] > 0
@@ -220,21 +254,21 @@ def test_sft_data_are_parseable_replies_to_runner_prompts(tmp_path):
 def test_shipped_base_encodes_each_agent_instruction_as_one_token():
   """The shipped base's tokenizer still matches agents.prompts (else the base must be rebuilt)."""
   from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
-  demo.check_instruction_tokens(Tokenizer.from_pretrained(demo.DEMO_BASE_DIR))
+  base.check_instruction_tokens(Tokenizer.from_pretrained(base.DEMO_BASE_DIR))
 
 
 def test_agents_trained_at_once_in_processes_match_one_after_the_other(tmp_path):
   """demo.train_agents with parallel_agents (one spawned process per run) logs the same losses, rewards and held-out
   scores as the same runs one after the other in this process."""
-  config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "data.synthetic_train": 4,
-                                    "data.synthetic_eval": 2, "demo.answer_steps": 1, "demo.manager_steps": 1,
+  config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "demo.train_conversations": 4,
+                                    "demo.eval_conversations": 2, "demo.answer_steps": 1, "demo.manager_steps": 1,
                                     "rollout.batch_size": 2, "demo.manager_batch_size": 1,
                                     "rollout.max_new_tokens": 16})
   logs = {}
   for parallel in (False, True):
-    c = demo.stage_config(config, **{"demo.parallel_agents": parallel})
+    c = pipeline.stage_config(config, **{"demo.parallel_agents": parallel})
     runs = [(c, agent, str(tmp_path / f"{agent}_{parallel}")) for agent in ("answer", "manager")]
-    for r in demo.train_agents(c, runs, demo.DEMO_BASE_DIR):
+    for r in pipeline.train_agents(c, runs, base.DEMO_BASE_DIR):
       records = [{k: v for k, v in rec.items() if not k.startswith("perf/")} for rec in read_jsonl(r.workdir)]
       logs[parallel, r.agent] = (r.before, r.after, records)
   for agent in ("answer", "manager"):
@@ -249,12 +283,12 @@ def test_demo_grpo_raises_the_answer_agents_em_and_teaches_the_manager_to_replac
   exactly at the SFT start. The manager's held-out EM is not asserted: on seed 0 it rises on EPYC Genoa and falls on
   EPYC Milan (docs/demo.md), so no direction holds on every machine yet (issue 28)."""
   config = demo_config(tmp_path)
-  init = demo.warm_start(config)
+  init = pipeline.warm_start(config)
   agents = ("answer", "manager")
   # The control: the same runs at lr 0 (2 steps: the weights cannot move, whatever the step count).
-  lr0 = demo.stage_config(config, **{"rl.actor_lr": 0.0, "demo.answer_actor_lr": 0.0, "demo.answer_steps": 2,
+  lr0 = pipeline.stage_config(config, **{"rl.actor_lr": 0.0, "demo.answer_actor_lr": 0.0, "demo.answer_steps": 2,
                                      "demo.manager_steps": 2})
-  results = demo.train_agents(config, [(config, agent, None) for agent in agents] +
+  results = pipeline.train_agents(config, [(config, agent, None) for agent in agents] +
                               [(lr0, agent, str(tmp_path / f"{agent}_lr0")) for agent in agents], init)
   for agent, grpo, control in zip(agents, results[:2], results[2:]):
     needed = {op: (grpo.before.get(f"eval/needed/{op}"), grpo.after.get(f"eval/needed/{op}"))
@@ -273,12 +307,12 @@ def test_copy_exercises_repeat_their_random_spans_in_another_order():
   """Each copy exercise lists random spans (no special, instruction or newline token inside), then the same spans
   again, mostly in another order, within the length limit."""
   from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
-  tokenizer = Tokenizer.from_pretrained(demo.DEMO_BASE_DIR)
+  tokenizer = Tokenizer.from_pretrained(base.DEMO_BASE_DIR)
   (newline,) = tokenizer.encode("\n")
   forbidden = set(tokenizer.eos_token_ids) | {tokenizer.pad_token_id} | {
       tokenizer.encode(p)[0] for p in (prompts.MANAGER_SYSTEM_PROMPT, prompts.ANSWER_SYSTEM_PROMPT)}
   reordered = 0
-  for ids in demo.copy_exercises(tokenizer, 20, random.Random(0), 128):
+  for ids in base.copy_exercises(tokenizer, 20, random.Random(0), 128):
     assert 40 <= len(ids) <= 128 and ids[-1] == newline and not set(ids) & forbidden
     lines = [tuple(g) for is_newline, g in itertools.groupby(ids, lambda i: i == newline) if not is_newline]
     half = len(lines) // 2
@@ -295,8 +329,8 @@ def test_shipped_base_copies_repeated_random_spans():
 
   from memr1_jax.models.loading import load_pretrained  # pylint: disable=g-import-not-at-top
   from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
-  model, _ = load_pretrained(demo.DEMO_BASE_DIR)
-  exercises = demo.copy_exercises(Tokenizer.from_pretrained(demo.DEMO_BASE_DIR), 4, random.Random(123), 128)
+  model, _ = load_pretrained(base.DEMO_BASE_DIR)
+  exercises = base.copy_exercises(Tokenizer.from_pretrained(base.DEMO_BASE_DIR), 4, random.Random(123), 128)
   first, repeat = [], []
   for ids in exercises:
     logp_tv = np.asarray(jax.nn.log_softmax(model(np.asarray([ids]))[0], axis=-1))

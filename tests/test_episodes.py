@@ -3,16 +3,23 @@ operation."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from memr1_jax.agents.heuristics import ops_reply
+from memr1_jax.agents.extraction import Extraction, simple_fact
 from memr1_jax.data.schema import QA, Conversation, Session, Turn
 from memr1_jax.episodes import runner
-from memr1_jax.episodes.policy import Sample, ScriptedPolicy
+from memr1_jax.episodes.policy import RecordingPolicy, Sample, ScriptedPolicy
 from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.embedders import HashingEmbedder
 
 DIM = 64
+
+
+def ops_reply(ops) -> str:
+  """A manager reply of the operations `ops` (dicts as the prompt states them)."""
+  return json.dumps({"operations": list(ops)})
 
 
 class _GroupPolicy:
@@ -33,9 +40,9 @@ def _conversation() -> Conversation:
   return Conversation("c0", "Alice", "Bob", (Session(1, "1 May 2023", turns),), qa)
 
 
-def _answer(chat) -> str:
+def _answer(prompt) -> str:
   """Answers from the shown memories: the drink stated for the person asked about, else "none"."""
-  text = chat[-1]["content"]
+  text = prompt.messages[-1]["content"]
   name = "Alice" if "What does Alice" in text else "Bob"
   drink = next((d for d in ("black tea", "coffee") if f"{name} drinks {d}" in text), "none")
   return f"**Answer:** {drink}"
@@ -69,9 +76,15 @@ class _CountingManager:
     return [[Sample(text=ops_reply([{"op": "ADD", "text": "x"}]))] * n for _ in chats]
 
 
+def _first_person_only(items):
+  """An extractor that finds a fact only in turns that start with "I " (chit-chat has none)."""
+  return [Extraction([simple_fact(session, turn)] if turn.text.startswith("I ") else []) for session, turn in items]
+
+
 def test_turns_without_facts_are_not_shown_to_the_manager():
-  """With statements extraction the manager sees only the statement turns (build_banks and manager_episodes); a
-  question completed at a chit-chat turn still joins the "answerable" questions of later turns."""
+  """With an extractor that finds no fact in chit-chat the manager sees only the other turns (build_banks and
+  manager_episodes); a question completed at a chit-chat turn still joins the "answerable" questions of later
+  turns."""
   turns = (Turn("Alice", "Hi Bob, long time no see!", "D1:1"), Turn("Alice", "I moved to Porto.", "D1:2"),
            Turn("Bob", "Oh, I see.", "D1:3"), Turn("Bob", "I bought a bike.", "D1:4"))
   qa = (QA("Where does Alice live now?", "Porto", 4, evidence=("D1:2",), qid="c0:0"),
@@ -79,14 +92,14 @@ def test_turns_without_facts_are_not_shown_to_the_manager():
         QA("Does Bob own a bike now?", "yes", 4, evidence=("D1:4",), qid="c0:2"))
   conv = Conversation("c0", "Alice", "Bob", (Session(1, "1 May 2023", turns),), qa)
   bank = lambda: MemoryBank(HashingEmbedder(DIM), DIM, index="brute_force")  # pylint: disable=unnecessary-lambda-assignment
-  cfg = runner.RunnerConfig(related_k=2, answer_k_per_speaker=5, extraction="statements",
+  cfg = runner.RunnerConfig(related_k=2, answer_k_per_speaker=5, extract=_first_person_only,
                             manager_reward_questions="answerable")
   manager = _CountingManager()
   _, stats = runner.build_banks(manager, [conv], bank, cfg)
   assert stats.manager_calls == 2
-  assert ["I moved to Porto." in c[-1]["content"] for c in manager.chats] == [True, False]
+  assert ["I moved to Porto." in p.messages[-1]["content"] for p in manager.chats] == [True, False]
   manager = _CountingManager()
-  experiences, stats = runner.manager_episodes(manager, ScriptedPolicy(lambda chat: "**Answer:** yes"), [conv],
+  experiences, stats = runner.manager_episodes(manager, ScriptedPolicy(lambda prompt: "**Answer:** yes"), [conv],
                                                {"c0": qa}, bank, cfg, n=2)
   assert len(manager.chats) == 2 and stats.manager_calls == 4
   assert [e.info["questions"] for e in experiences] == [1, 1, 3, 3]
@@ -115,11 +128,10 @@ def test_manager_walk_embeds_its_facts_and_questions_in_one_call():
   qa = (QA("Where does Alice live now?", "Lyon", 4, evidence=("D1:3",), qid="c0:0"),
         QA("Does Bob own a bike now?", "yes", 4, evidence=("D1:2",), qid="c0:1"))
   conv = Conversation("c0", "Alice", "Bob", (Session(1, "1 May 2023", turns),), qa)
-  cfg = runner.RunnerConfig(related_k=2, answer_k_per_speaker=5, extraction="statements")
+  cfg = runner.RunnerConfig(related_k=2, answer_k_per_speaker=5)
 
-  def copy_facts(chat):
-    facts = [line[2:] for line in chat[-1]["content"].splitlines() if line.startswith("- ")]
-    return ops_reply([{"op": "ADD", "text": f} for f in facts])
+  def copy_facts(prompt):
+    return ops_reply([{"op": "ADD", "text": f.text} for f in prompt.view.facts])
 
   def walk(embed):
     bank = lambda: MemoryBank(embed, DIM, index="brute_force")  # pylint: disable=unnecessary-lambda-assignment
@@ -138,8 +150,6 @@ def test_manager_walk_embeds_its_facts_and_questions_in_one_call():
 def test_manager_prompt_shows_only_related_memories_scoring_at_least_the_threshold():
   """With related_min_score between the two stored facts' scores against the third, the third turn's prompt shows
   only the higher one; at -inf it shows both."""
-  from memr1_jax.agents.heuristics import RecordingPolicy, read_manager_prompt  # pylint: disable=g-import-not-at-top
-
   facts = ("Alice: I moved to Porto.", "Bob: I bought a bike.", "Alice: We left Porto for Lyon.")
   turns = tuple(Turn(f.split(": ")[0], f.split(": ")[1], f"D1:{i + 1}") for i, f in enumerate(facts))
   conv = Conversation("c0", "Alice", "Bob", (Session(1, "1 May 2023", turns),), ())
@@ -148,51 +158,36 @@ def test_manager_prompt_shows_only_related_memories_scoring_at_least_the_thresho
   porto, bike = float(vectors[0] @ vectors[2]), float(vectors[1] @ vectors[2])
   assert porto > bike
   for min_score, shown in ((float("-inf"), {facts[0], facts[1]}), ((porto + bike) / 2, {facts[0]})):
-    cfg = runner.RunnerConfig(related_k=2, related_min_score=min_score, extraction="statements")
-    manager = RecordingPolicy(lambda chat: ops_reply([{"op": "ADD", "text": read_manager_prompt(chat)[0][0]}]))
+    cfg = runner.RunnerConfig(related_k=2, related_min_score=min_score)
+    manager = RecordingPolicy(lambda prompt: ops_reply([{"op": "ADD", "text": prompt.view.facts[0].text}]))
     runner.build_banks(manager, [conv], lambda: MemoryBank(embed, DIM, index="brute_force"), cfg)
-    assert {text for _, text in read_manager_prompt(manager.records[2]["messages"])[1]} == shown
+    assert {m.text for m in manager.prompts[2].view.memories} == shown
 
 
 def test_manager_prompt_numbers_memories_by_position_and_replies_act_on_the_bank_ids_they_name():
   """The prompt lists its related memories as [0], [1] whatever their bank ids; a DELETE of position 0 removes the
   memory shown first (bank id 2), an id beyond the list is a format error that changes nothing."""
-  from memr1_jax.agents.heuristics import RecordingPolicy, read_manager_prompt  # pylint: disable=g-import-not-at-top
-
   facts = ("Alice: I moved to Porto.", "Bob: I bought a bike.", "Alice: I took up chess.", "Alice: I gave up chess.")
   turns = tuple(Turn(f.split(": ")[0], f.split(": ")[1], f"D1:{i + 1}") for i, f in enumerate(facts))
   conv = Conversation("c0", "Alice", "Bob", (Session(1, "1 May 2023", turns),), ())
   embed = HashingEmbedder(DIM)
-  cfg = runner.RunnerConfig(related_k=3, extraction="statements")
+  cfg = runner.RunnerConfig(related_k=3)
   for target, format_errors in ((0, 0), (3, 1)):
-    def reply(chat, target=target):
-      fact = read_manager_prompt(chat)[0]
-      if fact[0] != facts[3]:
-        return ops_reply([{"op": "ADD", "text": fact[0]}])
+    def reply(prompt, target=target):
+      fact = prompt.view.facts[0].text
+      if fact != facts[3]:
+        return ops_reply([{"op": "ADD", "text": fact}])
       return ops_reply([{"op": "DELETE", "id": target}])
     manager = RecordingPolicy(reply)
     (bank,), stats = runner.build_banks(manager, [conv], lambda: MemoryBank(embed, DIM, index="brute_force"), cfg)
-    shown = read_manager_prompt(manager.records[3]["messages"])[1]
+    shown = [(m.memory_id, m.text) for m in manager.prompts[3].view.memories]
     assert [memory_id for memory_id, _ in shown] == [0, 1, 2]
+    assert [line.split(" ", 1)[0] for line in manager.records[3]["messages"][1]["content"].splitlines()
+            if line.startswith("[")] == ["[0]", "[1]", "[2]"]
     kept = {e.text for e in bank.entries()}
     assert stats.format_errors == format_errors
     assert kept == (set(facts[:3]) - {shown[0][1]} if target == 0 else set(facts[:3]))
     assert shown[0][1] == facts[2]  # Bank id 2, the closest match, is shown as [0].
-
-
-def test_needed_metrics_average_rewards_by_whether_the_implied_operation_was_used():
-  """At turns needing DELETE, needed_DELETE/share is the share of DELETEing responses, reward_DELETE averages their
-  rewards and reward_other the rest's; turns needing something else do not count."""
-  from memr1_jax.train import _summarise  # pylint: disable=g-import-not-at-top
-
-  def exp(reward, needed, op):
-    return runner.Experience(Sample(text=""), reward, 0, "manager", {"needed": needed, op: 1})
-
-  metrics = _summarise([exp(1.0, "DELETE", "DELETE"), exp(0.5, "DELETE", "DELETE"), exp(0.0, "DELETE", "ADD"),
-                        exp(0.9, "ADD", "DELETE")])
-  assert metrics["needed_DELETE/reward_DELETE"] == 0.75 and metrics["needed_DELETE/reward_other"] == 0.0
-  assert metrics["needed_DELETE/share"] == 2 / 3
-  assert not any(k.startswith("needed_UPDATE") for k in metrics)
 
 
 def test_select_groups_keeps_whole_groups_whose_rewards_differ_first():

@@ -16,6 +16,7 @@ from memr1_jax.data import read_locomo
 from memr1_jax.data.splits import without_adversarial
 from memr1_jax.episodes.policy import ScriptedPolicy
 from memr1_jax.episodes.runner import RunnerConfig
+from memr1_jax.errors import ConfigError
 from memr1_jax.eval.judge import Judge, JudgeError
 from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.embedders import HashingEmbedder
@@ -97,8 +98,8 @@ def test_eval_fixture_with_llm_manager_from_checkpoint_dir(tmp_path):
 
 
 def _scripted_answerer(correct_questions):
-  def respond(chat):
-    question = chat[-1]["content"].rsplit("Question: ", 1)[1]
+  def respond(prompt):
+    question = prompt.view.question.question
     return f"Useful memories: none\n**Answer:** {correct_questions.get(question, 'no idea')}"
   return ScriptedPolicy(respond)
 
@@ -108,8 +109,8 @@ def test_evaluate_conversations_scores_scripted_agents():
   conv = without_adversarial([c for c in read_locomo(FIXTURE) if c.sample_id == "conv-30"][0])
   calls = []
 
-  def manage(chat):
-    calls.append(chat)
+  def manage(prompt):
+    calls.append(prompt)
     return json.dumps({"operations": [{"op": "ADD", "text": f"memory {len(calls) - 1}"}]})
 
   right = {q.question: q.answer for q in conv.qa if q.category in (2, 4)}
@@ -226,7 +227,7 @@ def test_eval_http_judge_scores_per_category(tmp_path, monkeypatch):
 ])
 def test_eval_bad_config_names_the_field(tmp_path, overrides, field):
   """Bad eval settings fail before any model loads, with a ConfigError naming the config field."""
-  with pytest.raises(components.ConfigError, match=field.replace(".", r"\.")):
+  with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
     evaluate.run(fixture_config(tmp_path, **overrides))
 
 
@@ -325,17 +326,17 @@ def _resume_fixture():
   conv = without_adversarial([c for c in read_locomo(FIXTURE) if c.sample_id == "conv-30"][0])
   calls = {"manager": 0, "answer": []}
 
-  def manage(chat):
+  def manage(prompt):
     calls["manager"] += 1
     return json.dumps({"operations": [{"op": "ADD", "text": f"memory {calls['manager']}"}]})
 
   answerer = _scripted_answerer({q.question: q.answer for q in conv.qa if q.category in (2, 4)})
 
-  def answer(chat):
-    calls["answer"].append(chat[-1]["content"].rsplit("Question: ", 1)[1])
+  def answer(prompt):
+    calls["answer"].append(prompt.view.question.question)
     if calls.get("fail_at") == len(calls["answer"]):
       raise _Killed  # The process dies here.
-    return answerer.respond(chat)
+    return answerer.respond(prompt)
 
   def evaluate_with(store):
     return evaluate.evaluate_conversations(

@@ -13,7 +13,8 @@ from flax import nnx
 
 from memr1_jax import components, export, train
 from memr1_jax.checkpoint import Checkpointer
-from memr1_jax.data.demo_tokenizer import DEMO_TOKENIZER_DIR
+from memr1_jax.demo.tokenizer import DEMO_TOKENIZER_DIR
+from memr1_jax.errors import ConfigError
 from memr1_jax.metrics_writer import read_jsonl
 from memr1_jax.models.loading import ExportError, export_pretrained
 from memr1_jax.models.safetensors_io import CheckpointReader
@@ -82,9 +83,9 @@ def test_load_trained_policy_reads_the_latest_or_best_full_finetuning_step(tmp_p
 
 def test_export_needs_a_path_and_a_checkpoint(tmp_path):
   """An empty export.path or a workdir without checkpoints is a ConfigError naming the field."""
-  with pytest.raises(components.ConfigError, match=r"config\.export\.path"):
+  with pytest.raises(ConfigError, match=r"config\.export\.path"):
     export.run(smoke_config(tmp_path))
-  with pytest.raises(components.ConfigError, match=r"config\.workdir"):
+  with pytest.raises(ConfigError, match=r"config\.workdir"):
     export.run(smoke_config(tmp_path / "run", **{"export.path": str(tmp_path / "hf")}))
 
 
@@ -136,7 +137,7 @@ def test_export_refuses_the_run_and_the_model_it_reads(saved_run):
              (with_model, model_dir / "hf")]
   for config, path in targets:
     for overwrite in (False, True):
-      with pytest.raises(components.ConfigError, match=r"config\.export\.path"):
+      with pytest.raises(ConfigError, match=r"config\.export\.path"):
         export.run(_export_config(config, path, overwrite))
   assert _snapshot(root) == before
   assert Checkpointer(str(root / "run" / "checkpoints")).latest_step() == 1
@@ -157,7 +158,7 @@ def test_export_refuses_a_directory_holding_other_files(saved_run, tmp_path):
   before = _snapshot(tmp_path)
   for path in (plain, looks_like_export, tmp_path / "a_file"):
     for overwrite in (False, True):
-      with pytest.raises(components.ConfigError, match=r"config\.export\.path"):
+      with pytest.raises(ConfigError, match=r"config\.export\.path"):
         export.run(_export_config(c, path, overwrite))
   model, _ = components.load_policy(c, None)
   with pytest.raises(ExportError, match="notes.txt"):
@@ -174,7 +175,7 @@ def test_export_replaces_a_previous_export_only_with_overwrite(saved_run, tmp_pa
   assert export.run(_export_config(c, out)) == str(out)
   (out / "model-00001-of-00002.safetensors").write_text("a stale shard of an older export")
   before = _snapshot(tmp_path)
-  with pytest.raises(components.ConfigError, match=r"config\.export\.overwrite=False"):
+  with pytest.raises(ConfigError, match=r"config\.export\.overwrite=False"):
     export.run(_export_config(c, out))
   assert _snapshot(tmp_path) == before
   export.run(_export_config(c, out, overwrite=True))

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import strategies as st
 
 from memr1_jax.agents import parsers, prompts
-from memr1_jax.agents.heuristics import read_manager_prompt
 from memr1_jax.data.schema import QA, Conversation, Session, Turn
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import ScriptedPolicy
@@ -66,14 +65,14 @@ class _BankIdManager:
     self.banks.append(_bank())
     return self.banks[-1]
 
-  def _reply(self, chat) -> str:
-    reply = self.next_reply(chat)
+  def _reply(self, prompt) -> str:
+    reply = self.next_reply(prompt)
     try:
       ops = json.loads(reply)["operations"]
     except (ValueError, KeyError, TypeError, RecursionError):
       return reply
-    shown = [text for _, text in read_manager_prompt(chat)[1]]
-    position = {e.memory_id: shown.index(prompts.clean_item(e.text)) for e in self.banks[0].entries()}
+    shown = [m.text for m in prompt.view.memories]
+    position = {e.memory_id: shown.index(e.text) for e in self.banks[0].entries()}
     for op in ops:
       if str(op.get("id", "")).isdigit():
         bank_id = int(op["id"])
@@ -128,7 +127,7 @@ def test_injected_memory_stays_data_in_the_next_prompts():
   bank.apply(parsers.parse_manager_output(_ops({"op": "ADD", "text": INJECTION}), set(), speaker="Alice").ops)
   conv = _conversation(2)
   manager_chat = prompts.manager_messages(["x"], bank.entries(), speaker="Alice", date="d")
-  answer_chat = runner.answer_chats(bank, conv, conv.qa, 30)[0]
+  answer_chat = runner.answer_prompts(bank, conv, conv.qa, 30)[0].messages
   for chat in (manager_chat, answer_chat):
     user = chat[1]["content"]
     assert [m["role"] for m in chat] == ["system", "user"]
@@ -165,7 +164,7 @@ def test_manager_episodes_survive_adversarial_replies_in_every_branch():
   sample of the trained turn, and the walked bank ends as build_banks' would."""
   manager = _BankIdManager(reply for _, reply, _ in ADVERSARIAL_TURNS)
   conv = _conversation(len(ADVERSARIAL_TURNS))
-  answerer = ScriptedPolicy(lambda chat: "**Answer:** black tea" if "black tea" in chat[1]["content"] else "?")
+  answerer = ScriptedPolicy(lambda p: "**Answer:** black tea" if "black tea" in p.messages[1]["content"] else "?")
   experiences, stats = runner.manager_episodes(manager.policy(), answerer, [conv], {"c0": conv.qa},
                                                manager.bank_factory, CFG, n=2)
   # Only the last turn completes the question: one group of n=2 samples, both the id-1 UPDATE to "black tea".

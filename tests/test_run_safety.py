@@ -113,7 +113,8 @@ def test_config_json_is_redacted_and_other_fields_may_change_on_resume(tmp_path,
     ("--config.rollout.max_new_tokens=0", "config.rollout.max_new_tokens=0 is out of range"),
     ("--config.train.checkpoint_every=0", "config.train.checkpoint_every=0 is out of range"),
     ("--config.rollout.temperature=-0.5", "config.rollout.temperature=-0.5 is out of range: 0 (greedy) or more"),
-    ("--config.data.synthetic_train=0", "config.data.synthetic_train=0 is out of range: at least 1 conversation"),
+    ("--config.demo.train_conversations=0",
+     "config.demo.train_conversations=0 is out of range: at least 1 conversation"),
     ("--config.rl.lam=1.5", "config.rl.lam=1.5 is out of range: in [0, 1]"),
 ])
 def test_nonsense_values_fail_fast_with_one_error_line(override, expected, tmp_path):

@@ -10,6 +10,8 @@ from flax import nnx
 
 from memr1_jax import sft
 from memr1_jax.defaults import default_config
+from memr1_jax.demo.tokenizer import DEMO_TOKENIZER_DIR
+from memr1_jax.errors import ConfigError
 from memr1_jax.models import config as model_config
 from memr1_jax.models import decoder as decoder_lib
 from memr1_jax.rl import train_state as ts
@@ -111,7 +113,7 @@ def _toy_config(workdir, path, steps):
   c.mode = "sft"
   c.workdir = str(workdir)
   c.model.preset = "tiny"
-  c.model.tokenizer = "demo_tokenizer"
+  c.model.tokenizer = DEMO_TOKENIZER_DIR
   c.model.dtype = c.model.param_dtype = "float32"
   c.model.remat = False
   c.sft.path = path
@@ -131,7 +133,7 @@ def test_sft_run_rejects_an_unknown_schedule_naming_the_field(tmp_path):
   from memr1_jax import components  # pylint: disable=g-import-not-at-top
   config = _toy_config(tmp_path / "run", _write(tmp_path / "toy.jsonl", [_record("q", "a")]), steps=1)
   config.sft.schedule = "linear"
-  with pytest.raises(components.ConfigError, match=r"config\.sft\.schedule: 'linear'"):
+  with pytest.raises(ConfigError, match=r"config\.sft\.schedule: 'linear'"):
     sft.run(config, progress=False)
 
 

@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from memr1_jax import sharding as sharding_lib
+from memr1_jax.errors import ConfigError
 from memr1_jax.models import Decoder, export_pretrained, load_pretrained
 from memr1_jax.testing import left_padded_batch, make_hf_checkpoint
 
@@ -106,7 +107,7 @@ def test_setup_mesh_spans_the_first_num_devices_devices():
   mesh = components.setup_mesh(config)
   assert list(mesh.devices.flat) == jax.devices()[:2] and dict(mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 1}
   config.mesh.num_devices = 9
-  with pytest.raises(components.ConfigError, match="config.mesh.num_devices=9"):
+  with pytest.raises(ConfigError, match="config.mesh.num_devices=9"):
     components.setup_mesh(config)
 
 

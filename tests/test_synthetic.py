@@ -11,9 +11,10 @@ import re
 import pytest
 from tokenizers import Tokenizer
 
-from memr1_jax.data import demo_tokenizer
+from memr1_jax.demo import tokenizer as demo_tokenizer
 from memr1_jax.data import locomo
-from memr1_jax.data import synthetic
+from memr1_jax.demo import synthetic
+from memr1_jax.demo import task as demo_task
 from memr1_jax.memory import HashingEmbedder, MemoryBank, OpKind
 
 SEED = 3
@@ -290,13 +291,13 @@ def test_ops_where_needed_scores_each_turn_against_its_implied_operation(convers
   for ADD and 0 for UPDATE / DELETE; a turn missing from turn_ops counts as a NOOP; UPDATE|DELETE counts either
   operation at the change and retraction turns."""
   events = {(c.sample_id, e.dia_id): e.op.value for c in conversations for e in synthetic.fact_events(c)}
-  ideal = synthetic.ops_where_needed(conversations, {k: (op,) for k, op in events.items()})
+  ideal = demo_task.ops_where_needed(conversations, {k: (op,) for k, op in events.items()})
   assert set(ideal) == {"ADD", "UPDATE", "DELETE", "NOOP", "UPDATE|DELETE"} and set(ideal.values()) == {1.0}
-  add_only = synthetic.ops_where_needed(conversations, {k: ("ADD",) for k in events})
+  add_only = demo_task.ops_where_needed(conversations, {k: ("ADD",) for k in events})
   assert add_only == {"ADD": 1.0, "UPDATE": 0.0, "DELETE": 0.0, "NOOP": 0.0, "UPDATE|DELETE": 0.0}
-  silent = synthetic.ops_where_needed(conversations, {})
+  silent = demo_task.ops_where_needed(conversations, {})
   assert silent["NOOP"] == 1.0 and silent["ADD"] == 0.0
-  updates_only = synthetic.ops_where_needed(conversations, {k: ("UPDATE",) for k in events})
+  updates_only = demo_task.ops_where_needed(conversations, {k: ("UPDATE",) for k in events})
   assert updates_only["UPDATE|DELETE"] == 1.0 and updates_only["DELETE"] == 0.0
 
 
@@ -332,7 +333,7 @@ def tokenizer():
 
 
 def test_shipped_tokenizer_equals_a_rebuild(tmp_path):
-  """The shipped files equal a rebuild (if stale: python -m memr1_jax.data.demo_tokenizer)."""
+  """The shipped files equal a rebuild (if stale: python -m memr1_jax.demo.tokenizer)."""
   demo_tokenizer.build_demo_tokenizer(tmp_path, seed=0)
   for name in ("tokenizer.json", "tokenizer_config.json"):
     shipped = pathlib.Path(demo_tokenizer.DEMO_TOKENIZER_DIR, name).read_bytes()

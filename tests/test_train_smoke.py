@@ -6,6 +6,7 @@ import pytest
 
 from memr1_jax import metrics_writer, train
 from memr1_jax.checkpoint import Checkpointer
+from memr1_jax.errors import ConfigError
 from memr1_jax.testing.smoke import smoke_config
 
 
@@ -64,7 +65,7 @@ def test_manager_answerer_heuristic_scores_the_banks_with_the_scripted_answerer(
   """train.manager_answerer="heuristic": the manager's held-out EM is the heuristic answerer's over the banks the
   policy builds; a value that is neither a mode nor a directory is a ConfigError naming the field."""
   from memr1_jax import components  # pylint: disable=g-import-not-at-top
-  from memr1_jax.agents import heuristics  # pylint: disable=g-import-not-at-top
+  from memr1_jax.demo import policies  # pylint: disable=g-import-not-at-top
   from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
   from memr1_jax.episodes.policy import ScriptedPolicy  # pylint: disable=g-import-not-at-top
   c = smoke_config(tmp_path, agent="manager", **{"train.manager_answerer": "heuristic"})
@@ -75,9 +76,9 @@ def test_manager_answerer_heuristic_scores_the_banks_with_the_scripted_answerer(
   built, _ = runner.build_banks(trainer.rollout, convs, trainer.bank_factory, trainer.rcfg, greedy=True)
   banks = {conv.sample_id: bank for conv, bank in zip(convs, built)}
   items = [(conv, qa) for conv in convs for qa in conv.qa]
-  exps = runner.answer_episodes(ScriptedPolicy(heuristics.heuristic_answer_reply), banks, items, trainer.rcfg, n=1,
+  exps = runner.answer_episodes(ScriptedPolicy(policies.heuristic_answer_reply), banks, items, trainer.rcfg, n=1,
                                 greedy=True)
   expected = np.mean([e.info["em"] for e in exps])
   assert expected > 0 and scores["eval/em"] == pytest.approx(expected)  # > 0: it says "no" to yes / no questions
-  with pytest.raises(components.ConfigError, match="train.manager_answerer"):
+  with pytest.raises(ConfigError, match="train.manager_answerer"):
     train.Trainer(smoke_config(tmp_path / "bad", agent="manager", **{"train.manager_answerer": "no/such/dir"}))

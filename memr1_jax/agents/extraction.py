@@ -1,11 +1,8 @@
 """Fact extraction per dialogue turn: what the Memory Manager is asked to store.
 
-Three modes:
+Two modes (a task may bring a model-free extractor of its own, see `memr1_jax.tasks`):
 - simple: the fact is the turn itself, "<speaker>: <text>" (the session date is the memory's timestamp, which
   every prompt shows beside its text);
-- statements (the synthetic task only): a frozen rule-based extractor, the stand-in for a perfect LLM extractor:
-  a turn that is one of the task's fact statements (`data.synthetic.parse_statement`) is its simple fact, any
-  other turn (greetings, chit-chat) has nothing to store;
 - LLM: a frozen model reads `prompts.extraction_messages` and replies with a JSON list of facts
   (`parsers.parse_fact_list`); a reply with no usable fact and a format error falls back to the
   simple fact, so a turn is never lost to a bad reply. A well-formed "[]" means nothing to store.
@@ -50,27 +47,6 @@ def simple_fact(session: Session, turn: Turn) -> Fact:
 def extract_facts_simple(turns: Sequence[tuple[Session, Turn]]) -> list[Extraction]:
   """Simple mode: one `Extraction` per (session, turn), holding the turn as its only fact."""
   return [Extraction([simple_fact(session, turn)]) for session, turn in turns]
-
-
-def extract_facts_statements(turns: Sequence[tuple[Session, Turn]]) -> list[Extraction]:
-  """Statements mode: one `Extraction` per (session, turn), holding the turn's simple fact when its text is a
-  statement of the synthetic task (`data.synthetic.parse_statement`), no fact otherwise."""
-  from memr1_jax.data.synthetic import parse_statement  # pylint: disable=g-import-not-at-top
-  return [Extraction([simple_fact(session, turn)] if parse_statement(turn.text.strip()) else [])
-          for session, turn in turns]
-
-
-def extract_facts(turns: Sequence[tuple[Session, Turn]], mode: str) -> list[Extraction]:
-  """The model-free extraction modes ("simple", "statements") over (session, turn) pairs: one `Extraction` each.
-
-  Raises:
-    ValueError: `mode` is not a model-free mode (e.g. "llm", which needs `extract_facts_llm` and a model).
-  """
-  if mode == "simple":
-    return extract_facts_simple(turns)
-  if mode == "statements":
-    return extract_facts_statements(turns)
-  raise ValueError(f"extraction mode {mode!r} needs a model (model-free modes: simple, statements)")
 
 
 def _previous_turn(session: Session, turn: Turn) -> Turn | None:

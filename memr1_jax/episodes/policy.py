@@ -1,7 +1,10 @@
-"""What the episode runner needs from a model: chats in, sampled responses (with token ids and log-probs) out.
+"""What the episode runner needs from a model: prompts in, sampled responses (with token ids and log-probs) out.
 
-`ChatPolicy` is the one interface the runner talks to. `EnginePolicy` adapts the jitted rollout engine and a
-tokenizer to it; `ScriptedPolicy` wraps a plain Python function (heuristic baselines, tests, SFT data makers).
+A `Prompt` is the chat a model reads plus, for the runner's own prompts, a structured view of what the chat shows
+(`ManagerView`: the turn's facts and the memories shown, numbered by position; `AnswerView`: the question and the
+memories shown per speaker). `ChatPolicy` is the one interface the runner talks to. `EnginePolicy` adapts the
+jitted rollout engine and a tokenizer to it (it reads the chat); `ScriptedPolicy` wraps a plain Python function of
+the prompt (scripted baselines, tests, SFT data makers), which reads the view instead of parsing the chat's text.
 """
 
 from __future__ import annotations
@@ -11,7 +14,40 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import jax
+
+from memr1_jax.agents.extraction import Fact
 from memr1_jax.agents.prompts import ChatMessage
+from memr1_jax.data.schema import QA
+from memr1_jax.memory.bank import MemoryEntry
+
+
+@dataclasses.dataclass(frozen=True)
+class ManagerView:
+  """What a manager prompt shows: the turn's facts, the related memories in the order shown (their `memory_id` is
+  the position the prompt numbers them by, the id a reply names), who spoke the turn and the session date."""
+
+  facts: tuple[Fact, ...]
+  memories: tuple[MemoryEntry, ...]
+  speaker: str
+  date: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerView:
+  """What an answer prompt shows: the question, and per speaker (in display order) the memories shown, in order,
+  with their bank ids (the ids a reply lists as useful)."""
+
+  question: QA
+  memories: dict[str, tuple[MemoryEntry, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  """One model input: the chat `messages`, and the runner's structured `view` of them (None for other chats)."""
+
+  messages: list[ChatMessage]
+  view: ManagerView | AnswerView | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,21 +62,35 @@ class Sample:
 
 
 class ChatPolicy(Protocol):
-  """Samples `n` responses per chat (`greedy`: argmax decoding; then n should be 1)."""
+  """Samples `n` responses per prompt (`greedy`: argmax decoding; then n should be 1)."""
 
-  def generate(self, chats: Sequence[list[ChatMessage]], *, n: int = 1, greedy: bool = False
-               ) -> list[list[Sample]]: ...
+  def generate(self, prompts: Sequence[Prompt], *, n: int = 1, greedy: bool = False) -> list[list[Sample]]: ...
 
 
 class ScriptedPolicy:
-  """A ChatPolicy from `respond(chat) -> str` (deterministic: the n samples are equal)."""
+  """A ChatPolicy from `respond(prompt) -> str` (deterministic: the n samples are equal)."""
 
-  def __init__(self, respond: Callable[[list[ChatMessage]], str]):
+  def __init__(self, respond: Callable[[Prompt], str]):
     self.respond = respond
 
-  def generate(self, chats: Sequence[list[ChatMessage]], *, n: int = 1, greedy: bool = False
-               ) -> list[list[Sample]]:
-    return [[Sample(text=self.respond(chat))] * n for chat in chats]
+  def generate(self, prompts: Sequence[Prompt], *, n: int = 1, greedy: bool = False) -> list[list[Sample]]:
+    return [[Sample(text=self.respond(prompt))] * n for prompt in prompts]
+
+
+class RecordingPolicy(ScriptedPolicy):
+  """A ScriptedPolicy that also records every prompt it answered (`prompts`) and, for each, the SFT trajectory
+  record `{"messages": [...], "response": str}` (`records`)."""
+
+  def __init__(self, respond: Callable[[Prompt], str]):
+    super().__init__(respond)
+    self.prompts: list[Prompt] = []
+    self.records: list[dict] = []
+
+  def generate(self, prompts: Sequence[Prompt], *, n: int = 1, greedy: bool = False) -> list[list[Sample]]:
+    out = super().generate(prompts, n=n, greedy=greedy)
+    self.prompts += prompts
+    self.records += [{"messages": [dict(m) for m in p.messages], "response": s[0].text} for p, s in zip(prompts, out)]
+    return out
 
 
 class EnginePolicy:
@@ -67,26 +117,24 @@ class EnginePolicy:
     self._step, self._calls = int(step), 0
 
   def _next_key(self):
-    import jax  # pylint: disable=g-import-not-at-top
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), self._step), self._calls)
     self._calls += 1
     return key
 
-  def generate(self, chats: Sequence[list[ChatMessage]], *, n: int = 1, greedy: bool = False
-               ) -> list[list[Sample]]:
-    if not chats:
+  def generate(self, prompts: Sequence[Prompt], *, n: int = 1, greedy: bool = False) -> list[list[Sample]]:
+    if not prompts:
       return []
     limit = self.engine.config.max_prompt_len
-    prompts = [self.engine.tokenizer.encode_chat(chat) for chat in chats]
-    cut = sum(len(p) > limit for p in prompts)
+    ids = [self.engine.tokenizer.encode_chat(p.messages) for p in prompts]
+    cut = sum(len(i) > limit for i in ids)
     if cut:
       logging.warning("%d of %d prompts are longer than max_prompt_len=%d: kept their last %d tokens", cut,
-                      len(prompts), limit, limit)
-      prompts = [p[-limit:] for p in prompts]
+                      len(ids), limit, limit)
+      ids = [i[-limit:] for i in ids]
     completions = self.engine.generate(
-        prompts, n=n, key=self._next_key(), temperature=0.0 if greedy else self.temperature,
+        ids, n=n, key=self._next_key(), temperature=0.0 if greedy else self.temperature,
         top_p=self.top_p, top_k=self.top_k, max_new_tokens=self.max_new_tokens)
-    out: list[list[Sample]] = [[] for _ in chats]
+    out: list[list[Sample]] = [[] for _ in prompts]
     for c in completions:
       out[c.prompt_index].append(Sample(
           text=c.text or "", prompt_ids=tuple(c.prompt_ids), response_ids=tuple(c.token_ids),

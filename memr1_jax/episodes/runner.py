@@ -31,7 +31,7 @@ import numpy as np
 from memr1_jax.agents import extraction as extraction_lib
 from memr1_jax.agents import parsers, prompts
 from memr1_jax.data.schema import QA, Conversation, Session, Turn
-from memr1_jax.episodes.policy import ChatPolicy, Sample
+from memr1_jax.episodes.policy import AnswerView, ChatPolicy, ManagerView, Prompt, Sample
 from memr1_jax.eval import metrics
 from memr1_jax.memory.bank import MemoryBank, MemoryEntry, apply_to_banks, search_banks
 from memr1_jax.memory.operations import OpKind
@@ -67,7 +67,10 @@ class RunnerConfig:
   answer_k_per_speaker: int = 30  # Memories per speaker shown to the answer agent.
   format_penalty: float = 0.0  # Subtracted from the reward of a response with a format error.
   max_ops_per_output: int = 64  # Operations read from one manager reply.
-  extraction: str = "simple"  # "simple", "statements" (synthetic task) or "llm".
+  # The model-free fact extractor, (session, turn) pairs -> one Extraction each (a task may bring its own); None: a
+  # frozen LLM extracts (`extraction.extract_facts_llm`, needs an extractor policy).
+  extract: Callable[[Sequence[tuple[Session, Turn]]], list[extraction_lib.Extraction]] | None = (
+      extraction_lib.extract_facts_simple)
   # Questions that score a manager response: "turn" (those its turn completes) or "answerable" (every question
   # whose evidence is complete by its turn, so overwriting or deleting a memory still needed costs reward).
   manager_reward_questions: str = "turn"
@@ -89,35 +92,35 @@ def last_evidence_turn(conv: Conversation, qa: QA, order: dict[str, int] | None 
 
 def _facts_for_turns(items: Sequence[tuple[Session, Turn]], cfg: RunnerConfig,
                      extractor: ChatPolicy | None) -> list[extraction_lib.Extraction]:
-  if cfg.extraction != "llm":
-    return extraction_lib.extract_facts(items, cfg.extraction)
+  if cfg.extract is not None:
+    return cfg.extract(items)
   if extractor is None:
-    raise ValueError("RunnerConfig.extraction='llm' needs an extractor policy")
+    raise ValueError("RunnerConfig.extract=None (LLM extraction) needs an extractor policy")
 
   def generate_fn(chats):
-    return [s[0].text for s in extractor.generate(chats, n=1, greedy=True)]
+    return [s[0].text for s in extractor.generate([Prompt(chat) for chat in chats], n=1, greedy=True)]
   return extraction_lib.extract_facts_llm(items, generate_fn)
 
 
-def prefetch_embeddings(bank: MemoryBank, conversations: Sequence[Conversation], extraction: str,
+def prefetch_embeddings(bank: MemoryBank, conversations: Sequence[Conversation], cfg: RunnerConfig,
                         questions: Sequence[QA] = ()) -> None:
   """When `bank`'s embed_fn caches (has `prefetch`, e.g. components.CachedEmbedder), embeds in one call the facts of
-  every turn of `conversations` (by the model-free `extraction` mode; none for "llm") and `questions`, so that the
-  walk's many small per-turn searches, and the ADDs of copied facts, hit the cache instead of each running the
+  every turn of `conversations` (by the model-free `cfg.extract`; none for LLM extraction) and `questions`, so that
+  the walk's many small per-turn searches, and the ADDs of copied facts, hit the cache instead of each running the
   encoder on a few texts."""
   prefetch = getattr(bank.embed_fn, "prefetch", None)
   if prefetch is None:
     return
   texts = [qa.question for qa in questions]
-  if extraction != "llm":
+  if cfg.extract is not None:
     items = [item for conv in conversations for item in conv.turns]
-    texts += [f.text for ext in extraction_lib.extract_facts(items, extraction) for f in ext.facts]
+    texts += [f.text for ext in cfg.extract(items) for f in ext.facts]
   prefetch(texts)
 
 
 def _manager_prompt(bank: MemoryBank, facts: list[extraction_lib.Fact], session: Session, turn: Turn,
-                    cfg: RunnerConfig) -> tuple[list[prompts.ChatMessage], list[int]]:
-  """The manager chat for one turn, and the bank ids of the memories it shows in the order shown: per fact the
+                    cfg: RunnerConfig) -> tuple[Prompt, list[int]]:
+  """The manager prompt for one turn, and the bank ids of the memories it shows in the order shown: per fact the
   `cfg.related_k` most similar memories that score at least `cfg.related_min_score`.
 
   The chat numbers the memories by position, [0], [1], ... (as Mem0 does), not by bank id: a short id in a fixed
@@ -132,8 +135,14 @@ def _manager_prompt(bank: MemoryBank, facts: list[extraction_lib.Fact], session:
           seen.add(entry.memory_id)
           related.append(entry)
   shown = [dataclasses.replace(entry, memory_id=position) for position, entry in enumerate(related)]
-  chat = prompts.manager_messages([f.text for f in facts], shown, speaker=turn.speaker, date=session.date_time)
-  return chat, [entry.memory_id for entry in related]
+  return manager_prompt(facts, shown, speaker=turn.speaker, date=session.date_time), [e.memory_id for e in related]
+
+
+def manager_prompt(facts: Sequence[extraction_lib.Fact], shown: Sequence[MemoryEntry], *, speaker: str, date: str
+                   ) -> Prompt:
+  """The manager prompt showing `facts` and the memories `shown` (under their `memory_id`s), with its view."""
+  chat = prompts.manager_messages([f.text for f in facts], shown, speaker=speaker, date=date)
+  return Prompt(chat, ManagerView(tuple(facts), tuple(shown), speaker, date))
 
 
 def parse_manager_reply(text: str, shown_ids: Sequence[int], speaker: str, cfg: RunnerConfig
@@ -164,11 +173,11 @@ class BankStats:
   turn_ops: dict = dataclasses.field(default_factory=dict)
 
 
-def _turn_chats(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerConfig,
+def _turn_prompts(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerConfig,
                 extractor: ChatPolicy | None):
-  """The manager chats of turn `step` of every conversation whose turn `step` has facts (a turn with nothing to
-  store is not shown to the manager): (live indexes, (session, turn) items, chats, the bank ids of the memories
-  each chat shows, in order)."""
+  """The manager prompts of turn `step` of every conversation whose turn `step` has facts (a turn with nothing to
+  store is not shown to the manager): (live indexes, (session, turn) items, prompts, the bank ids of the memories
+  each shows, in order)."""
   candidates = [i for i, turns in enumerate(turn_lists) if step < len(turns)]
   extracted = _facts_for_turns([turn_lists[i][step] for i in candidates], cfg, extractor)
   live, items, chats, shown_ids = [], [], [], []
@@ -186,7 +195,7 @@ def _turn_chats(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerC
 
 def _apply_replies(banks: Sequence[MemoryBank], conversations: Sequence[Conversation], live: Sequence[int], items,
                    shown_ids, texts: Sequence[str], cfg: RunnerConfig, stats: BankStats) -> None:
-  """Parses one manager reply per live conversation (`_turn_chats`' live indexes, items and shown bank ids),
+  """Parses one manager reply per live conversation (`_turn_prompts`' live indexes, items and shown bank ids),
   applies it to that conversation's bank (one batched embedding call) and counts it in `stats`."""
   ops = []
   for i, (_, turn), ids, text in zip(live, items, shown_ids, texts):
@@ -209,12 +218,12 @@ def build_banks(manager: ChatPolicy, conversations: Sequence[Conversation], bank
   """
   banks = [bank_factory() for _ in conversations]
   if banks:
-    prefetch_embeddings(banks[0], conversations, cfg.extraction)
+    prefetch_embeddings(banks[0], conversations, cfg)
   turn_lists = [conv.turns for conv in conversations]
   stats = BankStats()
   longest = max((len(t) for t in turn_lists), default=0)
   for step in range(longest):
-    live, items, chats, shown_ids = _turn_chats(banks, turn_lists, step, cfg, extractor)
+    live, items, chats, shown_ids = _turn_prompts(banks, turn_lists, step, cfg, extractor)
     samples = manager.generate(chats, n=1, greedy=greedy) if chats else []
     stats.manager_calls += len(chats)
     _apply_replies(banks, conversations, live, items, shown_ids, [s[0].text for s in samples], cfg, stats)
@@ -223,10 +232,10 @@ def build_banks(manager: ChatPolicy, conversations: Sequence[Conversation], bank
   return banks, stats
 
 
-def answer_chats(bank: MemoryBank, conv: Conversation, questions: Sequence[QA], k_per_speaker: int
-                 ) -> list[prompts.ChatMessage]:
-  """Answer-agent chats for `questions` over `bank`: top `k_per_speaker` memories of each speaker."""
-  return _answer_chats_many([bank], [conv], [list(questions)], k_per_speaker)[0]
+def answer_prompts(bank: MemoryBank, conv: Conversation, questions: Sequence[QA], k_per_speaker: int
+                   ) -> list[Prompt]:
+  """Answer-agent prompts for `questions` over `bank`: top `k_per_speaker` memories of each speaker."""
+  return _answer_prompts_many([bank], [conv], [list(questions)], k_per_speaker)[0]
 
 
 def _answer_memories_many(banks: Sequence[MemoryBank], convs: Sequence[Conversation],
@@ -240,16 +249,24 @@ def _answer_memories_many(banks: Sequence[MemoryBank], convs: Sequence[Conversat
           for b, qs in enumerate(questions)]
 
 
-def _answer_chat(conv: Conversation, qa: QA, memories: Sequence[MemoryEntry], k: int) -> list[prompts.ChatMessage]:
-  return prompts.answer_messages(qa.question, memories, speakers=(conv.speaker_a, conv.speaker_b),
-                                 question_date=qa.question_date, per_speaker=k)
+def answer_prompt(qa: QA, memories: Sequence[MemoryEntry], speakers: Sequence[str], per_speaker: int) -> Prompt:
+  """The answer prompt for `qa` over retrieved `memories` (relevance order), at most `per_speaker` of each of
+  `speakers`, with its view."""
+  chat = prompts.answer_messages(qa.question, memories, speakers=speakers, question_date=qa.question_date,
+                                 per_speaker=per_speaker)
+  groups = prompts.group_by_speaker(memories, speakers, per_speaker)
+  return Prompt(chat, AnswerView(qa, {name: tuple(group) for name, group in groups.items()}))
 
 
-def _answer_chats_many(banks: Sequence[MemoryBank], convs: Sequence[Conversation],
-                       questions: Sequence[Sequence[QA]], k: int) -> list[list[list[prompts.ChatMessage]]]:
-  """Per bank, per question: the answer chat."""
+def _answer_prompt(conv: Conversation, qa: QA, memories: Sequence[MemoryEntry], k: int) -> Prompt:
+  return answer_prompt(qa, memories, (conv.speaker_a, conv.speaker_b), k)
+
+
+def _answer_prompts_many(banks: Sequence[MemoryBank], convs: Sequence[Conversation],
+                         questions: Sequence[Sequence[QA]], k: int) -> list[list[Prompt]]:
+  """Per bank, per question: the answer prompt."""
   memories = _answer_memories_many(banks, convs, questions, k)
-  return [[_answer_chat(conv, qa, shown, k) for qa, shown in zip(qs, per_question)]
+  return [[_answer_prompt(conv, qa, shown, k) for qa, shown in zip(qs, per_question)]
           for conv, qs, per_question in zip(convs, questions, memories)]
 
 
@@ -279,7 +296,7 @@ def answer_episodes(policy: ChatPolicy, banks: dict[str, MemoryBank], items: Seq
   shown_ids: list = [None] * len(items)
   for cid, conv_memories in zip(convs, memories_many):
     for (i, qa), shown in zip(by_conv[cid], conv_memories):
-      chats[i] = _answer_chat(conv_of[cid], qa, shown, cfg.answer_k_per_speaker)
+      chats[i] = _answer_prompt(conv_of[cid], qa, shown, cfg.answer_k_per_speaker)
       shown_ids[i] = tuple(m.memory_id for m in shown)
   samples = policy.generate(chats, n=n, greedy=greedy)
   out = []
@@ -308,7 +325,7 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
   fork = fork or (lambda b: b.fork())
   banks = [bank_factory() for _ in conversations]
   if banks:
-    prefetch_embeddings(banks[0], conversations, cfg.extraction,
+    prefetch_embeddings(banks[0], conversations, cfg,
                         [qa for conv in conversations for qa in questions.get(conv.sample_id, ())])
   stats = BankStats()
   # Questions completed at each turn index, per conversation.
@@ -329,7 +346,7 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
   for step in range(max((len(t) for t in turn_lists), default=0)):
     for i, at in enumerate(targets):
       answerable[i].extend(at.get(step, ()))
-    live, items, chats, shown_ids = _turn_chats(banks, turn_lists, step, cfg, extractor)
+    live, items, chats, shown_ids = _turn_prompts(banks, turn_lists, step, cfg, extractor)
     trained = [j for j, i in enumerate(live) if targets[i].get(step)]
     plain = [j for j, i in enumerate(live) if not targets[i].get(step)]
     samples: list = [None] * len(live)
@@ -358,7 +375,7 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
       else:
         qs = [targets[live[j]][step] for j, _, _ in branch_meta]
       convs = [conversations[live[j]] for j, _, _ in branch_meta]
-      chats_many = _answer_chats_many(branch_banks, convs, qs, cfg.answer_k_per_speaker)
+      chats_many = _answer_prompts_many(branch_banks, convs, qs, cfg.answer_k_per_speaker)
       flat = [c for cs in chats_many for c in cs]
       answers = answerer.generate(flat, n=1, greedy=True)
       pos = 0
@@ -381,15 +398,19 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
   return experiences, stats
 
 
-def add_all_banks(conversations, bank_factory, extraction: str = "simple"):
-  """{sample_id: bank} in which every fact of every turn was ADDed (the heuristic manager; no model needed), facts
-  by the model-free `extraction` mode ("simple": each turn; "statements": each statement turn)."""
+def add_all_banks(conversations: Sequence[Conversation], bank_factory: BankFactory, cfg: RunnerConfig
+                  ) -> dict[str, MemoryBank]:
+  """{sample_id: bank} in which every fact of every turn was ADDed (the ADD-all baseline; no model needed), facts by
+  the model-free `cfg.extract`."""
+  if cfg.extract is None:
+    raise ValueError("add_all_banks: LLM extraction (RunnerConfig.extract=None) needs a model; ADD-all banks take a "
+                     "model-free extractor")
   banks = {}
   for conv in conversations:
     bank = bank_factory()
     if not banks:
-      prefetch_embeddings(bank, conversations, extraction)
-    for ext in extraction_lib.extract_facts(conv.turns, extraction):
+      prefetch_embeddings(bank, conversations, cfg)
+    for ext in cfg.extract(conv.turns):
       for fact in ext.facts:
         bank.add(fact.text, speaker=fact.speaker, timestamp=fact.timestamp, source_turn_ids=fact.source_turn_ids)
     banks[conv.sample_id] = bank
@@ -402,16 +423,10 @@ def heldout_scores(experiences) -> dict:
           "eval/f1": float(np.mean([e.info["f1"] for e in experiences]))}
 
 
-def bank_op_scores(conversations, stats: BankStats, synthetic_task: bool) -> dict:
-  """The operation mix of banks built over `conversations` ({"eval/ops/<OP>": share of all operations}) and, on
-  the synthetic task (`synthetic_task`), {"eval/needed/<OP>": share of the turns implying <OP> at which the manager
-  used it} (`data.synthetic.ops_where_needed`)."""
+def bank_op_scores(stats: BankStats) -> dict:
+  """{"eval/ops/<OP>": share of all operations} of the banks `stats` describes."""
   total = max(sum(stats.ops.values()), 1)
-  out = {f"eval/ops/{op.value}": stats.ops.get(op.value, 0) / total for op in OpKind}
-  if synthetic_task:
-    from memr1_jax.data.synthetic import ops_where_needed  # pylint: disable=g-import-not-at-top
-    out.update({f"eval/needed/{op}": share for op, share in ops_where_needed(conversations, stats.turn_ops).items()})
-  return out
+  return {f"eval/ops/{op.value}": stats.ops.get(op.value, 0) / total for op in OpKind}
 
 
 def greedy_banks(conversations: Sequence[Conversation], manager: ChatPolicy | None, bank_factory: BankFactory,
@@ -420,7 +435,7 @@ def greedy_banks(conversations: Sequence[Conversation], manager: ChatPolicy | No
   """({sample_id: bank}, stats) of banks built greedily by `manager` over `conversations` (None: every fact ADDed,
   the heuristic baseline; its stats count those ADDs)."""
   if manager is None:
-    banks = add_all_banks(conversations, bank_factory, cfg.extraction)
+    banks = add_all_banks(conversations, bank_factory, cfg)
     stats = BankStats()
     stats.ops["ADD"] = sum(len(bank) for bank in banks.values())
     return banks, stats
@@ -434,3 +449,18 @@ def heldout_eval(conversations: Sequence[Conversation], answerer: ChatPolicy, ba
   """{"eval/em", "eval/f1"} of `answerer` answering every question of `conversations` greedily from `banks`."""
   items = [(conv, qa) for conv in conversations for qa in conv.qa]
   return heldout_scores(answer_episodes(answerer, banks, items, cfg, n=1, greedy=True))
+
+
+def evaluate_agents(conversations: Sequence[Conversation], manager: ChatPolicy | None, answerer: ChatPolicy,
+                    bank_factory: BankFactory, cfg: RunnerConfig, *, extractor: ChatPolicy | None = None,
+                    bank_metrics: Callable[[Sequence[Conversation], BankStats], dict] | None = None) -> dict:
+  """Held-out scores of a (manager, answer agent) pair: banks built greedily by `manager` over `conversations`
+  (None: every fact ADDed), every question answered greedily by `answerer` from them.
+
+  Returns:
+    {"eval/em", "eval/f1", "eval/ops/<OP>"} and `bank_metrics(conversations, stats)` (a task's, e.g.
+    `tasks.Task.bank_metrics`).
+  """
+  banks, stats = greedy_banks(conversations, manager, bank_factory, cfg, extractor=extractor)
+  return {**heldout_eval(conversations, answerer, banks, cfg), **bank_op_scores(stats),
+          **(bank_metrics(conversations, stats) if bank_metrics else {})}

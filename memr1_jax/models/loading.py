@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from memr1_jax import errors
@@ -174,7 +175,6 @@ def load_pretrained(path: str, *, dtype: str = "float32", param_dtype: str | Non
 
 def _to_host(x: jax.Array) -> np.ndarray:
   if jax.process_count() > 1 and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(jax.device_get(x))
 

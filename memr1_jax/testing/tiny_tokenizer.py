@@ -7,6 +7,7 @@ Both cover every byte, so any text round-trips through encode / decode.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -48,7 +49,6 @@ def _write_bpe(path: str, vocab_size: int) -> dict[str, int]:
 
 
 def _write_sentencepiece(path: str, vocab_size: int) -> dict[str, int]:
-  import io  # pylint: disable=g-import-not-at-top
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
   proto = io.BytesIO()

@@ -1,8 +1,9 @@
 """Scripted baselines of the CPU demo and the supervised trajectories made from them.
 
-Two deliberately imperfect heuristics, each a function from the chat the episode runner builds to a reply in exactly
-the format the parsers read, so they plug into the runner as a `ScriptedPolicy` and their (chat, reply) pairs are
-SFT data for the model that RL then improves:
+Two deliberately imperfect heuristics, each a function from the prompt the episode runner builds (read through its
+structured view, `episodes.policy.ManagerView` / `AnswerView`: the facts and memories shown, never the prompt's text)
+to a reply in exactly the format the parsers read, so they plug into the runner as a `ScriptedPolicy` and their
+(chat, reply) pairs are SFT data for the model that RL then improves:
 
 - `heuristic_manager_reply`: ADD-only. Every new fact is ADDed, so stale and retracted facts pile up next to the
   current ones ("I moved to Porto." stays beside "I moved to Lyon."; "I sold my bike." beside "I bought a bike.").
@@ -30,24 +31,19 @@ import re
 import zlib
 from collections.abc import Sequence
 
-from memr1_jax.agents.prompts import ChatMessage
-from memr1_jax.data import synthetic
+from memr1_jax.agents.prompts import clean_item
+from memr1_jax.demo import synthetic
+from memr1_jax.episodes import runner
+from memr1_jax.episodes.policy import AnswerView, ManagerView, Prompt, RecordingPolicy
 
-# The user message of a manager prompt: its fact lines and memory lines (see `prompts.manager_messages`).
-_FACT_LINE_RE = re.compile(r"^- (.+)$")
-_RELATED_LINE_RE = re.compile(r"^\[(\d+)\] \((.*?)\) (.*)$")
-# The user message of an answer prompt (see `prompts.answer_messages`).
-_BLOCK_RE = re.compile(r"^Memories about (.+):$")
-_ANSWER_MEMORY_RE = re.compile(r"^\[(\d+)\] (?:\((.*?)\) )?(.*)$")
-_QUESTION_RE = re.compile(r"^Question: (.*)$")
 # A stored memory's text: an optional "[date] " and "Name: " before the statement itself.
 _STATEMENT_RE = re.compile(r"^(?:\[[^\]]*\]\s*)?(?:(?P<speaker>[A-Z][a-z]+):\s+)?(?P<statement>.*)$")
 # What the heuristic answerer says when it finds nothing.
 UNKNOWN_ANSWER = "none"
 
 
-def _user_text(chat: Sequence[ChatMessage]) -> str:
-  return next((m["content"] for m in reversed(chat) if m["role"] == "user"), "")
+def _user_text(prompt: Prompt) -> str:
+  return next((m["content"] for m in reversed(prompt.messages) if m["role"] == "user"), "")
 
 
 def _chance(text: str, seed: int) -> float:
@@ -60,25 +56,18 @@ def ops_reply(ops: Sequence[dict]) -> str:
   return json.dumps({"operations": list(ops)}, ensure_ascii=False)
 
 
-def read_manager_prompt(chat: Sequence[ChatMessage]) -> tuple[list[str], list[tuple[int, str]]]:
-  """(facts, related memories as (id, text) in the order shown) of a manager chat built by
-  `prompts.manager_messages`."""
-  facts, related, section = [], [], None
-  for line in _user_text(chat).splitlines():
-    if line.startswith("New information from the turn:"):
-      section = "facts"
-    elif line.startswith("Related stored memories"):
-      section = "related"
-    elif section == "facts" and (m := _FACT_LINE_RE.match(line)) and m.group(1) != "(none)":
-      facts.append(m.group(1))
-    elif section == "related" and (m := _RELATED_LINE_RE.match(line)):
-      related.append((int(m.group(1)), m.group(3)))
-  return facts, related
+def manager_view(prompt: Prompt) -> tuple[list[str], list[tuple[int, str]]]:
+  """(facts, related memories as (id, text) in the order shown) of a manager prompt, as the prompt shows them."""
+  view = prompt.view
+  if not isinstance(view, ManagerView):
+    raise TypeError(f"a scripted manager needs the runner's ManagerView, got {type(view).__name__}")
+  return ([clean_item(f.text) for f in view.facts],
+          [(m.memory_id, clean_item(m.text)) for m in view.memories])
 
 
-def heuristic_manager_reply(chat: Sequence[ChatMessage]) -> str:
+def heuristic_manager_reply(prompt: Prompt) -> str:
   """The ADD-only manager's reply to a manager chat: ADD every fact verbatim (NOOP when the turn has no fact)."""
-  facts, _ = read_manager_prompt(chat)
+  facts, _ = manager_view(prompt)
   return ops_reply([{"op": "ADD", "text": fact} for fact in facts] or [{"op": "NOOP"}])
 
 
@@ -88,11 +77,11 @@ def _statement(text: str) -> tuple[str | None, tuple | None]:
   return match.group("speaker"), synthetic.parse_statement(match.group("statement").strip())
 
 
-def informed_manager_reply(chat: Sequence[ChatMessage]) -> str:
+def informed_manager_reply(prompt: Prompt) -> str:
   """A scripted manager that reads the synthetic task's statements (the demo's headroom, never trained on): per
   fact, the shown memory of the same speaker and attribute is DELETEd by a retraction, UPDATEd by a new value and
   kept (NOOP) by a restatement; a fact with no such memory is ADDed."""
-  facts, related = read_manager_prompt(chat)
+  facts, related = manager_view(prompt)
   shown = [(memory_id, _statement(text)) for memory_id, text in related]
   ops = []
   for fact in facts:
@@ -107,10 +96,10 @@ def informed_manager_reply(chat: Sequence[ChatMessage]) -> str:
   return ops_reply(ops or [{"op": "NOOP"}])
 
 
-def exploratory_manager_replies(chat: Sequence[ChatMessage]) -> list[str]:
+def exploratory_manager_replies(prompt: Prompt) -> list[str]:
   """The blind alternatives to the ADD-only reply: the first fact UPDATEs the most related memory shown, or DELETEs
-  it (the other facts ADDed). [] when the chat shows no related memory or has no fact."""
-  facts, related = read_manager_prompt(chat)
+  it (the other facts ADDed). [] when the prompt shows no related memory or has no fact."""
+  facts, related = manager_view(prompt)
   if not facts or not related:
     return []
   rest = [{"op": "ADD", "text": fact} for fact in facts[1:]]
@@ -119,18 +108,15 @@ def exploratory_manager_replies(chat: Sequence[ChatMessage]) -> list[str]:
           ops_reply([{"op": "DELETE", "id": top}] + rest)]
 
 
-def read_answer_prompt(chat: Sequence[ChatMessage]) -> tuple[dict[str, list[tuple[int, str, str]]], str]:
-  """({speaker: [(memory id, timestamp, text), ...] in the order shown}, question) of an answer chat."""
-  blocks: dict[str, list[tuple[int, str, str]]] = {}
-  current, question = None, ""
-  for line in _user_text(chat).splitlines():
-    if m := _BLOCK_RE.match(line):
-      current = blocks.setdefault(m.group(1), [])
-    elif (m := _QUESTION_RE.match(line)):
-      question = m.group(1)
-    elif current is not None and (m := _ANSWER_MEMORY_RE.match(line)):
-      current.append((int(m.group(1)), m.group(2) or "", m.group(3)))
-  return blocks, question
+def answer_view(prompt: Prompt) -> tuple[dict[str, list[tuple[int, str, str]]], str]:
+  """({speaker: [(memory id, timestamp, text), ...] in the order shown}, question) of an answer prompt, as the
+  prompt shows them."""
+  view = prompt.view
+  if not isinstance(view, AnswerView):
+    raise TypeError(f"a scripted answerer needs the runner's AnswerView, got {type(view).__name__}")
+  blocks = {name: [(m.memory_id, clean_item(m.timestamp, 100), clean_item(m.text)) for m in memories]
+            for name, memories in view.memories.items()}
+  return blocks, view.question.question
 
 
 def _question_patterns() -> list[tuple[str, str, re.Pattern[str]]]:
@@ -185,10 +171,10 @@ def answer_reply(answer: str, lines: Sequence[str] = ()) -> str:
   return f"Useful memories:\n{useful}\n**Answer:** {answer}"
 
 
-def _read_answer_chat(chat: Sequence[ChatMessage]):
-  """(kind, value, statements of the asked attribute as `_candidates`) of an answer chat; None when its question is
-  not one of the synthetic task's templates."""
-  blocks, question = read_answer_prompt(chat)
+def _read_answer_prompt(prompt: Prompt):
+  """(kind, value, statements of the asked attribute as `_candidates`) of an answer prompt; None when its question
+  is not one of the synthetic task's templates."""
+  blocks, question = answer_view(prompt)
   read = read_question(question)
   if read is None:
     return None
@@ -196,16 +182,15 @@ def _read_answer_chat(chat: Sequence[ChatMessage]):
   return kind, value, _candidates(blocks.get(name, []), slot)
 
 
-def heuristic_answer(chat: Sequence[ChatMessage], *, explore: float = 0.0, seed: int = 0
-                     ) -> tuple[str, list[str]]:
-  """(answer, reply lines of the memories used) of the first-match answerer for an answer chat (see the module
+def heuristic_answer(prompt: Prompt, *, explore: float = 0.0, seed: int = 0) -> tuple[str, list[str]]:
+  """(answer, reply lines of the memories used) of the first-match answerer for an answer prompt (see the module
   docstring). With probability `explore` (from a hash of the question, its memories and `seed`) it reads the
   statements in a random order instead, so it answers from a random one of them, and flips a yes / no answer."""
-  read = _read_answer_chat(chat)
+  read = _read_answer_prompt(prompt)
   if read is None:
     return UNKNOWN_ANSWER, []
   kind, value, found = read
-  draw = _chance(_user_text(chat), seed)
+  draw = _chance(_user_text(prompt), seed)
   if draw < explore:
     random.Random(draw).shuffle(found)
   answer, used = _first_match(kind, value, found)
@@ -238,18 +223,18 @@ def _used(candidate) -> str:
   return f"[{candidate[0]}]"
 
 
-def heuristic_answer_reply(chat: Sequence[ChatMessage], *, explore: float = 0.0, seed: int = 0) -> str:
-  """The heuristic answerer's reply to an answer chat, in the format `parsers.parse_answer_output` reads
+def heuristic_answer_reply(prompt: Prompt, *, explore: float = 0.0, seed: int = 0) -> str:
+  """The heuristic answerer's reply to an answer prompt, in the format `parsers.parse_answer_output` reads
   (`explore`, `seed` as in `heuristic_answer`)."""
-  answer, used = heuristic_answer(chat, explore=explore, seed=seed)
+  answer, used = heuristic_answer(prompt, explore=explore, seed=seed)
   return answer_reply(answer, used)
 
 
-def random_manager_reply(chat: Sequence[ChatMessage], rng: random.Random) -> str:
+def random_manager_reply(prompt: Prompt, rng: random.Random) -> str:
   """An uninformed but well-formed manager reply: per fact, an operation drawn uniformly from ADD / UPDATE / DELETE /
   NOOP (UPDATE and DELETE only when a related memory is shown) on a uniformly drawn shown memory. The pretraining
   text of the demo's base model: the reply format and the copying of a fact, no decision."""
-  facts, related = read_manager_prompt(chat)
+  facts, related = manager_view(prompt)
   ops = []
   for fact in facts:
     kind = rng.choice(("ADD", "UPDATE", "DELETE", "NOOP") if related else ("ADD", "NOOP"))
@@ -262,13 +247,13 @@ def random_manager_reply(chat: Sequence[ChatMessage], rng: random.Random) -> str
   return ops_reply(ops or [{"op": "NOOP"}])
 
 
-def random_answer_reply(chat: Sequence[ChatMessage], rng: random.Random) -> str:
+def random_answer_reply(prompt: Prompt, rng: random.Random) -> str:
   """A well-formed answer reply that understands the question but not time: it reads the memories of the person
   asked about that state the asked attribute, in a random order, and answers from the first that fits (as
   `heuristic_answer` does in the order shown); a yes / no question gets a random "yes" or "no". The pretraining
   text of the demo's base model, the stand-in for an LLM's reading skill: the reply format, finding the statements
   a question is about and reading a value or a date out of one; no notion of which statement is current."""
-  read = _read_answer_chat(chat)
+  read = _read_answer_prompt(prompt)
   if read is None:
     return answer_reply(UNKNOWN_ANSWER)
   kind, value, found = read
@@ -279,36 +264,38 @@ def random_answer_reply(chat: Sequence[ChatMessage], rng: random.Random) -> str:
   return answer_reply(answer, used)
 
 
-class RecordingPolicy:
-  """A scripted ChatPolicy that also records every (chat, reply) it produced (for SFT trajectories)."""
-
-  def __init__(self, respond):
-    self.respond = respond
-    self.records: list[dict] = []
-
-  def generate(self, chats, *, n: int = 1, greedy: bool = False):
-    from memr1_jax.episodes.policy import Sample  # pylint: disable=g-import-not-at-top
-    out = []
-    for chat in chats:
-      reply = self.respond(chat)
-      self.records.append({"messages": [dict(m) for m in chat], "response": reply})
-      out.append([Sample(text=reply)] * n)
-    return out
-
-
-def informed_alternatives(chat: Sequence[ChatMessage]) -> list[str]:
+def informed_alternatives(prompt: Prompt) -> list[str]:
   """The informed manager's reply twice where it differs from the ADD-only one (a retraction, change or restatement
   of an attribute whose memory is shown), else []: the right operation as exploration."""
-  informed = informed_manager_reply(chat)
-  return [informed, informed] if informed != heuristic_manager_reply(chat) else []
+  informed = informed_manager_reply(prompt)
+  return [informed, informed] if informed != heuristic_manager_reply(prompt) else []
 
 
 EXPLORERS = {"informed": informed_alternatives, "blind": exploratory_manager_replies}
 
 
+def walk_manager(conversations, bank_factory, cfg) -> tuple[RecordingPolicy, list]:
+  """Walks `conversations` with the ADD-only heuristic manager through `runner.build_banks` (bank_factory makes an
+  empty MemoryBank; cfg: a `runner.RunnerConfig`). Returns (the recording policy: its prompts and records, one per
+  turn with facts, in order; the built banks in conversation order)."""
+  policy = RecordingPolicy(heuristic_manager_reply)
+  banks, _ = runner.build_banks(policy, conversations, bank_factory, cfg, greedy=True)
+  return policy, banks
+
+
+def walk_answerer(conversations, banks: dict, cfg, *, explore: float = 0.0, seed: int = 0) -> RecordingPolicy:
+  """The heuristic answerer's answers to every question of `conversations` over `banks` (sample_id -> MemoryBank)
+  with `cfg.answer_k_per_speaker` memories per speaker (`explore`, `seed` as in `heuristic_answer`): the recording
+  policy, one prompt and record per question."""
+  policy = RecordingPolicy(lambda prompt: heuristic_answer_reply(prompt, explore=explore, seed=seed))
+  items = [(conv, qa) for conv in conversations for qa in conv.qa]
+  runner.answer_episodes(policy, banks, items, cfg, n=1, greedy=True)
+  return policy
+
+
 def manager_trajectories(conversations, bank_factory, cfg, *, explore: float = 0.0, explore_with: str = "informed"
                          ) -> tuple[list[dict], list]:
-  """Walks `conversations` with the ADD-only heuristic manager through `runner.build_banks`.
+  """The ADD-only heuristic manager's SFT records over `conversations` (`walk_manager`), with exploration.
 
   Args:
     conversations: the conversations (their training questions are not used).
@@ -324,33 +311,25 @@ def manager_trajectories(conversations, bank_factory, cfg, *, explore: float = 0
     (records, banks): {"messages", "response"} records (one per turn without exploration), and the built banks in
     conversation order.
   """
-  from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
   if not 0.0 <= explore < 1.0:
     raise ValueError(f"explore={explore} is not in [0, 1)")
   if explore_with not in EXPLORERS:
     raise ValueError(f"explore_with={explore_with!r} is not one of {tuple(EXPLORERS)}")
-  policy = RecordingPolicy(heuristic_manager_reply)
-  banks, _ = runner.build_banks(policy, conversations, bank_factory, cfg, greedy=True)
+  policy, banks = walk_manager(conversations, bank_factory, cfg)
   if not explore:
     return policy.records, banks
   add_copies = max(1, round(2 / explore) - 2)
   records = []
-  for record in policy.records:
-    alternatives = EXPLORERS[explore_with](record["messages"])
+  for prompt, record in zip(policy.prompts, policy.records):
+    alternatives = EXPLORERS[explore_with](prompt)
     records += [record] * (add_copies if alternatives else 1)
     records += [{"messages": record["messages"], "response": reply} for reply in alternatives]
   return records, banks
 
 
 def answer_trajectories(conversations, banks: dict, cfg, *, explore: float = 0.0, seed: int = 0) -> list[dict]:
-  """One {"messages", "response"} record per question of `conversations`, answered by the heuristic answerer over
-  `banks` (sample_id -> MemoryBank) with `cfg.answer_k_per_speaker` memories per speaker (`explore`, `seed` as in
-  `heuristic_answer`)."""
-  from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
-  policy = RecordingPolicy(lambda chat: heuristic_answer_reply(chat, explore=explore, seed=seed))
-  items = [(conv, qa) for conv in conversations for qa in conv.qa]
-  runner.answer_episodes(policy, banks, items, cfg, n=1, greedy=True)
-  return policy.records
+  """One {"messages", "response"} record per question of `conversations` (`walk_answerer`)."""
+  return walk_answerer(conversations, banks, cfg, explore=explore, seed=seed).records
 
 
 def write_jsonl(records: Sequence[dict], path: str) -> str:

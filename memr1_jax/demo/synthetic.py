@@ -1,4 +1,4 @@
-"""The synthetic memory task of the CPU demo: dated two-speaker conversations in which facts change.
+"""The synthetic memory task of the CPU demo (generator, statement reader, oracle operations): dated two-speaker conversations in which facts change.
 
 Each speaker holds a few attributes ("slots": the city they live in, their job, pet, vehicle,
 partner, hobby, favourite food), each drawn from a small vocabulary. Over dated sessions a speaker
@@ -629,37 +629,6 @@ def fact_events(conversation: schema.Conversation) -> list[FactEvent]:
       live[key] = (held[0], new)
     events.append(event)
   return events
-
-
-def ops_where_needed(conversations: Sequence[schema.Conversation], turn_ops: dict) -> dict[str, float]:
-  """How often a manager used the operation each fact turn implies (`fact_events`), per implied operation.
-
-  Args:
-    conversations: synthetic conversations.
-    turn_ops: (sample_id, dia_id) -> the operation kinds of the manager's reply at that turn
-      (`episodes.runner.BankStats.turn_ops`); a turn missing from it counts as no operation.
-
-  Returns:
-    {"ADD": share, "UPDATE": ..., "DELETE": ..., "NOOP": ...}: the share of the turns implying each operation at
-    which the reply contained it (a NOOP turn also counts when the reply had no operation), for the implied
-    operations that occur; e.g. "DELETE" is the share of retraction turns at which the manager DELETEd. And
-    "UPDATE|DELETE": the share of the change and retraction turns at which the reply UPDATEd or DELETEd, i.e. did
-    not leave the stale memory beside the new statement (an UPDATE to "Anna: I sold my bike." retracts as a DELETE
-    does: the answerer reads "no" from either).
-  """
-  hits: dict[str, list[bool]] = {}
-  for turn, needed in needed_ops(conversations).items():
-    used = turn_ops.get(turn, ())
-    hits.setdefault(needed, []).append(needed in used or (needed == "NOOP" and not used))
-    if needed in ("UPDATE", "DELETE"):
-      hits.setdefault("UPDATE|DELETE", []).append(bool({"UPDATE", "DELETE"} & set(used)))
-  return {op: sum(h) / len(h) for op, h in hits.items()}
-
-
-def needed_ops(conversations: Sequence[schema.Conversation]) -> dict[tuple[str, str], str]:
-  """(sample_id, dia_id) -> the operation ("ADD", "UPDATE", "DELETE", "NOOP") each fact turn implies
-  (`fact_events`)."""
-  return {(conv.sample_id, event.dia_id): event.op.value for conv in conversations for event in fact_events(conv)}
 
 
 def memory_text(speaker: str, slot: str, chain: Sequence[tuple[str, str]]) -> str:

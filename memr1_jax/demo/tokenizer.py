@@ -14,7 +14,7 @@ demo stops where the paper's model stops. The directory holds `tokenizer.json` a
 works offline.
 
 The shipped copy is `DEMO_TOKENIZER_DIR`; rebuild it after changing the task or the prompts with
-`python -m memr1_jax.data.demo_tokenizer`.
+`python -m memr1_jax.demo.tokenizer`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from collections.abc import Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from memr1_jax.agents import prompts
+from memr1_jax.demo import synthetic
 from memr1_jax.memory.operations import MemoryOp, OpKind
 
 DEMO_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
@@ -62,10 +64,6 @@ class _Memory:
 
 def corpus_lines(seed: int = 0) -> Iterator[str]:
   """The training text of the demo tokenizer, in a fixed order (deterministic in `seed`)."""
-  # Imported here: agents and synthetic are only needed to rebuild, not to load the tokenizer.
-  from memr1_jax.agents import prompts  # pylint: disable=import-outside-toplevel
-  from memr1_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-
   # Every memory id twice bare ("[12]") and twice after a space ('"id": 12'), so each is one token.
   numbers = range(MAX_MEMORY_ID + 1)
   yield "\n".join(str(i) for i in numbers)

@@ -1,0 +1,174 @@
+"""The demo's pretrained base model (`assets/demo_base`, an HF directory with its tokenizer) and how it is built.
+
+  python -m memr1_jax.demo.base [out_dir]     # about 13 minutes on 2 CPU cores
+
+A 0.5M-parameter decoder that has learned to copy (random-token copy exercises) and has read the task's prompts
+with well-formed but uninformed replies (random operations; a random statement of the asked attribute), so it copies
+and has seen the formats, but has no policy. Its tokenizer is the demo tokenizer plus one token per agent
+instruction (`instruction_tokenizer`), which keeps prompts around 250 tokens on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+import tempfile
+
+import jax
+from flax import nnx
+from tokenizers import AddedToken
+from tokenizers import Tokenizer as HFTokenizer
+
+from memr1_jax import console, sft
+from memr1_jax.agents import prompts
+from memr1_jax.demo import policies, synthetic
+from memr1_jax.demo.tokenizer import DEMO_TOKENIZER_DIR
+from memr1_jax.episodes import batching, runner
+from memr1_jax.errors import ConfigError
+from memr1_jax.memory.bank import MemoryBank
+from memr1_jax.memory.embedders import HashingEmbedder
+from memr1_jax.models import config as model_config
+from memr1_jax.models import decoder as decoder_lib
+from memr1_jax.models.loading import export_pretrained, load_pretrained
+from memr1_jax.models.tokenizer import Tokenizer
+from memr1_jax.rl import train_state as ts
+
+# The pretrained tiny base model the demo starts from (an HF directory with its tokenizer; `build_base` makes it).
+DEMO_BASE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_base")
+# Synthetic-task seed of the base model's pretraining text (the demo's own conversations use config.seed).
+BASE_CORPUS_SEED = 1000
+# The agents' fixed system prompts: one token each in the demo base's tokenizer (`instruction_tokenizer`).
+INSTRUCTIONS = (prompts.MANAGER_SYSTEM_PROMPT, prompts.ANSWER_SYSTEM_PROMPT, prompts.EXTRACTION_SYSTEM_PROMPT)
+
+
+def instruction_tokenizer(out_dir: str) -> str:
+  """Writes the demo tokenizer with each agent's fixed system prompt added as one token to `out_dir`.
+
+  The model reads exactly the same text; the constant instructions (324 and 148 tokens otherwise) just cost one
+  position each, which makes a CPU-sized model's prompts 2-3x shorter. Returns `out_dir`.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  shutil.copy(os.path.join(DEMO_TOKENIZER_DIR, "tokenizer_config.json"), out_dir)
+  tokenizer = HFTokenizer.from_file(os.path.join(DEMO_TOKENIZER_DIR, "tokenizer.json"))
+  tokenizer.add_tokens([AddedToken(text, normalized=False, special=False) for text in INSTRUCTIONS])
+  tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+  return out_dir
+
+
+def check_instruction_tokens(tokenizer) -> None:
+  """Raises ConfigError when an agent's system prompt no longer encodes as one token of `tokenizer` (the prompts
+  changed since the base was built: rebuild it with `python -m memr1_jax.demo.base`)."""
+  for name in ("MANAGER_SYSTEM_PROMPT", "ANSWER_SYSTEM_PROMPT"):
+    if len(tokenizer.encode(getattr(prompts, name))) != 1:
+      raise ConfigError(
+          f"config.model.path: prompts.{name} is not one token of this tokenizer: the prompts changed after the "
+          f"demo base was built; rebuild it with `python -m memr1_jax.demo.base {DEMO_BASE_DIR}`")
+
+
+def base_corpus(tokenizer, num_conversations: int, rcfg: runner.RunnerConfig, seed: int = 0) -> list[list[int]]:
+  """Token ids of pretraining text for the demo base: the manager and answer-agent prompts that the ADD-only
+  heuristic meets on `num_conversations` synthetic conversations of seed BASE_CORPUS_SEED (half short and
+  change-heavy like configs/demo.py's, half with the task's default knobs), each followed by an uninformed reply
+  (`policies.random_manager_reply`: random operations; `random_answer_reply`: a random statement of the asked
+  attribute, random yes / no) and the EOS token. Retrieval uses a hashing embedder (only the text matters here)."""
+  embed = HashingEmbedder(256)
+  factory = lambda: MemoryBank(embed, embed.dim, index="brute_force")  # noqa: E731
+  half = num_conversations // 2
+  short = dict(num_sessions=2, facts_per_speaker=2, update_prob=0.35, retract_prob=0.35, filler_ratio=0.0)
+  convs = (synthetic.generate_conversations(half, BASE_CORPUS_SEED, **short)
+           + synthetic.generate_conversations(num_conversations - half, BASE_CORPUS_SEED + 1))
+  manager, _ = policies.walk_manager(convs, factory, rcfg)
+  answer = policies.walk_answerer(convs, runner.add_all_banks(convs, factory, rcfg), rcfg)
+  rng = random.Random(seed)
+  eos = list(tokenizer.eos_token_ids[:1])
+  out = []
+  for recording, reply in ((manager, policies.random_manager_reply), (answer, policies.random_answer_reply)):
+    for prompt in recording.prompts:
+      out.append(tokenizer.encode_chat(prompt.messages) + tokenizer.encode(reply(prompt, rng)) + eos)
+  return out
+
+
+def copy_exercises(tokenizer, count: int, rng, max_len: int) -> list[list[int]]:
+  """`count` token-id sequences of pure copying, each at most `max_len` long: random spans of 3-16 random tokens,
+  one per line, then the same spans again in a shuffled order. Only a model that copies (an induction head)
+  predicts the repeats: random tokens have no prior to fall back on."""
+  newline = tokenizer.encode("\n")
+  skip = set(tokenizer.eos_token_ids) | {tokenizer.pad_token_id} | set(newline)
+  for text in INSTRUCTIONS:
+    skip.update(tokenizer.encode(text))
+  vocab = [i for i in range(tokenizer.vocab_size) if i not in skip]
+  out = []
+  for _ in range(count):
+    spans, length = [], 0
+    while True:
+      span = [rng.choice(vocab) for _ in range(rng.randint(3, 16))]
+      if 2 * (length + len(span) + len(newline)) > max_len:
+        break
+      spans.append(span)
+      length += len(span) + len(newline)
+    order = list(range(len(spans)))
+    rng.shuffle(order)
+    out.append([i for span in spans for i in span + newline] + [i for k in order for i in spans[k] + newline])
+  return out
+
+
+def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: int = 16, lr: float = 1e-3,
+               copy_steps: int = 2000, copy_batch_size: int = 32, copy_len: int = 64, copy_share: float = 0.2,
+               num_conversations: int = 400, max_len: int = 512, seed: int = 0, init_from: str = "",
+               preset: str = "small") -> str:
+  """Pretrains the demo's base model and writes it, with its tokenizer, as an HF directory `out_dir`.
+
+  A decoder of `preset` learns, as a plain language model (next-token loss on every token), the prompts of both
+  agents on synthetic conversations that the demo never trains or evaluates on, each followed by a random,
+  well-formed reply (`base_corpus`), after a first phase of short copy exercises (`copy_exercises`), where a
+  2-layer model forms the induction heads it needs to copy facts and values: the stand-in for the pretraining of
+  the LLM the paper starts from. Its text shows the formats, copied facts, memories, values and dates, and answers
+  read from the memories a question asks about, but no decision (which operation on which memory; which of several
+  statements is current, whether a thing is still owned); the demo's SFT stage teaches it the heuristics'
+  decisions. `init_from` continues from an HF directory instead of a random init. About 13 minutes on 2 CPU cores
+  with the defaults.
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    tokenizer_dir = instruction_tokenizer(os.path.join(tmp, "tokenizer"))
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    corpus = [ids[:max_len] for ids in base_corpus(tokenizer, num_conversations, runner.RunnerConfig(
+        related_k=2, answer_k_per_speaker=3), seed)]
+    rng = random.Random(seed)
+    copying = copy_exercises(tokenizer, 12_800, rng, copy_len)  # The pool the copy phase cycles through.
+    corpus += copy_exercises(tokenizer, int(len(corpus) * copy_share / (1 - copy_share)), rng, 128)
+    # Next-token loss on every token: the first token is the "prompt", the rest the scored "response".
+    examples = [(ids[:1], ids[1:]) for ids in corpus]
+    if init_from:
+      model, _ = load_pretrained(init_from)
+    else:
+      cfg = model_config.get_preset(preset, vocab_size=tokenizer.vocab_size)
+      model = nnx.merge(*jax.jit(lambda: nnx.split(decoder_lib.Decoder(cfg, rngs=nnx.Rngs(seed))))())
+    schedule = ts.learning_rate_schedule(lr, 100)
+    state, frozen, spec = ts.init_train_state(model, ts.make_optimizer(schedule), actor_lr=schedule,
+                                              reference=False)
+    # Short copy exercises first: the 2-layer preset forms its induction heads on 64-token ones at lr 1e-3 in about
+    # 1000 steps, and did not within 800-900 steps of 128- or 256-token ones at lr 3e-3; the task's text then keeps a
+    # share of longer ones.
+    phases = ((copy_steps, [(ids[:1], ids[1:]) for ids in copying], copy_batch_size, copy_len, "copying"),
+              (steps, examples, batch_size, 256, "the task's text"))
+    for num_steps, items, rows_per_step, bucket, what in phases:
+      step_fn = sft.make_sft_step(spec, rows_per_step)
+      bar = console.bar(num_steps, desc=f"pretraining the demo base: {what}")
+      for step in range(num_steps):
+        rows = sft.pack_examples(batching.batch_for_step(items, step, rows_per_step, seed), rows=rows_per_step,
+                                 pad_id=tokenizer.pad_token_id, min_prompt_bucket=1, min_response_bucket=bucket)
+        state, metrics = step_fn(state, frozen, rows)
+        if step % 50 == 0:
+          bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
+        bar.update(1)
+      bar.close()
+    # bfloat16 halves the file shipped in the repo; the demo computes in float32 (config.model.dtype).
+    export_pretrained(ts.policy_model(spec, state, frozen), out_dir, dtype="bfloat16", tokenizer_dir=tokenizer_dir,
+                      overwrite=True)  # Rebuilding replaces the shipped base.
+  return out_dir
+
+
+if __name__ == "__main__":
+  print(build_base(*sys.argv[1:2]))

@@ -1,0 +1,247 @@
+r"""mode=demo (the mode `memr1_jax.demo` adds to main): the CPU showcase. GRPO / PPO train a memory manager and an
+answer agent that start from heuristics.
+
+  python -m memr1_jax.main --config=configs/demo.py
+
+Every stage is one of this package's ordinary modes, run on a config derived from the demo's, so the demo goes
+through the code path of the real configs (an HF checkpoint directory as the policy, episode runner, memory bank
+with the MiniLM encoder, rollout engine, GRPO / PPO update, orbax checkpoints, evaluation). The policy starts from
+a small pretrained base shipped in the repo (`base.DEMO_BASE_DIR`, rebuilt by `python -m memr1_jax.demo.base`): a 0.5M-parameter decoder that has learned to copy (random-token copy exercises) and has read the
+task's prompts with well-formed but uninformed replies (random operations; a random statement of the asked
+attribute), so it copies and has seen the formats, but has no policy. Its
+tokenizer is the demo tokenizer plus one token per agent instruction (`instruction_tokenizer`), which keeps prompts
+around 250 tokens on a CPU.
+
+1. Heuristic trajectories (`demo.policies`): the ADD-only heuristic manager walks the training conversations
+   through `episodes.runner.build_banks` (config.demo.explore of its replies, at the turns config.demo.explore_with
+   picks, are other operations, so the SFT model samples them), the first-match heuristic answerer answers their
+   questions over ADD-all banks; every (prompt, reply) pair becomes a line of `<workdir>/sft_data.jsonl`.
+2. SFT warm start (`mode=sft`): one model imitates both heuristics -> `<workdir>/sft/hf`.
+3. RL (`mode=train`) of each agent of `config.demo.agents`, each starting from the SFT model, in
+   `<workdir>/<agent>_<algorithm>/`. The manager's reward comes through a frozen answer agent
+   (config.train.manager_answerer; configs/demo.py: the heuristic answerer, so the reward measures the manager's
+   banks, not the small model's reading).
+   Held-out exact match / F1 (and, for the manager, the operation mix of the banks it builds and how often it
+   UPDATEs / DELETEs at the turns that change / retract a fact) are measured with greedy decoding before the first
+   RL step (the SFT start) and after the last, beside the scripted heuristics (ADD-only, and an informed manager
+   that reads the task's statements: the headroom).
+4. The table of results (console and `<workdir>/results.md`), `<workdir>/results.json`, and the reward curves
+   `<workdir>/reward.png` next to the runs' TensorBoard logs (`tensorboard --logdir <workdir>`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import time
+
+import jax
+import tensorboardX  # noqa: F401  pylint: disable=unused-import  # Imported by each worker at its start.
+
+from memr1_jax import components, console, sft, tasks, train
+from memr1_jax.demo import base, policies, report
+from memr1_jax.demo.report import AgentResult
+from memr1_jax.episodes import runner
+from memr1_jax.episodes.policy import ScriptedPolicy
+from memr1_jax.errors import ConfigError
+from memr1_jax.models.loading import export_pretrained
+from memr1_jax.models.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def stage_config(config, **fields):
+  """A copy of `config` with dotted `fields` replaced (e.g. `**{"rl.actor_lr": 0.0}`)."""
+  c = config.copy_and_resolve_references()
+  for dotted, value in fields.items():
+    node = c
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return c
+
+
+def make_sft_data(config, path: str) -> dict:
+  """Writes the heuristic agents' trajectories on the training conversations to `path` (JSONL): the answerer's on
+  every training question, the manager's on every turn of the first `config.demo.sft_manager_conversations`.
+
+  Returns {"manager": records, "answer": records} counts.
+  """
+  convs = tasks.load(config).splits()["train"]
+  factory = components.bank_factory(config)
+  rcfg = components.runner_config(config)
+  manager, _ = policies.manager_trajectories(convs[:config.demo.sft_manager_conversations or None], factory, rcfg,
+                                             explore=config.demo.explore, explore_with=config.demo.explore_with)
+  answer = policies.answer_trajectories(convs, runner.add_all_banks(convs, factory, rcfg), rcfg,
+                                       explore=config.demo.answer_explore, seed=config.seed)
+  policies.write_jsonl(manager + answer, path)
+  return {"manager": len(manager), "answer": len(answer)}
+
+
+def warm_start(config) -> str:
+  """Stages 1-2: heuristic trajectories, then SFT of config.model on them. Returns the SFT model's HF directory."""
+  data = os.path.join(config.workdir, "sft_data.jsonl")
+  counts = make_sft_data(config, data)
+  logger.info("demo: %d manager and %d answer trajectories in %s", counts["manager"], counts["answer"], data)
+  sft_config = stage_config(config, **{"mode": "sft", "workdir": os.path.join(config.workdir, "sft"),
+                                       "sft.path": data, "sft.export_path": ""})
+  return sft.run(sft_config)["export_path"]
+
+
+def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
+  """The mode=train config of `agent` starting from the HF directory `init_path` (evaluated only at the end)."""
+  steps = config.demo.answer_steps if agent == "answer" else config.demo.manager_steps
+  fields = {"mode": "train", "agent": agent, "model.path": init_path, "model.tokenizer": "",
+            "workdir": workdir or os.path.join(config.workdir, f"{agent}_{config.algorithm}"),
+            "train.num_steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps}
+  if agent == "answer" and config.demo.answer_actor_lr:
+    fields["rl.actor_lr"] = config.demo.answer_actor_lr
+  if agent == "manager" and config.algorithm == "ppo":
+    fields.update({f"rl.{k}": v for k, v in config.demo.ppo_manager.items() if v is not None})
+  batch = config.rollout.batch_size if agent == "answer" else config.demo.manager_batch_size
+  # PPO samples one response per prompt: as many prompts as GRPO has responses keep the update's size
+  # (config.demo.ppo_prompts_per_group trades some of them for time).
+  per_group = config.demo.ppo_prompts_per_group or config.rollout.group_size
+  fields["rollout.batch_size"] = batch * (per_group if config.algorithm == "ppo" else 1)
+  return stage_config(config, **fields)
+
+
+def _eval_scores(metrics: dict) -> dict:
+  return {k: v for k, v in metrics.items() if k.startswith("eval/")}
+
+
+def train_agent(config, agent: str, init_path: str, workdir: str | None = None, progress=console.bar
+                ) -> AgentResult:
+  """Stage 3 for one agent: held-out scores of the SFT start, RL, held-out scores after the last step."""
+  start = time.perf_counter()
+  trainer = train.Trainer(rl_config(config, agent, init_path, workdir), progress)
+  before = trainer.evaluate(trainer.config.data.eval_split)
+  if trainer.ckpt.latest_step() is None:  # A resumed run logged step 0 on its first try.
+    trainer.writer.write(0, before)
+  last = trainer.run()
+  after = _eval_scores(last) or trainer.evaluate(trainer.config.data.eval_split)  # (a resumed, finished run)
+  model = os.path.join(trainer.workdir, "hf")
+  export_pretrained(trainer.learner.policy(), model, tokenizer_dir=components.tokenizer_dir(trainer.config),
+                    overwrite=True)  # This run's own export of an earlier (interrupted) try.
+  return AgentResult(agent, config.algorithm, _eval_scores(before), after, trainer.workdir, model,
+                     time.perf_counter() - start)
+
+
+def _start_child(config) -> None:
+  """A worker process's start: logging and JAX settings, then the imports and the CPU backend of a training run."""
+  console.setup()
+  components.configure_jax(config)
+  jax.devices()
+
+
+def agent_pool(config, num_runs: int) -> concurrent.futures.ProcessPoolExecutor | None:
+  """With config.demo.parallel_agents, on the CPU backend of a single JAX process, for more than one run: a pool of
+  `num_runs` spawned processes, already started (imports, JAX backend), for `train_agents`; else None."""
+  if not (config.demo.parallel_agents and num_runs > 1 and jax.default_backend() == "cpu"
+          and jax.process_count() == 1):
+    return None
+  pool = concurrent.futures.ProcessPoolExecutor(num_runs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_start_child, initargs=(config,))
+  for _ in range(num_runs):  # Each submission starts one more worker, which runs the initializer.
+    pool.submit(int)
+  return pool
+
+
+def train_agents(config, runs: list[tuple], init_path: str,
+                 pool: concurrent.futures.ProcessPoolExecutor | None = None) -> list[AgentResult]:
+  """Stage 3 for several runs from the SFT model `init_path`, each (run config, agent, workdir or None) as for
+  `train_agent`. Returns their results in `runs` order.
+
+  The runs are independent; with a pool (`agent_pool(config, len(runs))` unless given) each runs in a process of its
+  own, all at once: the same programs on the same inputs, so the same numbers as one after the other, sooner (a small
+  model's steps leave much of a CPU idle: the demo's two RL stages on 2 cores). The pool is shut down at the end.
+  """
+  pool = pool or agent_pool(config, len(runs))
+  if pool is None:
+    return [train_agent(c, agent, init_path, workdir) for c, agent, workdir in runs]
+  # The workers' progress bars are drawn here, one line each, from the updates they send.
+  with pool, multiprocessing.get_context("spawn").Manager() as manager:
+    queue = manager.Queue()
+    renderer = console.BarRenderer(queue)
+    try:
+      futures = [pool.submit(train_agent, c, agent, init_path, workdir, console.QueueBar(queue, position))
+                 for position, (c, agent, workdir) in enumerate(runs)]
+      return [f.result() for f in futures]
+    finally:
+      renderer.stop()
+
+
+def heuristic_scores(config) -> dict:
+  """Held-out scores of the scripted heuristics: {"answer": answerer over ADD-all banks, "manager": the ADD-only
+  manager's banks answered by the heuristic answerer, "manager_informed": likewise for the scripted manager that
+  reads the task's statements (`policies.informed_manager_reply`, the headroom); managers with their operation
+  mix and the task's bank metrics}."""
+  task = tasks.load(config)
+  convs = task.splits()[config.data.eval_split]
+  factory = components.bank_factory(config)
+  rcfg = components.runner_config(config)
+  answerer = ScriptedPolicy(policies.heuristic_answer_reply)
+
+  def manager_scores(reply):
+    return runner.evaluate_agents(convs, ScriptedPolicy(reply), answerer, factory, rcfg,
+                                  bank_metrics=task.bank_metrics)
+
+  return {"answer": runner.heldout_eval(convs, answerer, runner.add_all_banks(convs, factory, rcfg), rcfg),
+          "manager": manager_scores(policies.heuristic_manager_reply),
+          "manager_informed": manager_scores(policies.informed_manager_reply)}
+
+
+def run(config) -> dict:
+  """Entry point of mode=demo (see the module docstring). Returns the results dict also written to results.json."""
+  start = time.perf_counter()
+  os.makedirs(config.workdir, exist_ok=True)
+  agents = [a.strip() for a in config.demo.agents.split(",") if a.strip()]
+  if config.model.path and os.path.abspath(config.model.path) == base.DEMO_BASE_DIR:
+    if not os.path.exists(os.path.join(base.DEMO_BASE_DIR, "model.safetensors")):
+      raise ConfigError(f"config.model.path: the demo base {base.DEMO_BASE_DIR} is missing; build it with "
+                        "`python -m memr1_jax.demo.base`")
+    base.check_instruction_tokens(Tokenizer.from_pretrained(base.DEMO_BASE_DIR))
+  timings = {}
+  # The RL stages' processes start (imports, JAX) while this one runs the SFT.
+  pool = agent_pool(config, len(agents))
+  try:
+    t = time.perf_counter()
+    init_path = warm_start(config)
+    timings["heuristic trajectories + SFT"] = time.perf_counter() - t
+    t = time.perf_counter()
+    results = train_agents(config, [(config, agent, None) for agent in agents], init_path, pool)
+  finally:
+    if pool is not None:
+      pool.shutdown(cancel_futures=True)
+  for result in results:
+    timings[f"{result.agent} {config.algorithm.upper()} (with evaluations)"] = result.seconds
+  if len(results) > 1:
+    timings["RL of " + " and ".join(agents) + (" at once" if pool else "")] = (
+        time.perf_counter() - t)
+  t = time.perf_counter()
+  heuristic = heuristic_scores(config)
+  timings["heuristic baselines"] = time.perf_counter() - t
+  table = report.results_table(heuristic, results, report.manager_reader(config))
+  plot = report.plot_rewards(results, os.path.join(config.workdir, "reward.png"))
+  timings["total"] = time.perf_counter() - start
+  out = {"heuristic": heuristic, "runs": [dataclasses.asdict(r) for r in results], "table": table,
+         "plot": plot, "seconds": timings, "sft_model": init_path}
+  with open(os.path.join(config.workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=2)
+  with open(os.path.join(config.workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(table + "\n")
+  num_eval = len(tasks.load(config).splits()[config.data.eval_split])
+  lines = [f"\nHeld-out results ({num_eval} conversations, greedy decoding):\n", table, "",
+           f"results:      {os.path.join(config.workdir, 'results.md')} (and results.json)",
+           f"reward plot:  {plot}", f"SFT model:    {init_path}"]
+  names = {"answer": "answer agent:", "manager": "manager:"}
+  lines += [f"{names[r.agent]:13} {r.model} (checkpoints: {os.path.join(r.workdir, 'checkpoints')})" for r in results]
+  lines += [f"logs:         tensorboard --logdir {config.workdir} (metrics.jsonl in each run's directory)",
+            "wall time:    " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())]
+  print("\n".join(lines), flush=True)
+  return out
