@@ -16,7 +16,6 @@ the heuristics, the SFT start and after RL, and writes <workdir>/reward.png next
 
 from memr1_jax import demo
 from memr1_jax.defaults import default_config
-from memr1_jax.demo.base import DEMO_BASE_DIR
 
 
 def get_config():
@@ -27,7 +26,7 @@ def get_config():
   c.workdir = "runs/demo"
   # Compiled XLA programs are kept here: a second run skips ~75 s of compilation.
   c.jax_cache_dir = "runs/xla_cache"
-  c.model.path = DEMO_BASE_DIR
+  c.model.path = demo.DEMO_BASE_DIR
   c.model.dtype = "float32"
   c.model.param_dtype = "float32"
   c.model.remat = False

@@ -1,27 +1,31 @@
-"""The smallest end-to-end run (tests and CI): tiny random decoder, demo tokenizer, synthetic task, hashing embedder.
+"""The smallest end-to-end run (tests and CI): tiny random decoder, demo tokenizer, hashing embedder, on the demo's
+synthetic task or (variant "locomo") on config.data.
 
   python -m memr1_jax.main --config=configs/smoke.py --config.workdir=/tmp/smoke
+  python -m memr1_jax.main --config=configs/smoke.py:locomo --config.data.path=<locomo10.json> ...
 Same code path as configs/grpo_qwen7b.py with every size shrunk; a few seconds per step on 2 CPU cores.
 """
 
 from memr1_jax import demo
 from memr1_jax.defaults import default_config
-from memr1_jax.demo.tokenizer import DEMO_TOKENIZER_DIR
 
 
-def get_config():
+def get_config(variant: str = ""):
   c = default_config()
-  c.task = "memr1_jax.demo"
-  c.demo = demo.section_config()
+  if variant not in ("", "locomo"):
+    raise ValueError(f"configs/smoke.py: variant {variant!r} is not '' (the synthetic task) or 'locomo'")
+  if not variant:
+    c.task = "memr1_jax.demo"
+    c.demo = demo.section_config()
+    c.data.name = "synthetic"
+    c.demo.train_conversations = 2
+    c.demo.eval_conversations = 1
   c.workdir = "runs/smoke"
   c.model.preset = "tiny"
-  c.model.tokenizer = DEMO_TOKENIZER_DIR
+  c.model.tokenizer = demo.DEMO_TOKENIZER_DIR
   c.model.dtype = "float32"
   c.model.param_dtype = "float32"
   c.model.remat = False
-  c.data.name = "synthetic"
-  c.demo.train_conversations = 2
-  c.demo.eval_conversations = 1
   c.memory.encoder = "hashing:64"
   c.memory.related_k = 3
   c.memory.answer_k_per_speaker = 4

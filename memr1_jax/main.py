@@ -18,7 +18,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from memr1_jax import components, console, defaults, errors, tasks, workdir
+from memr1_jax import console, defaults, errors, tasks, workdir
 from memr1_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a configs/*.py file.", lock_config=True)
@@ -225,6 +225,8 @@ def run(config, source: str, allow_config_change: bool = False) -> None:
     saved = f", resolved config in {os.path.join(config.workdir, workdir.CONFIG_FILE)}" if lock else ""
     print(f"{config.mode}: {source}{saved}", flush=True)
     module = importlib.import_module(modes(tasks.task_module(config))[config.mode])
+    # Imported after the checks, which so take seconds: components loads JAX and the models.
+    from memr1_jax import components  # pylint: disable=g-import-not-at-top
     components.configure_jax(config)
     module.run(config)
   finally:

@@ -21,12 +21,15 @@ import importlib
 import os
 import types
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from memr1_jax import data
 from memr1_jax.data.schema import Conversation
 from memr1_jax.errors import ConfigError
-from memr1_jax.episodes.policy import ChatPolicy
-from memr1_jax.episodes.runner import BankStats, Experience
+
+if TYPE_CHECKING:  # Types only: main reads task modules before JAX (which the runner imports) is loaded.
+  from memr1_jax.episodes.policy import ChatPolicy
+  from memr1_jax.episodes.runner import BankStats, Experience
 
 # The benchmark datasets of a run without a task module, and their default file under config.data.data_dir.
 DATASETS = {"locomo": "locomo10.json", "longmemeval": "longmemeval_s.json", "msc": "msc_self_instruct.jsonl"}

@@ -30,7 +30,7 @@ LOCOMO = os.path.join(DATA_DIR, "locomo", "locomo10.json")
 
 def fixture_config(workdir, **overrides):
   """The smoke model on the LoCoMo fixture's validation conversation (conv-30: 6 turns, 4 scored questions)."""
-  return smoke_config(workdir, **{"data.name": "locomo", "data.path": FIXTURE, "eval.split": "validation",
+  return smoke_config(workdir, "locomo", **{"data.path": FIXTURE, "eval.split": "validation",
                                   "eval.manager_path": "add_all", "rollout.max_new_tokens": 3,
                                   "memory.answer_k_per_speaker": 2, **overrides})
 
@@ -60,7 +60,7 @@ def test_eval_on_real_locomo_validation_conversation(tmp_path):
   """conv-30 of locomo10.json: 81 questions answered by the tiny model, counts per category as in the file."""
   if not os.path.exists(LOCOMO):
     pytest.skip(f"LoCoMo data not found at {LOCOMO} (set MEMR1_DATA_DIR to the directory holding locomo/)")
-  c = smoke_config(tmp_path, **{"data.name": "locomo", "data.path": LOCOMO, "eval.split": "validation",
+  c = smoke_config(tmp_path, "locomo", **{"data.path": LOCOMO, "eval.split": "validation",
                                 "eval.manager_path": "add_all", "rollout.max_new_tokens": 2,
                                 "rollout.max_batch": 128, "memory.answer_k_per_speaker": 1})
   report = evaluate.run(c)

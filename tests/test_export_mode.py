@@ -13,7 +13,7 @@ from flax import nnx
 
 from memr1_jax import components, export, train
 from memr1_jax.checkpoint import Checkpointer
-from memr1_jax.demo.tokenizer import DEMO_TOKENIZER_DIR
+from memr1_jax.demo import DEMO_TOKENIZER_DIR
 from memr1_jax.errors import ConfigError
 from memr1_jax.metrics_writer import read_jsonl
 from memr1_jax.models.loading import ExportError, export_pretrained

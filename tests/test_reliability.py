@@ -26,13 +26,14 @@ from etils import epath
 
 from memr1_jax import defaults, errors, faults, main
 from memr1_jax.checkpoint import CheckpointError, Checkpointer
-from memr1_jax.demo.tokenizer import DEMO_TOKENIZER_DIR
+from memr1_jax.demo import DEMO_TOKENIZER_DIR
 from memr1_jax.models.config import CheckpointError as ModelFilesError
 from memr1_jax.models.safetensors_io import CheckpointReader
 from memr1_jax.models.tokenizer import Tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--config=configs/smoke.py", "--config.train.num_steps=3", "--config.train.eval_every=0"]
+SMOKE_LOCOMO = ["--config=configs/smoke.py:locomo", *SMOKE[1:]]
 SECRET = "sk-reliability-test-4f1c9a7e2b"  # The judge API key every subprocess gets in its environment.
 SIGTERM_BOUND_S = 30.0  # A SIGTERM'd run exits within one step plus one save: ~2 s here once compiled.
 FAIL_FAST_S = 20.0  # Bad input is reported before the model is built (the first training step alone takes longer).
@@ -266,8 +267,6 @@ def _main(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProc
     ("--config.memory.index=faiss", "configs/smoke.py: config.memory.index='faiss' is not one of"),
     ("--config.rl.kl_estimator=k9", "configs/smoke.py: config.rl.kl_estimator='k9' is not one of"),
     ("--config.memory.extraction=smple", "configs/smoke.py: config.memory.extraction='smple' is not one of"),
-    ("--config.task= --config.memory.extraction=task",
-     "configs/smoke.py: config.memory.extraction='task' reads with the extractor of a task module"),
     ("--config.demo.task.update_prob=1.5", "configs/smoke.py: config.demo.task: TaskKnobs.update_prob must be in"),
     ("--config.demo.explore_with=smart", "configs/smoke.py: config.demo.explore_with='smart' is not one of"),
 ])
@@ -289,14 +288,27 @@ def test_unknown_field_in_a_config_file_fails_fast_naming_it(tmp_path):
   assert f"{path}: config.rl.actor_lrr is not a known field (did you mean config.rl.actor_lr?)" in done.stderr
 
 
+def test_task_extraction_without_a_task_module_fails_fast_naming_the_field(tmp_path):
+  """memory.extraction='task' in a config without config.task is rejected before anything is built."""
+  path = tmp_path / "no_task.py"
+  path.write_text("from memr1_jax.defaults import default_config\n\n\ndef get_config():\n  c = default_config()\n"
+                  "  c.model.preset = 'tiny'\n  c.memory.extraction = 'task'\n  return c\n")
+  done, seconds = _main(f"--config={path}", f"--config.workdir={tmp_path / 'run'}")
+  assert done.returncode == 1 and seconds < FAIL_FAST_S
+  assert f"{path}: config.memory.extraction='task' reads with the extractor of a task module" in done.stderr
+
+
 def test_enum_fields_match_the_modules_that_read_them():
   """main.ENUM_FIELDS (checked before jax is imported) lists exactly the values the consuming modules accept."""
+  from memr1_jax import demo  # pylint: disable=g-import-not-at-top
+  from memr1_jax.demo import policies  # pylint: disable=g-import-not-at-top
   from memr1_jax.memory import bank  # pylint: disable=g-import-not-at-top
   from memr1_jax.rl import losses  # pylint: disable=g-import-not-at-top
   assert main.ENUM_FIELDS["memory.index"] == bank.INDEX_KINDS
   assert main.ENUM_FIELDS["rl.kl_estimator"] == losses.KL_KINDS
   assert main.ENUM_FIELDS["rl.loss_aggregation"] == losses.AGGREGATIONS
   assert main.ENUM_FIELDS["algorithm"] == defaults.ALGORITHMS
+  assert demo.config.EXPLORE_WITH == tuple(policies.EXPLORERS)
   for name, allowed in main.ENUM_FIELDS.items():
     node = defaults.default_config()
     for part in name.split("."):
@@ -326,7 +338,7 @@ def test_bad_dataset_file_fails_before_the_model_is_built(make, expected, tmp_pa
   data = tmp_path / "locomo10.json"
   make(data)
   workdir = tmp_path / "run"
-  done, seconds = _main(*SMOKE, f"--config.workdir={workdir}", "--config.data.name=locomo",
+  done, seconds = _main(*SMOKE_LOCOMO, f"--config.workdir={workdir}",
                         f"--config.data.path={data}")
   assert done.returncode == 1 and seconds < FAIL_FAST_S
   assert re.search(rf"^error: {re.escape(str(data))}: {expected}", done.stderr, re.M), done.stderr[-2000:]

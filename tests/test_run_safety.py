@@ -18,6 +18,7 @@ from memr1_jax.testing.smoke import smoke_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--config=configs/smoke.py", "--config.train.num_steps=3", "--config.train.eval_every=0"]
+SMOKE_LOCOMO = ["--config=configs/smoke.py:locomo", *SMOKE[1:]]
 FAIL_FAST_S = 20.0  # Refused before JAX builds anything (a training step alone takes longer).
 
 
@@ -153,8 +154,7 @@ def test_non_utf8_dataset_is_a_named_error(tmp_path):
   data = path.read_bytes()
   assert b'"text": "' in data
   path.write_bytes(data.replace(b'"text": "', b'"text": "na\xefve ', 1))  # Latin-1 for "i with diaeresis".
-  done, seconds = _main(*SMOKE, f"--config.workdir={tmp_path / 'run'}", "--config.data.name=locomo",
-                        "--config.memory.extraction=simple", f"--config.data.path={path}")
+  done, seconds = _main(*SMOKE_LOCOMO, f"--config.workdir={tmp_path / 'run'}", f"--config.data.path={path}")
   assert done.returncode == 1 and seconds < FAIL_FAST_S and "Traceback" not in done.stderr
   assert f"error: {path}: record <file>: field '<encoding>': not UTF-8 text (byte " in done.stderr
 
@@ -163,8 +163,7 @@ def test_empty_training_split_is_a_named_error(tmp_path):
   """A LoCoMo file without the training conversation (conv-26) stops with an error naming the split, not a
   ZeroDivisionError."""
   path = _locomo_copy(tmp_path, ("conv-30",))
-  done, _ = _main(*SMOKE, f"--config.workdir={tmp_path / 'run'}", "--config.data.name=locomo",
-                  "--config.memory.extraction=simple", f"--config.data.path={path}")
+  done, _ = _main(*SMOKE_LOCOMO, f"--config.workdir={tmp_path / 'run'}", f"--config.data.path={path}")
   assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
   assert f"error: config.data: the training split of {path} holds no questions to train the answer agent on" in (
       done.stderr)
@@ -173,8 +172,7 @@ def test_empty_training_split_is_a_named_error(tmp_path):
 def test_verbose_shows_the_traceback_of_a_named_error(tmp_path):
   """--verbose keeps the traceback behind an error for debugging."""
   path = _locomo_copy(tmp_path, ("conv-30",))
-  done, _ = _main(*SMOKE, "--verbose", f"--config.workdir={tmp_path / 'run'}", "--config.data.name=locomo",
-                  "--config.memory.extraction=simple", f"--config.data.path={path}")
+  done, _ = _main(*SMOKE_LOCOMO, "--verbose", f"--config.workdir={tmp_path / 'run'}", f"--config.data.path={path}")
   assert done.returncode == 1 and "Traceback" in done.stderr and "ConfigError" in done.stderr
 
 

@@ -10,7 +10,7 @@ from flax import nnx
 
 from memr1_jax import sft
 from memr1_jax.defaults import default_config
-from memr1_jax.demo.tokenizer import DEMO_TOKENIZER_DIR
+from memr1_jax.demo import DEMO_TOKENIZER_DIR
 from memr1_jax.errors import ConfigError
 from memr1_jax.models import config as model_config
 from memr1_jax.models import decoder as decoder_lib

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from memr1_jax import console, sft
 from memr1_jax.agents import prompts
 from memr1_jax.demo import policies, synthetic
-from memr1_jax.demo.tokenizer import DEMO_TOKENIZER_DIR
+from memr1_jax.demo.config import DEMO_BASE_DIR, DEMO_TOKENIZER_DIR
 from memr1_jax.episodes import batching, runner
 from memr1_jax.errors import ConfigError
 from memr1_jax.memory.bank import MemoryBank
@@ -35,8 +35,6 @@ from memr1_jax.models.loading import export_pretrained, load_pretrained
 from memr1_jax.models.tokenizer import Tokenizer
 from memr1_jax.rl import train_state as ts
 
-# The pretrained tiny base model the demo starts from (an HF directory with its tokenizer; `build_base` makes it).
-DEMO_BASE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_base")
 # Synthetic-task seed of the base model's pretraining text (the demo's own conversations use config.seed).
 BASE_CORPUS_SEED = 1000
 # The agents' fixed system prompts: one token each in the demo base's tokenizer (`instruction_tokenizer`).

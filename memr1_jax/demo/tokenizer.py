@@ -29,10 +29,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from memr1_jax.agents import prompts
 from memr1_jax.demo import synthetic
+from memr1_jax.demo.config import DEMO_TOKENIZER_DIR
 from memr1_jax.memory.operations import MemoryOp, OpKind
 
-DEMO_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
-                                  "demo_tokenizer")
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"

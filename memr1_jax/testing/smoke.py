@@ -8,12 +8,13 @@ import os
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def smoke_config(workdir, **overrides):
-  """configs/smoke.py's config with `workdir` and dotted-key overrides ({"train.num_steps": 1}); returns it."""
+def smoke_config(workdir, variant: str = "", **overrides):
+  """configs/smoke.py's config (of `variant`: "" the synthetic task, "locomo" config.data) with `workdir` and
+  dotted-key overrides ({"train.num_steps": 1}); returns it."""
   spec = importlib.util.spec_from_file_location("smoke", os.path.join(REPO, "configs", "smoke.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  c = module.get_config()
+  c = module.get_config(variant)
   c.workdir = str(workdir)
   c.update_from_flattened_dict(overrides)
   return c
