@@ -58,7 +58,7 @@ from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.operations import OpKind
 
 
-# config.eval.manager_path value selecting the heuristic manager that ADDs every turn's simple fact.
+# config.eval.manager_path value selecting the heuristic manager that ADDs every fact of every turn (no model).
 ADD_ALL = "add_all"
 # The files of a report directory that an interrupted eval resumes from.
 STATE_FILE, PREDICTIONS_FILE, VERDICTS_FILE = "state.json", "predictions.jsonl", "verdicts.jsonl"
