@@ -4,8 +4,8 @@ Everything here is host work; every model call goes through a `ChatPolicy`, batc
 
 Episodes and credit assignment:
 - **Bank building** (`build_banks`): walk conversations turn by turn, all conversations in lock step (one policy
-  call per turn index for the whole batch); per turn: facts (`RunnerConfig.extract`: simple, a task's, or a frozen LLM's),
-  related memories, manager prompt, parsed operations applied to that conversation's bank.
+  call per turn index for the whole batch); per turn: facts (`RunnerConfig.extract`: simple, a task's, or a frozen
+  LLM's), related memories, manager prompt, parsed operations applied to that conversation's bank.
 - **Answer episodes** (`answer_episodes`): per question, 30 memories per speaker from its conversation's bank, the
   answer prompt, `n` sampled responses; reward = exact match of the parsed answer with the gold answer, minus
   `format_penalty` when the reply could not be parsed cleanly. The `n` responses to one question form a GRPO group.
