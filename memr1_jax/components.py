@@ -1,4 +1,5 @@
-"""Builders shared by every mode of `main.py`: mesh, policy + tokenizer, memory embedder and banks, data splits.
+"""Builders shared by every mode of `main.py`: mesh, policy + tokenizer, memory embedder and banks, fact extractor,
+data splits.
 
 Each builder reads one part of the config and fails fast, naming the config field and the file, before any
 expensive work starts.
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from memr1_jax import errors, tasks
+from memr1_jax import errors, openai_client, tasks
+from memr1_jax import extractor as extractor_lib
 from memr1_jax.agents import extraction as extraction_lib
 from memr1_jax import sharding as sharding_lib
 from memr1_jax.checkpoint import Checkpointer
@@ -227,11 +229,11 @@ def bank_factory(config):
 
 
 def fact_extractor(config):
-  """The model-free fact extractor of config.memory.extraction: "simple" (each turn), "task" (the task's own,
-  `tasks.Task.fact_extractor`); None for "llm" (a frozen model extracts)."""
+  """The fact extractor of config.memory.extraction, a callable (session, turn) pairs -> one Extraction each: "simple"
+  (each turn), "task" (the task's own, `tasks.Task.fact_extractor`) or "llm" (`frozen_extractor`)."""
   choice = config.memory.extraction
   if choice == "llm":
-    return None
+    return frozen_extractor(config)
   if choice == "simple":
     return extraction_lib.extract_facts_simple
   extract = tasks.load(config).fact_extractor()
@@ -239,6 +241,72 @@ def fact_extractor(config):
     raise ConfigError(f"config.memory.extraction='task': the task of config.task={config.task!r} has no extractor of "
                       "its own; use 'simple' or 'llm'")
   return extract
+
+
+def check_extractor(config) -> str:
+  """Checks config.memory.extractor* for extraction="llm" without building anything (no request, no model load);
+  returns "http" (an OpenAI-compatible endpoint) or "local" (a checkpoint directory); raises ConfigError naming the
+  field."""
+  m = config.memory
+  target = m.extractor
+  if not target:
+    raise ConfigError("config.memory.extraction='llm' needs config.memory.extractor: a Hugging Face checkpoint "
+                      "directory or the base URL of an OpenAI-compatible endpoint (the frozen model that extracts "
+                      "the facts; never the policy under training)")
+  if openai_client.is_endpoint_url(target):
+    if not m.extractor_model:
+      raise ConfigError(f"config.memory.extractor_model: empty; name the model served at {target!r}")
+    key_env = m.extractor_api_key_env
+    if key_env and not os.environ.get(key_env):
+      raise ConfigError(f"config.memory.extractor_api_key_env={key_env!r}: that environment variable is not set (it "
+                        f"holds the API key of {target!r}; set the field to '' for an endpoint without one)")
+    return "http"
+  if not os.path.isdir(target):
+    raise ConfigError(f"config.memory.extractor={target!r}: neither a directory (a Hugging Face checkpoint) nor an "
+                      "http(s) URL (an OpenAI-compatible endpoint)")
+  return "local"
+
+
+def extractor_cache_path(config) -> str:
+  """The extractor's cache file: config.memory.extractor_cache, or <workdir>/extractor_cache.sqlite; one file per
+  process in a multi-process run (each process extracts, all in lock step)."""
+  path = os.path.expanduser(config.memory.extractor_cache) or os.path.join(config.workdir, "extractor_cache.sqlite")
+  return path if jax.process_count() == 1 else f"{path}.process{jax.process_index()}"
+
+
+def frozen_extractor(config) -> extractor_lib.FrozenExtractor:
+  """The frozen LLM fact extractor of config.memory.extractor* (`memr1_jax.extractor`): an OpenAI-compatible endpoint,
+  or a checkpoint directory of its own loaded (beside, never instead of, the policy) at the first turn its cache
+  lacks; replies cached in `extractor_cache_path(config)`."""
+  m = config.memory
+  kind = check_extractor(config)
+  label = f"config.memory.extractor={m.extractor!r}"
+  if kind == "http":
+    try:
+      endpoint = openai_client.EndpointConfig(
+          base_url=m.extractor, model=m.extractor_model, api_key_env=m.extractor_api_key_env,
+          timeout_s=float(m.extractor_timeout_s), max_retries=int(m.extractor_retries),
+          backoff_s=float(m.extractor_backoff_s), max_concurrency=int(m.extractor_concurrency),
+          max_tokens=int(m.extractor_max_tokens))
+      backend = openai_client.ChatClient(endpoint, role="fact extractor")
+    except ValueError as e:
+      raise ConfigError(f"{label}: {e}") from None
+    identity = extractor_lib.endpoint_identity(endpoint)
+  else:
+    path = m.extractor
+    backend = extractor_lib.EngineBackend(functools.partial(_extractor_policy, config, path), name=path)
+    identity = extractor_lib.checkpoint_identity(path, m.extractor_max_tokens)
+  return extractor_lib.FrozenExtractor(backend, identity, extractor_lib.ExtractionCache(extractor_cache_path(config)),
+                                       label=label)
+
+
+def _extractor_policy(config, path: str) -> EnginePolicy:
+  """The checkpoint at `path` as a greedy EnginePolicy with replies of config.memory.extractor_max_tokens: a model of
+  its own, on config.mesh."""
+  mesh = setup_mesh(config)
+  model, tokenizer = load_policy(config, mesh, path)
+  return make_engine_policy(model, tokenizer, config, mesh, seed=config.seed,
+                            max_new_tokens=config.memory.extractor_max_tokens)
 
 
 def runner_config(config) -> runner.RunnerConfig:
@@ -250,12 +318,14 @@ def runner_config(config) -> runner.RunnerConfig:
       extract=fact_extractor(config), manager_reward_questions=config.rl.manager_reward_questions)
 
 
-def make_engine_policy(model, tokenizer, config, mesh, *, seed: int):
-  """An EnginePolicy over a RolloutEngine for `model` with config.rollout's shapes and sampling settings."""
+def make_engine_policy(model, tokenizer, config, mesh, *, seed: int, max_new_tokens: int | None = None):
+  """An EnginePolicy over a RolloutEngine for `model` with config.rollout's shapes and sampling settings (replies of
+  at most `max_new_tokens`, default config.rollout.max_new_tokens)."""
   r = config.rollout
+  max_new_tokens = int(max_new_tokens or r.max_new_tokens)
   engine = RolloutEngine(model, tokenizer, RolloutConfig(
-      max_new_tokens=r.max_new_tokens, max_prompt_len=r.max_prompt_len, max_rows_per_batch=r.max_batch,
+      max_new_tokens=max_new_tokens, max_prompt_len=r.max_prompt_len, max_rows_per_batch=r.max_batch,
       min_prompt_bucket=r.min_prompt_bucket, prompt_bucket_multiple=r.prompt_bucket_multiple,
       mesh=mesh if mesh is not None and mesh.size > 1 else None, seed=seed))
   return EnginePolicy(engine, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                      max_new_tokens=r.max_new_tokens, seed=seed)
+                      max_new_tokens=max_new_tokens, seed=seed)

@@ -97,6 +97,25 @@ def default_config() -> ml_collections.ConfigDict:
   # Fact extraction: simple ("<speaker>: <turn text>", dated by its session) | llm (a frozen model extracts facts)
   # | task (config.task's own model-free extractor). Turns without facts are not shown to the manager.
   c.memory.extraction = "simple"
+  # The frozen model of extraction=llm (never the policy under training): a Hugging Face checkpoint directory (run by
+  # the rollout engine, greedy) or the base URL of an OpenAI-compatible endpoint ("http(s)://.../v1"); "": none.
+  c.memory.extractor = ""
+  # Model name sent to the extractor endpoint (URL extractors only).
+  c.memory.extractor_model = ""
+  # NAME of the environment variable holding the extractor endpoint's API key ("": none); never the key itself.
+  c.memory.extractor_api_key_env = "OPENAI_API_KEY"
+  # sqlite3 file of the extractor's replies, keyed by extractor and prompt ("": <workdir>/extractor_cache.sqlite).
+  c.memory.extractor_cache = ""
+  # Requests in flight at once to the extractor endpoint.
+  c.memory.extractor_concurrency = 8
+  # Seconds before an extractor request times out (then it is retried).
+  c.memory.extractor_timeout_s = 60.0
+  # Retries of a failed extractor request (HTTP 429 / 5xx, connection errors, timeouts) after backoff_s * 2**i.
+  c.memory.extractor_retries = 3
+  # Seconds before the first retry of an extractor request (doubled for each further one).
+  c.memory.extractor_backoff_s = 1.0
+  # Longest extractor reply in tokens.
+  c.memory.extractor_max_tokens = 256
   # Maximum operations applied from one manager output.
   c.memory.max_ops_per_output = 64
   # Embeddings kept in an LRU cache keyed by text (0: off); repeated facts and questions are embedded once.
@@ -252,17 +271,32 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def redacted(config) -> dict:
-  """`config` as a JSON-able dict (for config.json and checkpoint metadata) with the judge API key's value redacted.
+# The fields naming the environment variables of API keys (the judge's, the fact extractor's endpoint's).
+API_KEY_ENV_FIELDS = ("eval.judge_api_key_env", "memory.extractor_api_key_env")
 
-  The config holds only the NAME of the key's environment variable (config.eval.judge_api_key_env); should the key
-  itself have been pasted into any field, "<redacted>" is saved in its place.
+
+def api_key_envs(config) -> dict[str, str]:
+  """{field: environment variable name} of the API_KEY_ENV_FIELDS that `config` has and sets (non-empty)."""
+  names = {}
+  for field in API_KEY_ENV_FIELDS:
+    section, name = field.split(".")
+    value = config[section].get(name, "") if section in config else ""
+    if value:
+      names[field] = value
+  return names
+
+
+def redacted(config) -> dict:
+  """`config` as a JSON-able dict (for config.json and checkpoint metadata) with the API keys' values redacted.
+
+  The config holds only the NAMES of the keys' environment variables (API_KEY_ENV_FIELDS); should a key itself have
+  been pasted into any field, "<redacted>" is saved in its place.
   """
   text = config.to_json_best_effort()
-  key_env = config.eval.judge_api_key_env
-  key = os.environ.get(key_env, "") if key_env else ""
-  if key:
-    text = text.replace(json.dumps(key)[1:-1], "<redacted>")
+  for key_env in api_key_envs(config).values():
+    key = os.environ.get(key_env, "")
+    if key:
+      text = text.replace(json.dumps(key)[1:-1], "<redacted>")
   return json.loads(text)
 
 

@@ -6,8 +6,10 @@ Who plays which part (every model decodes greedily, the paper's evaluation setti
 - the policy: config.model with the trained parameters of a checkpoint in <workdir>/checkpoints
   (config.eval.checkpoint: latest | best | none), LoRA merged;
 - the manager (config.eval.manager_path): a Hugging Face checkpoint directory, "add_all" (the heuristic that ADDs
-  every turn's fact; no model), or empty: the policy. With config.memory.extraction="llm" the manager's model
-  also extracts the facts;
+  every turn's facts; no model), or empty: the policy;
+- the fact extractor (config.memory.extraction): with "llm", the frozen model of config.memory.extractor (a
+  checkpoint directory of its own or an OpenAI-compatible endpoint, `memr1_jax.extractor`), never the manager, its
+  replies cached in config.memory.extractor_cache (a rerun asks it nothing);
 - the answer agent (config.eval.answer_path): a checkpoint directory, or empty: the policy;
 - the judge (config.eval.judge): "" (off), "local" (the answer agent's model through the rollout engine) or the
   base URL of an OpenAI-compatible endpoint (config.eval.judge_model; the API key is read from the environment
@@ -56,10 +58,13 @@ from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.operations import OpKind
 
 
-# config.eval.manager_path value selecting the heuristic manager that ADDs every turn's simple fact.
+# config.eval.manager_path value selecting the heuristic manager that ADDs every fact of every turn (no model).
 ADD_ALL = "add_all"
 # The files of a report directory that an interrupted eval resumes from.
 STATE_FILE, PREDICTIONS_FILE, VERDICTS_FILE = "state.json", "predictions.jsonl", "verdicts.jsonl"
+# Fields of config.memory that change how the fact extractor is reached, not what it replies: not eval settings.
+EXTRACTOR_RUNTIME_FIELDS = ("extractor_api_key_env", "extractor_cache", "extractor_concurrency", "extractor_timeout_s",
+                            "extractor_retries", "extractor_backoff_s")
 # The files a run of other settings moves aside (the verdict cache stays: its keys name what they grade).
 RUN_FILES = (STATE_FILE, PREDICTIONS_FILE, "report.json", "report.txt", "banks.json")
 
@@ -200,11 +205,10 @@ class _BankProgress:
 
 
 def build_eval_banks(conversations: Sequence[Conversation], manager: ChatPolicy | None, bank_factory,
-                     rcfg: runner.RunnerConfig, extractor: ChatPolicy | None = None
-                     ) -> tuple[dict[str, MemoryBank], runner.BankStats]:
-  """{sample_id: bank} built greedily by `manager` (None: the ADD-everything heuristic), and the bank stats, with a
-  progress bar over the turns."""
-  return runner.greedy_banks(conversations, manager, bank_factory, rcfg, extractor=extractor, progress=_BankProgress())
+                     rcfg: runner.RunnerConfig) -> tuple[dict[str, MemoryBank], runner.BankStats]:
+  """{sample_id: bank} built greedily by `manager` (None: the ADD-everything heuristic) over the facts of
+  `rcfg.extract`, and the bank stats, with a progress bar over the turns."""
+  return runner.greedy_banks(conversations, manager, bank_factory, rcfg, progress=_BankProgress())
 
 
 def _memory_json(bank: MemoryBank, memory_id: int) -> dict:
@@ -222,7 +226,7 @@ def _answer_record(conv: Conversation, qa: QA, exp, bank: MemoryBank) -> dict:
 
 def evaluate_conversations(conversations: Sequence[Conversation], *, manager: ChatPolicy | None,
                            answerer: ChatPolicy, bank_factory, rcfg: runner.RunnerConfig,
-                           extractor: ChatPolicy | None = None, judge: judge_lib.Judge | None = None,
+                           judge: judge_lib.Judge | None = None,
                            store: EvalStore | None = None, batch_size: int = 64) -> EvalOutcome:
   """Builds the banks, answers every question of `conversations` greedily, judges, and scores per category.
 
@@ -231,8 +235,7 @@ def evaluate_conversations(conversations: Sequence[Conversation], *, manager: Ch
     manager: builds the banks (None: ADD every turn's fact).
     answerer: the answer agent.
     bank_factory: makes an empty MemoryBank.
-    rcfg: retrieval sizes and extraction mode.
-    extractor: the fact extractor when rcfg.extraction == "llm".
+    rcfg: retrieval sizes and the fact extractor (`rcfg.extract`).
     judge: grades each prediction against the gold answer (None: no J column).
     store: where answers and verdicts are saved as they come and resumed from (None: in memory only).
     batch_size: questions answered (and locally judged) per call; each batch is saved before the next.
@@ -249,7 +252,7 @@ def evaluate_conversations(conversations: Sequence[Conversation], *, manager: Ch
   t0 = time.perf_counter()
   rebuild = bool(todo) or bank_mix is None
   if rebuild:
-    banks, stats = build_eval_banks(conversations, manager, bank_factory, rcfg, extractor)
+    banks, stats = build_eval_banks(conversations, manager, bank_factory, rcfg)
     store.save_banks(operation_mix(stats))
   else:  # Every answer is saved: the banks are not needed again.
     banks, stats = {}, _bank_stats(bank_mix)
@@ -375,10 +378,6 @@ def _check_config(config) -> None:
                       ("answer_path", e.answer_path)):
     if path and not os.path.isdir(path):
       raise ConfigError(f"config.eval.{field}={path!r}: not a directory (a Hugging Face checkpoint)")
-  if e.manager_path == ADD_ALL and config.memory.extraction == "llm":
-    raise ConfigError(
-        f"config.eval.manager_path={ADD_ALL!r} stores the facts of a model-free extraction; config.memory.extraction="
-        "'llm' needs a model manager (or set it to 'simple')")
 
 
 def eval_settings(config, conversations: Sequence[Conversation], policies: dict) -> dict:
@@ -389,7 +388,8 @@ def eval_settings(config, conversations: Sequence[Conversation], policies: dict)
   for conv in conversations:
     split.update(json.dumps(dataclasses.asdict(conv), sort_keys=True, default=str).encode("utf-8"))
   return {"split": [config.eval.split, split.hexdigest()], "policies": policies, "seed": config.seed,
-          "model": saved["model"], "memory": saved["memory"],
+          "model": saved["model"],
+          "memory": {k: v for k, v in saved["memory"].items() if k not in EXTRACTOR_RUNTIME_FIELDS},
           "rollout": {k: saved["rollout"][k] for k in ("max_prompt_len", "max_new_tokens")}}
 
 
@@ -405,6 +405,7 @@ def run(config) -> dict:
   if not any(conv.qa for conv in conversations):
     raise ConfigError(f"config.eval.split={e.split!r}: no questions in {config.data.name} "
                                  f"({config.data.path or config.data.data_dir})")
+  rcfg = components.runner_config(config)  # Checks the fact extractor's fields; loads no model, sends no request.
   judge = None
   if e.judge and e.judge != "local":
     judge = http_judge(config)  # Checked on every process; only process 0 sends requests.
@@ -432,7 +433,6 @@ def run(config) -> dict:
 
   manager = None if e.manager_path == ADD_ALL else policy_for(e.manager_path)
   answerer = policy_for(e.answer_path)
-  extractor = manager if config.memory.extraction == "llm" else None
   provenance = {"manager": {"model": ADD_ALL} if manager is None else sources[e.manager_path],
                 "answer": sources[e.answer_path]}
   if e.judge == "local":
@@ -446,15 +446,19 @@ def run(config) -> dict:
   if store.note:
     print(f"# {store.note}", flush=True)
   outcome = evaluate_conversations(conversations, manager=manager, answerer=answerer, bank_factory=bank_factory,
-                                   rcfg=components.runner_config(config), extractor=extractor, judge=judge, store=store,
-                                   batch_size=config.rollout.max_batch)
+                                   rcfg=rcfg, judge=judge, store=store, batch_size=config.rollout.max_batch)
+  counters = getattr(rcfg.extract, "counters", None)
+  if counters is not None:  # The frozen LLM extractor: its calls, cache hits, malformed replies and failures.
+    info["extractor"] = dataclasses.asdict(counters)
   report = report_dict(outcome, {**info, "started": started, "finished": _now()})
   if jax.process_index() != 0:
     return report
   write_outcome(outcome, store, report)
   mix = report["banks"]
   ops = ", ".join(f"{k} {v}" for k, v in mix["counts"].items())
+  extracted = ("; fact extractor: " + ", ".join(f"{k} {v}" for k, v in report["extractor"].items())
+               if "extractor" in report else "")
   print(f"# eval {e.split}: {info['questions']} questions; manager {info['manager']}, answer agent "
-        f"{info['answer']}; bank operations: {ops}; manager format errors {mix['format_errors']}\n"
+        f"{info['answer']}; bank operations: {ops}; manager format errors {mix['format_errors']}{extracted}\n"
         f"{report_lib.render_table(outcome.rows)}# written to {out_dir}", flush=True)
   return report

@@ -73,6 +73,11 @@ RANGES = {
     "train.checkpoint_every": (1, _INF, "at least 1 (the last step is always saved)"),
     "train.keep_checkpoints": (1, _INF, "at least 1"), "train.max_nonfinite_steps": (1, _INF, "at least 1"),
     "memory.related_k": (0, _INF, "0 or more"), "memory.answer_k_per_speaker": (1, _INF, "at least 1"),
+    "memory.extractor_concurrency": (1, _INF, "at least 1 request in flight"),
+    "memory.extractor_timeout_s": (1e-9, _INF, "more than 0 seconds"),
+    "memory.extractor_retries": (0, _INF, "0 (no retry) or more"),
+    "memory.extractor_backoff_s": (0.0, _INF, "0 or more seconds"),
+    "memory.extractor_max_tokens": (1, _INF, "at least 1 token"),
 }
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 
@@ -90,16 +95,18 @@ def _field_values(config, prefix: str = "") -> dict[str, object]:
 
 
 def _check_no_secret(fields: dict[str, object], source: str) -> None:
-  """The judge API key travels only through the environment: no field may hold it (its value is never echoed)."""
-  key_env = fields.get("eval.judge_api_key_env", "")
-  if key_env and not _ENV_NAME_RE.fullmatch(key_env):
-    raise ConfigError(f"{source}: config.eval.judge_api_key_env must be the NAME of an environment variable "
-                      "(like OPENAI_API_KEY), not the key itself (value not shown)")
-  key = os.environ.get(key_env, "") if key_env else ""
-  for name, value in fields.items():
-    if key and isinstance(value, str) and key in value:
-      raise ConfigError(f"{source}: config.{name} holds the value of ${key_env}; pass the API key only through "
-                        "the environment (value not shown)")
+  """The API keys (the judge's, the fact extractor's endpoint's) travel only through the environment: no field may
+  hold one (its value is never echoed)."""
+  for env_field in defaults.API_KEY_ENV_FIELDS:
+    key_env = fields.get(env_field, "")
+    if key_env and not (isinstance(key_env, str) and _ENV_NAME_RE.fullmatch(key_env)):
+      raise ConfigError(f"{source}: config.{env_field} must be the NAME of an environment variable "
+                        "(like OPENAI_API_KEY), not the key itself (value not shown)")
+    key = os.environ.get(key_env, "") if key_env else ""
+    for name, value in fields.items():
+      if key and isinstance(value, str) and key in value:
+        raise ConfigError(f"{source}: config.{name} holds the value of ${key_env}; pass the API key only through "
+                          "the environment (value not shown)")
 
 
 def _task_section(config, source: str):
@@ -143,6 +150,11 @@ def validate_config(config, source: str = "config") -> None:
   if config.memory.extraction == "task" and module is None:
     raise ConfigError(f"{source}: config.memory.extraction='task' reads with the extractor of a task module, and "
                       "config.task is empty; use 'simple' or 'llm'")
+  if config.memory.extraction == "llm" and config.mode not in ("sft", "export"):  # The modes that extract facts.
+    try:
+      components.check_extractor(config)
+    except ConfigError as e:
+      raise ConfigError(f"{source}: {e}") from None
   if not config.model.path and not config.model.preset:
     raise ConfigError(f"{source}: set config.model.path (a Hugging Face checkpoint directory) or config.model.preset")
   for name, (low, high, meaning) in RANGES.items():

@@ -223,7 +223,9 @@ def test_eval_http_judge_scores_per_category(tmp_path, monkeypatch):
     ({"eval.manager_path": "/nonexistent/manager"}, "config.eval.manager_path"),
     ({"eval.split": "dev"}, "config.eval.split"),
     ({"eval.checkpoint": "first"}, "config.eval.checkpoint"),
-    ({"memory.extraction": "llm"}, "config.eval.manager_path"),
+    ({"memory.extraction": "llm"}, "config.memory.extractor"),
+    ({"memory.extraction": "llm", "memory.extractor": "/nonexistent/extractor"}, "config.memory.extractor"),
+    ({"memory.extraction": "llm", "memory.extractor": "http://127.0.0.1:9/v1"}, "config.memory.extractor_model"),
 ])
 def test_eval_bad_config_names_the_field(tmp_path, overrides, field):
   """Bad eval settings fail before any model loads, with a ConfigError naming the config field."""

@@ -4,8 +4,11 @@ Two modes (a task may bring a model-free extractor of its own, see `memr1_jax.ta
 - simple: the fact is the turn itself, "<speaker>: <text>" (the session date is the memory's timestamp, which
   every prompt shows beside its text);
 - LLM: a frozen model reads `prompts.extraction_messages` and replies with a JSON list of facts
-  (`parsers.parse_fact_list`); a reply with no usable fact and a format error falls back to the
-  simple fact, so a turn is never lost to a bad reply. A well-formed "[]" means nothing to store.
+  (`parsers.parse_fact_list`); in `extract_facts_llm` a reply with no usable fact and a format error
+  falls back to the simple fact, so a turn is never lost to a bad reply. A well-formed "[]" means
+  nothing to store. The frozen extractor of `memory.extraction=llm` (`memr1_jax.extractor`) reads
+  replies with `facts_from_reply(..., fallback=False)`: there an unusable reply is counted and gives
+  no fact.
 """
 
 from __future__ import annotations
@@ -91,12 +94,20 @@ def extract_facts_llm(turns: Sequence[tuple[Session, Turn]],
   if len(replies) != len(prompts):
     error = f"generate_fn returned {len(replies)} replies for {len(prompts)} prompts"
     return [Extraction([simple_fact(s, t)], error, True) for s, t in turns]
-  results = []
-  for (session, turn), reply in zip(turns, replies):
-    parsed = parse_fact_list(reply, max_facts=max_facts)
-    if not parsed.facts and parsed.format_error is not None:
-      results.append(Extraction([simple_fact(session, turn)], parsed.format_error, True))
-      continue
-    facts = [Fact(text, turn.speaker, session.date_time, (turn.dia_id,)) for text in parsed.facts]
-    results.append(Extraction(facts, parsed.format_error))
-  return results
+  return [facts_from_reply(session, turn, reply, max_facts=max_facts)
+          for (session, turn), reply in zip(turns, replies)]
+
+
+def facts_from_reply(session: Session, turn: Turn, reply: object, *, max_facts: int = MAX_FACTS,
+                     fallback: bool = True) -> Extraction:
+  """The `Extraction` of `turn` read from an extractor's `reply` (`parsers.parse_fact_list`).
+
+  Takes the turn, its session and the reply. Returns its facts, each carrying the turn's speaker, session date and
+  dia_id. A reply that yields no fact and breaks the format gives the simple fact with `fallback` (then
+  `fell_back`), else no fact; either way `format_error` says what was wrong.
+  """
+  parsed = parse_fact_list(reply, max_facts=max_facts)
+  if not parsed.facts and parsed.format_error is not None:
+    return Extraction([simple_fact(session, turn)] if fallback else [], parsed.format_error, fallback)
+  facts = [Fact(text, turn.speaker, session.date_time, (turn.dia_id,)) for text in parsed.facts]
+  return Extraction(facts, parsed.format_error)

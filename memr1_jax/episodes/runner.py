@@ -4,8 +4,8 @@ Everything here is host work; every model call goes through a `ChatPolicy`, batc
 
 Episodes and credit assignment:
 - **Bank building** (`build_banks`): walk conversations turn by turn, all conversations in lock step (one policy
-  call per turn index for the whole batch); per turn: facts (simple or LLM extraction), related memories, manager
-  prompt, parsed operations applied to that conversation's bank.
+  call per turn index for the whole batch); per turn: facts (`RunnerConfig.extract`: simple, a task's, or a frozen
+  LLM's), related memories, manager prompt, parsed operations applied to that conversation's bank.
 - **Answer episodes** (`answer_episodes`): per question, 30 memories per speaker from its conversation's bank, the
   answer prompt, `n` sampled responses; reward = exact match of the parsed answer with the gold answer, minus
   `format_penalty` when the reply could not be parsed cleanly. The `n` responses to one question form a GRPO group.
@@ -67,9 +67,9 @@ class RunnerConfig:
   answer_k_per_speaker: int = 30  # Memories per speaker shown to the answer agent.
   format_penalty: float = 0.0  # Subtracted from the reward of a response with a format error.
   max_ops_per_output: int = 64  # Operations read from one manager reply.
-  # The model-free fact extractor, (session, turn) pairs -> one Extraction each (a task may bring its own); None: a
-  # frozen LLM extracts (`extraction.extract_facts_llm`, needs an extractor policy).
-  extract: Callable[[Sequence[tuple[Session, Turn]]], list[extraction_lib.Extraction]] | None = (
+  # The fact extractor, (session, turn) pairs -> one Extraction each: any callable (the simple facts, a task's own, or
+  # the frozen LLM extractor `memr1_jax.extractor.FrozenExtractor`, never the policy under training).
+  extract: Callable[[Sequence[tuple[Session, Turn]]], list[extraction_lib.Extraction]] = (
       extraction_lib.extract_facts_simple)
   # Questions that score a manager response: "turn" (those its turn completes) or "answerable" (every question
   # whose evidence is complete by its turn, so overwriting or deleting a memory still needed costs reward).
@@ -90,32 +90,25 @@ def last_evidence_turn(conv: Conversation, qa: QA, order: dict[str, int] | None 
   return max(found) if found else None
 
 
-def _facts_for_turns(items: Sequence[tuple[Session, Turn]], cfg: RunnerConfig,
-                     extractor: ChatPolicy | None) -> list[extraction_lib.Extraction]:
-  if cfg.extract is not None:
-    return cfg.extract(items)
-  if extractor is None:
-    raise ValueError("RunnerConfig.extract=None (LLM extraction) needs an extractor policy")
-
-  def generate_fn(chats):
-    return [s[0].text for s in extractor.generate([Prompt(chat) for chat in chats], n=1, greedy=True)]
-  return extraction_lib.extract_facts_llm(items, generate_fn)
+def prefetch_facts(conversations: Sequence[Conversation], cfg: RunnerConfig) -> None:
+  """When `cfg.extract` caches (has `prefetch`, e.g. the frozen LLM extractor), extracts every turn of
+  `conversations` it lacks in one call (an endpoint's requests all in flight together, one batched generate of a
+  local model) instead of one small call per turn of the walk."""
+  prefetch = getattr(cfg.extract, "prefetch", None)
+  if prefetch is not None:
+    prefetch([item for conv in conversations for item in conv.turns])
 
 
 def prefetch_embeddings(bank: MemoryBank, conversations: Sequence[Conversation], cfg: RunnerConfig,
                         questions: Sequence[QA] = ()) -> None:
   """When `bank`'s embed_fn caches (has `prefetch`, e.g. components.CachedEmbedder), embeds in one call the facts of
-  every turn of `conversations` (by the model-free `cfg.extract`; none for LLM extraction) and `questions`, so that
-  the walk's many small per-turn searches, and the ADDs of copied facts, hit the cache instead of each running the
-  encoder on a few texts."""
+  every turn of `conversations` (by `cfg.extract`) and `questions`, so that the walk's many small per-turn searches,
+  and the ADDs of copied facts, hit the cache instead of each running the encoder on a few texts."""
   prefetch = getattr(bank.embed_fn, "prefetch", None)
   if prefetch is None:
     return
-  texts = [qa.question for qa in questions]
-  if cfg.extract is not None:
-    items = [item for conv in conversations for item in conv.turns]
-    texts += [f.text for ext in cfg.extract(items) for f in ext.facts]
-  prefetch(texts)
+  items = [item for conv in conversations for item in conv.turns]
+  prefetch([qa.question for qa in questions] + [f.text for ext in cfg.extract(items) for f in ext.facts])
 
 
 def _manager_prompt(bank: MemoryBank, facts: list[extraction_lib.Fact], session: Session, turn: Turn,
@@ -173,13 +166,12 @@ class BankStats:
   turn_ops: dict = dataclasses.field(default_factory=dict)
 
 
-def _turn_prompts(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerConfig,
-                extractor: ChatPolicy | None):
+def _turn_prompts(banks: Sequence[MemoryBank], turn_lists, step: int, cfg: RunnerConfig):
   """The manager prompts of turn `step` of every conversation whose turn `step` has facts (a turn with nothing to
   store is not shown to the manager): (live indexes, (session, turn) items, prompts, the bank ids of the memories
   each shows, in order)."""
   candidates = [i for i, turns in enumerate(turn_lists) if step < len(turns)]
-  extracted = _facts_for_turns([turn_lists[i][step] for i in candidates], cfg, extractor)
+  extracted = cfg.extract([turn_lists[i][step] for i in candidates])
   live, items, chats, shown_ids = [], [], [], []
   for i, ext in zip(candidates, extracted):
     if not ext.facts:
@@ -210,20 +202,21 @@ def _apply_replies(banks: Sequence[MemoryBank], conversations: Sequence[Conversa
 
 
 def build_banks(manager: ChatPolicy, conversations: Sequence[Conversation], bank_factory: BankFactory,
-                cfg: RunnerConfig, *, extractor: ChatPolicy | None = None, greedy: bool = True,
-                progress: Callable[[int, int], None] | None = None) -> tuple[list[MemoryBank], BankStats]:
+                cfg: RunnerConfig, *, greedy: bool = True, progress: Callable[[int, int], None] | None = None
+                ) -> tuple[list[MemoryBank], BankStats]:
   """Builds one bank per conversation by running `manager` on every turn (conversations in lock step).
 
   Returns (banks in the order of `conversations`, stats).
   """
   banks = [bank_factory() for _ in conversations]
+  prefetch_facts(conversations, cfg)
   if banks:
     prefetch_embeddings(banks[0], conversations, cfg)
   turn_lists = [conv.turns for conv in conversations]
   stats = BankStats()
   longest = max((len(t) for t in turn_lists), default=0)
   for step in range(longest):
-    live, items, chats, shown_ids = _turn_prompts(banks, turn_lists, step, cfg, extractor)
+    live, items, chats, shown_ids = _turn_prompts(banks, turn_lists, step, cfg)
     samples = manager.generate(chats, n=1, greedy=greedy) if chats else []
     stats.manager_calls += len(chats)
     _apply_replies(banks, conversations, live, items, shown_ids, [s[0].text for s in samples], cfg, stats)
@@ -310,7 +303,7 @@ def answer_episodes(policy: ChatPolicy, banks: dict[str, MemoryBank], items: Seq
 
 def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Sequence[Conversation],
                      questions: dict[str, Sequence[QA]], bank_factory: BankFactory, cfg: RunnerConfig, *, n: int,
-                     extractor: ChatPolicy | None = None, group_offset: int = 0,
+                     group_offset: int = 0,
                      fork: Callable[[MemoryBank], MemoryBank] | None = None) -> tuple[list[Experience], BankStats]:
   """Manager episodes with per-turn branching (see the module docstring).
 
@@ -324,6 +317,7 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
   """
   fork = fork or (lambda b: b.fork())
   banks = [bank_factory() for _ in conversations]
+  prefetch_facts(conversations, cfg)
   if banks:
     prefetch_embeddings(banks[0], conversations, cfg,
                         [qa for conv in conversations for qa in questions.get(conv.sample_id, ())])
@@ -346,7 +340,7 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
   for step in range(max((len(t) for t in turn_lists), default=0)):
     for i, at in enumerate(targets):
       answerable[i].extend(at.get(step, ()))
-    live, items, chats, shown_ids = _turn_prompts(banks, turn_lists, step, cfg, extractor)
+    live, items, chats, shown_ids = _turn_prompts(banks, turn_lists, step, cfg)
     trained = [j for j, i in enumerate(live) if targets[i].get(step)]
     plain = [j for j, i in enumerate(live) if not targets[i].get(step)]
     samples: list = [None] * len(live)
@@ -400,11 +394,9 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
 
 def add_all_banks(conversations: Sequence[Conversation], bank_factory: BankFactory, cfg: RunnerConfig
                   ) -> dict[str, MemoryBank]:
-  """{sample_id: bank} in which every fact of every turn was ADDed (the ADD-all baseline; no model needed), facts by
-  the model-free `cfg.extract`."""
-  if cfg.extract is None:
-    raise ValueError("add_all_banks: LLM extraction (RunnerConfig.extract=None) needs a model; ADD-all banks take a "
-                     "model-free extractor")
+  """{sample_id: bank} in which every fact of every turn was ADDed (the ADD-all baseline; no manager model), facts by
+  `cfg.extract`."""
+  prefetch_facts(conversations, cfg)
   banks = {}
   for conv in conversations:
     bank = bank_factory()
@@ -430,8 +422,8 @@ def bank_op_scores(stats: BankStats) -> dict:
 
 
 def greedy_banks(conversations: Sequence[Conversation], manager: ChatPolicy | None, bank_factory: BankFactory,
-                 cfg: RunnerConfig, *, extractor: ChatPolicy | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, MemoryBank], BankStats]:
+                 cfg: RunnerConfig, *, progress: Callable[[int, int], None] | None = None
+                 ) -> tuple[dict[str, MemoryBank], BankStats]:
   """({sample_id: bank}, stats) of banks built greedily by `manager` over `conversations` (None: every fact ADDed,
   the heuristic baseline; its stats count those ADDs)."""
   if manager is None:
@@ -439,8 +431,7 @@ def greedy_banks(conversations: Sequence[Conversation], manager: ChatPolicy | No
     stats = BankStats()
     stats.ops["ADD"] = sum(len(bank) for bank in banks.values())
     return banks, stats
-  built, stats = build_banks(manager, conversations, bank_factory, cfg, extractor=extractor, greedy=True,
-                             progress=progress)
+  built, stats = build_banks(manager, conversations, bank_factory, cfg, greedy=True, progress=progress)
   return {conv.sample_id: bank for conv, bank in zip(conversations, built)}, stats
 
 
@@ -452,7 +443,7 @@ def heldout_eval(conversations: Sequence[Conversation], answerer: ChatPolicy, ba
 
 
 def evaluate_agents(conversations: Sequence[Conversation], manager: ChatPolicy | None, answerer: ChatPolicy,
-                    bank_factory: BankFactory, cfg: RunnerConfig, *, extractor: ChatPolicy | None = None,
+                    bank_factory: BankFactory, cfg: RunnerConfig, *,
                     bank_metrics: Callable[[Sequence[Conversation], BankStats], dict] | None = None) -> dict:
   """Held-out scores of a (manager, answer agent) pair: banks built greedily by `manager` over `conversations`
   (None: every fact ADDed), every question answered greedily by `answerer` from them.
@@ -461,6 +452,6 @@ def evaluate_agents(conversations: Sequence[Conversation], manager: ChatPolicy |
     {"eval/em", "eval/f1", "eval/ops/<OP>"} and `bank_metrics(conversations, stats)` (a task's, e.g.
     `tasks.Task.bank_metrics`).
   """
-  banks, stats = greedy_banks(conversations, manager, bank_factory, cfg, extractor=extractor)
+  banks, stats = greedy_banks(conversations, manager, bank_factory, cfg)
   return {**heldout_eval(conversations, answerer, banks, cfg), **bank_op_scores(stats),
           **(bank_metrics(conversations, stats) if bank_metrics else {})}

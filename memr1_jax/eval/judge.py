@@ -6,10 +6,11 @@ batch of chat conversations to completions:
 - `generate_fn_backend(generate_fn, render)`: a local model through the rollout engine;
   `generate_fn(list[str]) -> list[str]`, with `render` turning chat messages into a prompt string
   (the tokenizer's chat template, or `agents.prompts.render_plain_text`).
-- `HttpChatBackend(HttpJudgeConfig(...))`: an OpenAI-compatible `/chat/completions` endpoint over
-  urllib. The API key is read from the environment variable NAMED in the config at request time;
-  it is never stored on an object, logged, or written anywhere. `check()` sends one tiny request
-  (fail fast before long work); `stream()` yields each reply as it arrives.
+- `HttpChatBackend(HttpJudgeConfig(...))`: an OpenAI-compatible `/chat/completions` endpoint through
+  `memr1_jax.openai_client` (shared with the frozen fact extractor). The API key is read from the
+  environment variable NAMED in the config at request time; it is never stored on an object,
+  logged, or written anywhere. `check()` sends one tiny request (fail fast before long work);
+  `stream()` yields each reply as it arrives.
 
 `VerdictCache` keeps verdicts on disk (JSONL, one flushed line per verdict, keyed by `verdict_key`
 of judge name, question, gold and prediction); `Judge.cached_verdicts` asks only for the missing
@@ -18,25 +19,15 @@ ones and stores each as it arrives, so an interrupted judging loses nothing alre
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
-import http.client
 import json
-import logging
-import os
 import re
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 
-from memr1_jax import errors
+from memr1_jax import errors, openai_client
 from memr1_jax.agents.prompts import ChatMessage, render_plain_text
 from memr1_jax.eval import report as report_lib
-
-_log = logging.getLogger(__name__)
 
 Backend = Callable[[list[list[ChatMessage]]], list[str]]
 
@@ -119,147 +110,22 @@ class JudgeError(errors.Error, RuntimeError):
   """The judge cannot grade: one line naming the endpoint, the model and the reason (never the API key)."""
 
 
-class JudgeHTTPError(JudgeError):
+class JudgeHTTPError(JudgeError, openai_client.EndpointError):
   """The judge endpoint failed after all retries (the message never contains the API key)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class HttpJudgeConfig:
-  """Where and how to call an OpenAI-compatible chat-completions endpoint.
-
-  Attributes:
-    base_url: e.g. "https://api.openai.com/v1" or "http://127.0.0.1:8000/v1"; "/chat/completions"
-      is appended.
-    model: the model name sent in the request.
-    api_key_env: NAME of the environment variable holding the key ("" for endpoints without one).
-      Only the name is kept here, so saving or printing a config never leaks the key.
-    timeout_s: per-request timeout.
-    max_retries: extra attempts after a failed request (HTTP 429 / 5xx / connection errors).
-    backoff_s: wait before retry i is backoff_s * 2**i.
-    max_concurrency: requests in flight at once.
-    max_tokens: completion budget per reply.
-    json_mode: send `response_format={"type": "json_object"}` (not every server supports it).
-  """
-
-  base_url: str
-  model: str
-  api_key_env: str = "OPENAI_API_KEY"
-  timeout_s: float = 60.0
-  max_retries: int = 3
-  backoff_s: float = 1.0
-  max_concurrency: int = 8
-  max_tokens: int = 64
-  json_mode: bool = False
-
-  def __post_init__(self):
-    scheme = urllib.parse.urlparse(self.base_url).scheme
-    if scheme not in ("http", "https"):
-      raise ValueError(f"HttpJudgeConfig.base_url must be http(s), got {self.base_url!r}")
-    if not self.model:
-      raise ValueError("HttpJudgeConfig.model is empty")
+class HttpJudgeConfig(openai_client.EndpointConfig):
+  """Where and how to call the judge's OpenAI-compatible endpoint: `openai_client.EndpointConfig`'s fields
+  (base_url, model, api_key_env, timeout_s, max_retries, backoff_s, max_concurrency, max_tokens, json_mode)."""
 
 
-_RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+class HttpChatBackend(openai_client.ChatClient):
+  """A judge backend that posts each conversation to `{base_url}/chat/completions` (`openai_client.ChatClient`);
+  it raises JudgeHTTPError when a request fails for good."""
 
-
-class HttpChatBackend:
-  """A backend that posts each conversation to `{base_url}/chat/completions`."""
-
-  def __init__(self, config: HttpJudgeConfig):
-    """Checks that the key variable is set (when one is named); does not read or keep its value."""
-    if config.api_key_env and not os.environ.get(config.api_key_env):
-      raise ValueError(
-          f"HttpJudgeConfig.api_key_env names {config.api_key_env!r}, but that environment "
-          "variable is not set")
-    self.config = config
-    self._url = config.base_url.rstrip("/") + "/chat/completions"
-
-  def __repr__(self) -> str:
-    return f"HttpChatBackend(url={self._url!r}, model={self.config.model!r})"
-
-  def __call__(self, conversations: list[list[ChatMessage]]) -> list[str]:
-    """Returns the reply text of each conversation, in order; raises JudgeHTTPError on failure."""
-    replies = [""] * len(conversations)
-    for i, reply in self.stream(conversations):
-      replies[i] = reply
-    return replies
-
-  def stream(self, conversations: list[list[ChatMessage]]) -> Iterator[tuple[int, str]]:
-    """(index, reply text) of each conversation as its reply arrives, `max_concurrency` requests in flight.
-
-    After a request fails for good, requests not yet sent are dropped, the replies of those in flight are still
-    yielded, then its JudgeHTTPError is raised.
-    """
-    if not conversations:
-      return
-    workers = max(1, min(self.config.max_concurrency, len(conversations)))
-    error = None
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-      futures = {pool.submit(self._complete_one, messages): i for i, messages in enumerate(conversations)}
-      for future in concurrent.futures.as_completed(futures):
-        if future.cancelled():
-          continue
-        try:
-          reply = future.result()
-        except JudgeHTTPError as e:
-          if error is None:
-            error = e
-            for pending in futures:
-              pending.cancel()
-          continue
-        yield futures[future], reply
-    if error is not None:
-      raise error
-
-  def check(self) -> None:
-    """Sends one tiny request (with the usual retries); raises JudgeHTTPError naming endpoint, model and reason."""
-    self._complete_one([{"role": "user", "content": 'Reply with {"label": "CORRECT"}.'}])
-
-  def _complete_one(self, messages: list[ChatMessage]) -> str:
-    body = {"model": self.config.model, "messages": messages, "temperature": 0.0,
-            "max_tokens": self.config.max_tokens}
-    if self.config.json_mode:
-      body["response_format"] = {"type": "json_object"}
-    data = json.dumps(body).encode("utf-8")
-    last_error = ""
-    for attempt in range(self.config.max_retries + 1):
-      if attempt:
-        time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
-      request = urllib.request.Request(self._url, data=data, headers=self._headers(), method="POST")
-      try:
-        with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-          payload = json.loads(response.read().decode("utf-8"))
-        return _reply_text(payload)
-      except urllib.error.HTTPError as e:
-        last_error = f"HTTP {e.code}"
-        if e.code not in _RETRYABLE_STATUS:
-          break
-      except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
-        last_error = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-      except (ValueError, UnicodeDecodeError) as e:
-        last_error = f"unreadable response: {type(e).__name__}"
-      _log.warning("judge request to %s failed (%s), attempt %d of %d", self._url,
-                   self._scrub(last_error), attempt + 1, self.config.max_retries + 1)
-    raise JudgeHTTPError(f"judge {self.config.model!r} at {self._url} does not answer: {self._scrub(last_error)}")
-
-  def _headers(self) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    if self.config.api_key_env:
-      headers["Authorization"] = "Bearer " + os.environ.get(self.config.api_key_env, "")
-    return headers
-
-  def _scrub(self, message: str) -> str:
-    key = os.environ.get(self.config.api_key_env, "") if self.config.api_key_env else ""
-    return message.replace(key, "***") if key else message
-
-
-def _reply_text(payload: object) -> str:
-  """The first choice's message content of a chat-completions response ("" when absent)."""
-  try:
-    content = payload["choices"][0]["message"]["content"]  # type: ignore[index]
-  except (KeyError, IndexError, TypeError):
-    return ""
-  return content if isinstance(content, str) else ""
+  role = "judge"
+  error_type = JudgeHTTPError
+  check_messages = [{"role": "user", "content": 'Reply with {"label": "CORRECT"}.'}]
 
 
 def verdict_key(judge_name: str, question: str, gold: str, pred: str) -> str:
