@@ -151,6 +151,7 @@ def validate_config(config, source: str = "config") -> None:
     raise ConfigError(f"{source}: config.memory.extraction='task' reads with the extractor of a task module, and "
                       "config.task is empty; use 'simple' or 'llm'")
   if config.memory.extraction == "llm" and config.mode not in ("sft", "export"):  # The modes that extract facts.
+    from memr1_jax import components  # pylint: disable=g-import-not-at-top  # Loads JAX: only for this check.
     try:
       components.check_extractor(config)
     except ConfigError as e:
