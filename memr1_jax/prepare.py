@@ -19,11 +19,16 @@ import os
 
 import jax
 
-from memr1_jax import components, defaults, evaluate, tasks
+from memr1_jax import components, defaults, tasks
 from memr1_jax.episodes import tuples as tuples_lib
 from memr1_jax.errors import ConfigError
 
+# The file's name under the workdir when config.prepare.path is empty.
 DEFAULT_FILE = "manager_tuples.jsonl"
+# Fields of config.memory that change how the fact extractor is reached, not what it replies: not tuple settings (as
+# evaluate.EXTRACTOR_RUNTIME_FIELDS; the modes import components, not each other).
+EXTRACTOR_RUNTIME_FIELDS = ("extractor_api_key_env", "extractor_cache", "extractor_concurrency", "extractor_timeout_s",
+                            "extractor_retries", "extractor_backoff_s")
 
 
 def tuples_path(config) -> str:
@@ -40,7 +45,7 @@ def settings(config, conversations) -> dict:
     split.update(json.dumps(dataclasses.asdict(conv), sort_keys=True, default=str).encode("utf-8"))
   out = {"split": ["train", split.hexdigest()], "window": config.prepare.window,
          "snapshot_manager": config.prepare.snapshot_manager,
-         "memory": {k: v for k, v in saved["memory"].items() if k not in evaluate.EXTRACTOR_RUNTIME_FIELDS}}
+         "memory": {k: v for k, v in saved["memory"].items() if k not in EXTRACTOR_RUNTIME_FIELDS}}
   if config.prepare.snapshot_manager:
     out.update(model=saved["model"], seed=config.seed,
                rollout={k: saved["rollout"][k] for k in ("max_prompt_len", "max_new_tokens")})

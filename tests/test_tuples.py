@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from memr1_jax import errors
 from memr1_jax import main as main_lib
 from memr1_jax.agents.extraction import Extraction, simple_fact
 from memr1_jax.data.schema import QA, Conversation, Session, Turn
@@ -216,3 +217,13 @@ def test_prepare_mode_writes_then_reuses_the_tuples(tmp_path, capsys):
   _prepare(tmp_path, **{"prepare.window": 1})
   assert "# prepare: wrote" in capsys.readouterr().out
   assert [len(t.snapshot) for t in tuples_lib.read_tuples(path)[0]] == [0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("override, field", [({"prepare.window": -1}, "config.prepare.window"),
+                                             ({"prepare.snapshot_manager": "/no/such/dir"},
+                                              "config.prepare.snapshot_manager")])
+def test_prepare_mode_bad_settings_fail_naming_the_field(override, field, tmp_path):
+  """A negative window or a snapshot manager that is not a directory fails with a ConfigError naming the field."""
+  with pytest.raises(errors.ConfigError, match=field):
+    _prepare(tmp_path, **override)
+  assert not os.path.exists(tmp_path / "run" / "manager_tuples.jsonl")
