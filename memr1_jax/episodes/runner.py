@@ -420,7 +420,7 @@ def tuple_episodes(policy: ChatPolicy, answerer: ChatPolicy, tuples: Sequence[Ma
                    cfg: RunnerConfig, *, n: int, group_offset: int = 0,
                    fork: Callable[[MemoryBank], MemoryBank] | None = None) -> tuple[list[Experience], TupleStats]:
   """Manager episodes over (turn, temporal memory bank, linked QA) tuples (the paper's Algorithm 1; built by
-  `episodes.tuples.build_tuples`): a step's cost is len(tuples) x n manager responses, whatever the conversation's length.
+  `episodes.tuples.build_tuples`): a step costs len(tuples) x n manager responses, whatever the conversation length.
 
   Per tuple: its bank is rebuilt from the snapshot (one embedding call for the whole batch), the manager prompt of its
   turn is the runner's own (facts by `cfg.extract`, related memories shown by position; one search call), and `n`
