@@ -13,7 +13,7 @@ import ml_collections
 
 from memr1_jax import fileio
 
-MODES = ("train", "sft", "eval", "export")
+MODES = ("train", "sft", "eval", "export", "prepare")
 AGENTS = ("manager", "answer")
 ALGORITHMS = ("grpo", "ppo")
 
@@ -21,7 +21,7 @@ ALGORITHMS = ("grpo", "ppo")
 def default_config() -> ml_collections.ConfigDict:
   """Memory-R1 on LoCoMo with GRPO on the answer agent, Qwen-2.5-7B-Instruct (paper settings)."""
   c = ml_collections.ConfigDict()
-  # What to run: train | sft | eval | export.
+  # What to run: train | sft | eval | export | prepare (the manager's training tuples).
   c.mode = "train"
   # Which agent the policy plays: manager (memory operations) | answer (distil memories, answer).
   c.agent = "answer"
@@ -262,6 +262,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.judge_retries = 3
   # Checkpoint of <workdir>/checkpoints the policy is read from: latest | best (by validation EM) | none (base).
   c.eval.checkpoint = "latest"
+
+  c.prepare = ml_collections.ConfigDict()
+  # Turns before a tuple's turn that its temporal memory bank is built over (the paper: 50).
+  c.prepare.window = 50
+  # Who builds that bank: "" (every extracted fact ADDed) or a Hugging Face checkpoint directory (a frozen manager,
+  # greedy).
+  c.prepare.snapshot_manager = ""
+  # Where mode=prepare writes the tuples (JSONL; "": <workdir>/manager_tuples.jsonl).
+  c.prepare.path = ""
 
   c.export = ml_collections.ConfigDict()
   # Where mode=export writes the Hugging Face directory.

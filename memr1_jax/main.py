@@ -1,7 +1,8 @@
 r"""Entry point: `python -m memr1_jax.main --config=configs/<name>.py [--config.field=value ...]`.
 
 Modes (config.mode): train (RL of the manager or answer agent with GRPO / PPO), sft (supervised warm start),
-eval (per-category LoCoMo report), export (Hugging Face safetensors directory), and those a task module adds
+eval (per-category LoCoMo report), export (Hugging Face safetensors directory), prepare (the manager's
+training tuples, `memr1_jax.prepare`), and those a task module adds
 (config.task, see `memr1_jax.tasks`; the CPU demo's "demo").
 """
 
@@ -34,6 +35,7 @@ MODE_MODULES = {
     "sft": "memr1_jax.sft",
     "eval": "memr1_jax.evaluate",
     "export": "memr1_jax.export",
+    "prepare": "memr1_jax.prepare",
 }
 
 
@@ -78,6 +80,7 @@ RANGES = {
     "memory.extractor_retries": (0, _INF, "0 (no retry) or more"),
     "memory.extractor_backoff_s": (0.0, _INF, "0 or more seconds"),
     "memory.extractor_max_tokens": (1, _INF, "at least 1 token"),
+    "prepare.window": (0, _INF, "0 (empty banks) or more turns"),
 }
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 

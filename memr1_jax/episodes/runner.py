@@ -17,6 +17,8 @@ Episodes and credit assignment:
   `manager_reward_questions="answerable"` the fork answers every question whose evidence is complete by then,
   so an UPDATE or DELETE that destroys a memory still needed is paid for at the turn that made it. The bank
   then continues with the first sampled response; turns that complete no question are not trained on.
+- **Tuple episodes** (`tuple_episodes`, the paper's Algorithm 1): the same branching reward on saved (turn, temporal
+  memory bank, linked QA) tuples (`episodes.tuples`) instead of a walk, so a step costs batch x group responses.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import collections
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,8 +36,11 @@ from memr1_jax.agents import parsers, prompts
 from memr1_jax.data.schema import QA, Conversation, Session, Turn
 from memr1_jax.episodes.policy import AnswerView, ChatPolicy, ManagerView, Prompt, Sample
 from memr1_jax.eval import metrics
-from memr1_jax.memory.bank import MemoryBank, MemoryEntry, apply_to_banks, search_banks
+from memr1_jax.memory.bank import MemoryBank, MemoryEntry, apply_to_banks, fill_banks, search_banks
 from memr1_jax.memory.operations import OpKind
+
+if TYPE_CHECKING:  # Types only: the tuples module imports the runner.
+  from memr1_jax.episodes.tuples import ManagerTuple
 
 BankFactory = Callable[[], MemoryBank]
 
@@ -120,13 +126,20 @@ def _manager_prompt(bank: MemoryBank, facts: list[extraction_lib.Fact], session:
   range is copied far more reliably than an arbitrary one (a bank id the prompt never showed is a format error).
   `parse_manager_reply` maps the reply's ids back to bank ids.
   """
+  hits = bank.search([f.text for f in facts], cfg.related_k) if facts and len(bank) else []
+  return _manager_prompt_from_hits(hits, facts, session, turn, cfg)
+
+
+def _manager_prompt_from_hits(hits: Sequence[Sequence[tuple[MemoryEntry, float]]], facts: list[extraction_lib.Fact],
+                              session: Session, turn: Turn, cfg: RunnerConfig) -> tuple[Prompt, list[int]]:
+  """`_manager_prompt` from the bank's search results `hits` (per fact, its top `cfg.related_k` memories with their
+  scores), so that many banks can be searched in one embedding call (`search_banks`)."""
   seen, related = set(), []
-  if facts and len(bank):
-    for hits in bank.search([f.text for f in facts], cfg.related_k):
-      for entry, score in hits:
-        if score >= cfg.related_min_score and entry.memory_id not in seen:
-          seen.add(entry.memory_id)
-          related.append(entry)
+  for fact_hits in hits:
+    for entry, score in fact_hits:
+      if score >= cfg.related_min_score and entry.memory_id not in seen:
+        seen.add(entry.memory_id)
+        related.append(entry)
   shown = [dataclasses.replace(entry, memory_id=position) for position, entry in enumerate(related)]
   return manager_prompt(facts, shown, speaker=turn.speaker, date=session.date_time), [e.memory_id for e in related]
 
@@ -389,6 +402,96 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
       group += len(groups)
     # Advance every bank with its first sample.
     _apply_replies(banks, conversations, live, items, shown_ids, [s[0].text for s in samples], cfg, stats)
+  return experiences, stats
+
+
+
+@dataclasses.dataclass
+class TupleStats(BankStats):
+  """`BankStats` of one `tuple_episodes` step, over every sampled response (ops, format errors, rejected ops,
+  manager calls), plus: tuples given, those whose turn had no fact (no experience), answer agent calls."""
+
+  tuples: int = 0
+  no_fact_tuples: int = 0
+  answer_calls: int = 0
+
+
+def tuple_episodes(policy: ChatPolicy, answerer: ChatPolicy, tuples: Sequence[ManagerTuple], bank_factory: BankFactory,
+                   cfg: RunnerConfig, *, n: int, group_offset: int = 0,
+                   fork: Callable[[MemoryBank], MemoryBank] | None = None) -> tuple[list[Experience], TupleStats]:
+  """Manager episodes over (turn, temporal memory bank, linked QA) tuples (the paper's Algorithm 1; built by
+  `episodes.tuples.build_tuples`): a step costs len(tuples) x n manager responses, whatever the conversation length.
+
+  Per tuple: its bank is rebuilt from the snapshot (one embedding call for the whole batch), the manager prompt of its
+  turn is the runner's own (facts by `cfg.extract`, related memories shown by position; one search call), and `n`
+  responses are sampled (one policy call for the batch). Each response is applied to its own fork of the bank, and the
+  frozen `answerer` answers the tuple's linked questions from that fork (top `cfg.answer_k_per_speaker` memories per
+  speaker; one greedy call for every fork). Reward = mean exact match minus `cfg.format_penalty` for a format error.
+  The linked questions are the only ones asked (`cfg.manager_reward_questions` is not used: a tuple carries no other).
+
+  Args:
+    policy: the manager being trained; answerer: the frozen answer agent (greedy).
+    tuples: the batch; a tuple whose turn has no extracted fact yields no experience (counted in the stats).
+    n: responses per tuple (GRPO group size; 1 for PPO).
+    group_offset: the first group number (groups count up over the tuples that yield experiences, in order).
+    fork: copies a bank (default `MemoryBank.fork`).
+  Returns:
+    (experiences, stats); each experience's info: em, format_error, questions, op counts, turn (sample_id, dia_id).
+  """
+  fork = fork or (lambda b: b.fork())
+  stats = TupleStats(tuples=len(tuples))
+  if not tuples:
+    return [], stats
+  banks = [bank_factory() for _ in tuples]
+  fill_banks(banks, [t.snapshot for t in tuples])
+  items = [(t.session, t.turn) for t in tuples]
+  prefetch = getattr(cfg.extract, "prefetch", None)
+  if prefetch is not None:
+    prefetch(items)
+  extracted = cfg.extract(items)
+  live = [j for j, ext in enumerate(extracted) if ext.facts]
+  stats.no_fact_tuples = len(tuples) - len(live)
+  if not live:
+    return [], stats
+  hits = search_banks([banks[j] for j in live], [[f.text for f in extracted[j].facts] for j in live], cfg.related_k)
+  chats, shown_ids = [], []
+  for j, fact_hits in zip(live, hits):
+    chat, ids = _manager_prompt_from_hits(fact_hits, extracted[j].facts, *items[j], cfg)
+    chats.append(chat)
+    shown_ids.append(ids)
+  samples = policy.generate(chats, n=n)
+  stats.manager_calls += n * len(chats)
+  # Branches: every response on its own fork of its tuple's bank.
+  branch_banks, branch_ops, branch_meta = [], [], []
+  for k, j in enumerate(live):
+    session, turn = items[j]
+    for s in samples[k]:
+      parsed = parse_manager_reply(s.text, shown_ids[k], turn.speaker, cfg)
+      stats.format_errors += parsed.format_error is not None
+      stats.ops.update(op.kind.value for op in parsed.ops)
+      branch_banks.append(fork(banks[j]))
+      branch_ops.append(parsed.ops)
+      branch_meta.append((k, j, s, parsed))
+  results = apply_to_banks(branch_banks, branch_ops, timestamps=[items[j][0].date_time for _, j, _, _ in branch_meta],
+                           source_turn_ids=[(items[j][1].dia_id,) for _, j, _, _ in branch_meta])
+  stats.rejected_ops += sum(not r.applied for rs in results for r in rs)
+  qs = [list(tuples[j].qa) for _, j, _, _ in branch_meta]
+  convs = [tuples[j].conversation() for _, j, _, _ in branch_meta]
+  answer_chats = [c for cs in _answer_prompts_many(branch_banks, convs, qs, cfg.answer_k_per_speaker) for c in cs]
+  answers = answerer.generate(answer_chats, n=1, greedy=True) if answer_chats else []
+  stats.answer_calls += len(answer_chats)
+  experiences, pos = [], 0
+  for (k, j, s, parsed), q_list in zip(branch_meta, qs):
+    ems = []
+    for qa in q_list:
+      _, info = score_answer(answers[pos][0].text, qa, 0.0)
+      ems.append(info["em"])
+      pos += 1
+    em = sum(ems) / max(len(ems), 1)
+    fmt = float(parsed.format_error is not None)
+    experiences.append(Experience(s, em - cfg.format_penalty * fmt, group_offset + k, "manager", {
+        "em": em, "format_error": fmt, "questions": len(ems), **op_counts(parsed.ops),
+        "turn": (tuples[j].sample_id, tuples[j].dia_id)}))
   return experiences, stats
 
 
