@@ -53,6 +53,8 @@ def get_config():
   c.memory.encoder = ""  # The bundled all-MiniLM-L6-v2 (Flax).
   # The task's rule-based extractor: statement turns are facts, chit-chat has nothing to store.
   c.memory.extraction = "task"
+  # The short instructions the shipped base was pretrained on (one token each in its tokenizer).
+  c.memory.prompts = "compact"
   c.memory.embedding_cache = 50_000
   c.memory.related_k = 2
   # Shown only when the MiniLM inner product is >= 0.6 (benchmarks/related_scores.py): a training fact with an earlier

@@ -27,6 +27,7 @@ def get_config(variant: str = ""):
   c.model.param_dtype = "float32"
   c.model.remat = False
   c.memory.encoder = "hashing:64"
+  c.memory.prompts = "compact"
   c.memory.related_k = 3
   c.memory.answer_k_per_speaker = 4
   c.rollout.batch_size = 4

@@ -21,6 +21,7 @@ from flax import nnx
 from memr1_jax import errors, openai_client, tasks
 from memr1_jax import extractor as extractor_lib
 from memr1_jax.agents import extraction as extraction_lib
+from memr1_jax.agents import prompts
 from memr1_jax import sharding as sharding_lib
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.episodes import runner
@@ -315,7 +316,8 @@ def runner_config(config) -> runner.RunnerConfig:
       related_k=config.memory.related_k, related_min_score=config.memory.related_min_score,
       answer_k_per_speaker=config.memory.answer_k_per_speaker,
       format_penalty=config.rl.format_penalty, max_ops_per_output=config.memory.max_ops_per_output,
-      extract=fact_extractor(config), manager_reward_questions=config.rl.manager_reward_questions)
+      extract=fact_extractor(config), manager_reward_questions=config.rl.manager_reward_questions,
+      prompt_set=prompts.PROMPT_SETS[config.memory.prompts])
 
 
 def make_engine_policy(model, tokenizer, config, mesh, *, seed: int, max_new_tokens: int | None = None):

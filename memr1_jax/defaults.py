@@ -116,6 +116,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.memory.extractor_backoff_s = 1.0
   # Longest extractor reply in tokens.
   c.memory.extractor_max_tokens = 256
+  # Instructions of the manager and answer prompts (`agents.prompts.PROMPT_SETS`): paper (the structure of the
+  # paper's Appendix C: per-operation instructions with examples; memory distillation, then a brief answer) | compact.
+  c.memory.prompts = "paper"
   # Maximum operations applied from one manager output.
   c.memory.max_ops_per_output = 64
   # Embeddings kept in an LRU cache keyed by text (0: off); repeated facts and questions are embedded once.

@@ -11,7 +11,9 @@ import pytest
 from hypothesis import strategies as st
 
 from memr1_jax.agents import extraction, parsers, prompts
-from memr1_jax.data.schema import Session, Turn
+from memr1_jax.data.schema import QA, Conversation, Session, Turn
+from memr1_jax.episodes import runner
+from memr1_jax.memory.bank import MemoryEntry
 from memr1_jax.memory.operations import NOOP, MemoryOp, OpKind
 
 _FUZZ = hypothesis.settings(max_examples=150, deadline=None, database=None)
@@ -514,3 +516,29 @@ def test_extract_facts_llm_wrong_reply_count_falls_back():
   results = extraction.extract_facts_llm(turns, lambda batch: ["[]"])
   assert all(r.fell_back and "returned 1 replies for 2" in r.format_error for r in results)
   assert [r.facts[0] for r in results] == [extraction.simple_fact(*t) for t in turns]
+
+
+def test_paper_prompt_examples_parse_to_the_operation_they_illustrate():
+  """Each example reply in the paper manager prompt parses, without a format error, to the operation it shows."""
+  examples = [line.split("-> ", 1)[1] for line in prompts.PAPER_MANAGER_SYSTEM_PROMPT.splitlines() if "-> {" in line]
+  kinds = []
+  for example in examples:
+    parsed = parsers.parse_manager_output(json.dumps({"operations": [json.loads(example)]}), {0, 1}, speaker="Anna")
+    assert parsed.format_error is None
+    kinds.append(parsed.ops[0].kind.value)
+  assert kinds == ["ADD", "UPDATE", "DELETE", "NOOP"]
+
+
+def test_runner_prompts_use_the_configured_prompt_set():
+  """RunnerConfig.prompt_set picks the system prompt of the manager and answer prompts; the user message is shared."""
+  memory = MemoryEntry(0, "Anna lives in Porto.", "Anna", "8 May 2023", ())
+  paper, compact = (runner.RunnerConfig(prompt_set=prompts.PROMPT_SETS[name]) for name in ("paper", "compact"))
+  chats = {}
+  for name, cfg in (("paper", paper), ("compact", compact)):
+    conv = Conversation("c0", "Anna", "Ben", (_SESSION,), ())
+    chats[name] = runner._answer_prompt(  # pylint: disable=protected-access
+        conv, QA("Where does Anna live?", "Porto", 4), [memory], cfg).messages
+  assert chats["paper"][0]["content"] == prompts.PAPER_ANSWER_SYSTEM_PROMPT
+  assert chats["compact"][0]["content"] == prompts.ANSWER_SYSTEM_PROMPT
+  assert chats["paper"][1] == chats["compact"][1]
+

@@ -301,6 +301,7 @@ def test_task_extraction_without_a_task_module_fails_fast_naming_the_field(tmp_p
 def test_enum_fields_match_the_modules_that_read_them():
   """main.ENUM_FIELDS (checked before jax is imported) lists exactly the values the consuming modules accept."""
   from memr1_jax import demo  # pylint: disable=g-import-not-at-top
+  from memr1_jax.agents import prompts  # pylint: disable=g-import-not-at-top
   from memr1_jax.demo import policies  # pylint: disable=g-import-not-at-top
   from memr1_jax.memory import bank  # pylint: disable=g-import-not-at-top
   from memr1_jax.rl import losses  # pylint: disable=g-import-not-at-top
@@ -308,6 +309,7 @@ def test_enum_fields_match_the_modules_that_read_them():
   assert main.ENUM_FIELDS["rl.kl_estimator"] == losses.KL_KINDS
   assert main.ENUM_FIELDS["rl.loss_aggregation"] == losses.AGGREGATIONS
   assert main.ENUM_FIELDS["algorithm"] == defaults.ALGORITHMS
+  assert main.ENUM_FIELDS["memory.prompts"] == tuple(prompts.PROMPT_SETS)
   assert demo.config.EXPLORE_WITH == tuple(policies.EXPLORERS)
   for name, allowed in main.ENUM_FIELDS.items():
     node = defaults.default_config()

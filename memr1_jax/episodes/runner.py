@@ -80,6 +80,8 @@ class RunnerConfig:
   # Questions that score a manager response: "turn" (those its turn completes) or "answerable" (every question
   # whose evidence is complete by its turn, so overwriting or deleting a memory still needed costs reward).
   manager_reward_questions: str = "turn"
+  # The instructions of the manager and answer prompts (`prompts.PROMPT_SETS`).
+  prompt_set: prompts.PromptSet = prompts.PROMPT_SETS["compact"]
 
 
 def _turn_order(conv: Conversation) -> dict[str, int]:
@@ -141,13 +143,15 @@ def _manager_prompt_from_hits(hits: Sequence[Sequence[tuple[MemoryEntry, float]]
         seen.add(entry.memory_id)
         related.append(entry)
   shown = [dataclasses.replace(entry, memory_id=position) for position, entry in enumerate(related)]
-  return manager_prompt(facts, shown, speaker=turn.speaker, date=session.date_time), [e.memory_id for e in related]
+  prompt = manager_prompt(facts, shown, speaker=turn.speaker, date=session.date_time, system=cfg.prompt_set.manager)
+  return prompt, [e.memory_id for e in related]
 
 
-def manager_prompt(facts: Sequence[extraction_lib.Fact], shown: Sequence[MemoryEntry], *, speaker: str, date: str
-                   ) -> Prompt:
-  """The manager prompt showing `facts` and the memories `shown` (under their `memory_id`s), with its view."""
-  chat = prompts.manager_messages([f.text for f in facts], shown, speaker=speaker, date=date)
+def manager_prompt(facts: Sequence[extraction_lib.Fact], shown: Sequence[MemoryEntry], *, speaker: str, date: str,
+                   system: str = prompts.MANAGER_SYSTEM_PROMPT) -> Prompt:
+  """The manager prompt (instructions `system`) showing `facts` and the memories `shown` (under their
+  `memory_id`s), with its view."""
+  chat = prompts.manager_messages([f.text for f in facts], shown, speaker=speaker, date=date, system=system)
   return Prompt(chat, ManagerView(tuple(facts), tuple(shown), speaker, date))
 
 
@@ -241,7 +245,8 @@ def build_banks(manager: ChatPolicy, conversations: Sequence[Conversation], bank
 def answer_prompts(bank: MemoryBank, conv: Conversation, questions: Sequence[QA], k_per_speaker: int
                    ) -> list[Prompt]:
   """Answer-agent prompts for `questions` over `bank`: top `k_per_speaker` memories of each speaker."""
-  return _answer_prompts_many([bank], [conv], [list(questions)], k_per_speaker)[0]
+  cfg = RunnerConfig(answer_k_per_speaker=k_per_speaker)
+  return _answer_prompts_many([bank], [conv], [list(questions)], cfg)[0]
 
 
 def _answer_memories_many(banks: Sequence[MemoryBank], convs: Sequence[Conversation],
@@ -255,24 +260,26 @@ def _answer_memories_many(banks: Sequence[MemoryBank], convs: Sequence[Conversat
           for b, qs in enumerate(questions)]
 
 
-def answer_prompt(qa: QA, memories: Sequence[MemoryEntry], speakers: Sequence[str], per_speaker: int) -> Prompt:
-  """The answer prompt for `qa` over retrieved `memories` (relevance order), at most `per_speaker` of each of
-  `speakers`, with its view."""
+def answer_prompt(qa: QA, memories: Sequence[MemoryEntry], speakers: Sequence[str], per_speaker: int,
+                  system: str = prompts.ANSWER_SYSTEM_PROMPT) -> Prompt:
+  """The answer prompt (instructions `system`) for `qa` over retrieved `memories` (relevance order), at most
+  `per_speaker` of each of `speakers`, with its view."""
   chat = prompts.answer_messages(qa.question, memories, speakers=speakers, question_date=qa.question_date,
-                                 per_speaker=per_speaker)
+                                 per_speaker=per_speaker, system=system)
   groups = prompts.group_by_speaker(memories, speakers, per_speaker)
   return Prompt(chat, AnswerView(qa, {name: tuple(group) for name, group in groups.items()}))
 
 
-def _answer_prompt(conv: Conversation, qa: QA, memories: Sequence[MemoryEntry], k: int) -> Prompt:
-  return answer_prompt(qa, memories, (conv.speaker_a, conv.speaker_b), k)
+def _answer_prompt(conv: Conversation, qa: QA, memories: Sequence[MemoryEntry], cfg: RunnerConfig) -> Prompt:
+  return answer_prompt(qa, memories, (conv.speaker_a, conv.speaker_b), cfg.answer_k_per_speaker,
+                       system=cfg.prompt_set.answer)
 
 
 def _answer_prompts_many(banks: Sequence[MemoryBank], convs: Sequence[Conversation],
-                         questions: Sequence[Sequence[QA]], k: int) -> list[list[Prompt]]:
+                         questions: Sequence[Sequence[QA]], cfg: RunnerConfig) -> list[list[Prompt]]:
   """Per bank, per question: the answer prompt."""
-  memories = _answer_memories_many(banks, convs, questions, k)
-  return [[_answer_prompt(conv, qa, shown, k) for qa, shown in zip(qs, per_question)]
+  memories = _answer_memories_many(banks, convs, questions, cfg.answer_k_per_speaker)
+  return [[_answer_prompt(conv, qa, shown, cfg) for qa, shown in zip(qs, per_question)]
           for conv, qs, per_question in zip(convs, questions, memories)]
 
 
@@ -302,7 +309,7 @@ def answer_episodes(policy: ChatPolicy, banks: dict[str, MemoryBank], items: Seq
   shown_ids: list = [None] * len(items)
   for cid, conv_memories in zip(convs, memories_many):
     for (i, qa), shown in zip(by_conv[cid], conv_memories):
-      chats[i] = _answer_prompt(conv_of[cid], qa, shown, cfg.answer_k_per_speaker)
+      chats[i] = _answer_prompt(conv_of[cid], qa, shown, cfg)
       shown_ids[i] = tuple(m.memory_id for m in shown)
   samples = policy.generate(chats, n=n, greedy=greedy)
   out = []
@@ -382,7 +389,7 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
       else:
         qs = [targets[live[j]][step] for j, _, _ in branch_meta]
       convs = [conversations[live[j]] for j, _, _ in branch_meta]
-      chats_many = _answer_prompts_many(branch_banks, convs, qs, cfg.answer_k_per_speaker)
+      chats_many = _answer_prompts_many(branch_banks, convs, qs, cfg)
       flat = [c for cs in chats_many for c in cs]
       answers = answerer.generate(flat, n=1, greedy=True)
       pos = 0
@@ -477,7 +484,7 @@ def tuple_episodes(policy: ChatPolicy, answerer: ChatPolicy, tuples: Sequence[Ma
   stats.rejected_ops += sum(not r.applied for rs in results for r in rs)
   qs = [list(tuples[j].qa) for _, j, _, _ in branch_meta]
   convs = [tuples[j].conversation() for _, j, _, _ in branch_meta]
-  answer_chats = [c for cs in _answer_prompts_many(branch_banks, convs, qs, cfg.answer_k_per_speaker) for c in cs]
+  answer_chats = [c for cs in _answer_prompts_many(branch_banks, convs, qs, cfg) for c in cs]
   answers = answerer.generate(answer_chats, n=1, greedy=True) if answer_chats else []
   stats.answer_calls += len(answer_chats)
   experiences, pos = [], 0
