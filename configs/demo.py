@@ -102,6 +102,9 @@ def get_config():
   c.rl.manager_reward_questions = "answerable"
   # The manager's reward and held-out EM: the heuristic answerer reads its banks (the banks alone are judged).
   c.train.manager_answerer = "heuristic"
+  # The manager walks whole conversations (per-turn branching); the answer agent reads ADD-all banks.
+  c.train.manager_data = "conversations"
+  c.train.answer_banks = "add_all"
 
   c.demo.agents = "answer,manager"
   c.demo.answer_steps = 40

@@ -41,4 +41,6 @@ def get_config(variant: str = ""):
   c.train.num_steps = 2
   c.train.eval_every = 2
   c.train.checkpoint_every = 1
+  c.train.manager_data = "conversations"
+  c.train.answer_banks = "add_all"
   return c

@@ -246,6 +246,14 @@ def default_config() -> ml_collections.ConfigDict:
   # The frozen answer agent whose exact match rewards the manager: "" (the starting policy), an HF checkpoint
   # directory, or the name of a scripted policy of config.task (the CPU demo: "heuristic", its first-match answerer).
   c.train.manager_answerer = ""
+  # What a manager step samples: tuples (the paper: (turn, temporal memory bank, linked QA) tuples of mode=prepare,
+  # built at the first step when <workdir>'s file is missing or stale; rollout.batch_size counts tuples) |
+  # conversations (each walked from an empty bank, trained at the turns that complete questions).
+  c.train.manager_data = "tuples"
+  # The banks the answer agent reads in training and evaluation: "" (built greedily by the starting policy as
+  # manager, the paper's Algorithm 2 with the base model), an HF checkpoint directory (a trained manager), or
+  # add_all (every extracted fact ADDed: the ablation).
+  c.train.answer_banks = ""
 
   c.eval = ml_collections.ConfigDict()
   # Split to evaluate in mode=eval.

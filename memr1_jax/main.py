@@ -44,7 +44,7 @@ _DTYPES = ("float32", "bfloat16", "float16")
 ENUM_FIELDS = {
     "agent": defaults.AGENTS, "algorithm": defaults.ALGORITHMS,
     "memory.index": ("scann", "brute_force"), "memory.extraction": ("simple", "llm", "task"),
-    "memory.prompts": ("paper", "compact"),
+    "memory.prompts": ("paper", "compact"), "train.manager_data": ("tuples", "conversations"),
     "eval.checkpoint": ("latest", "best", "none"),
     "rl.kl_estimator": ("k1", "k2", "k3"), "rl.manager_reward_questions": ("turn", "answerable"),
     "rl.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),

@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memr1_jax import components, console, defaults, errors, faults, multihost, tasks
+from memr1_jax import components, console, defaults, errors, faults, multihost, prepare, tasks
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.episodes import batching, runner
+from memr1_jax.episodes import tuples as tuples_lib
 from memr1_jax.episodes.policy import EnginePolicy
 from memr1_jax.metrics_writer import MetricsWriter
 from memr1_jax.models import lora as lora_lib
@@ -86,11 +87,16 @@ class Learner:
 
 
 def _training_items(config, splits):
-  """What one step samples from: (conversation, question) pairs (answer agent) or conversations (manager)."""
+  """What one step samples from: (conversation, question) pairs (answer agent), manager tuples
+  (`episodes.tuples.ManagerTuple`, from mode=prepare's file, built first when missing or stale) or conversations
+  (manager, train.manager_data)."""
   train = splits["train"]
   if config.agent == "answer":
     return [(c, qa) for c in train for qa in c.qa]
+  if config.train.manager_data == "tuples":
+    return tuples_lib.read_tuples(prepare.run(config)["path"])[0]
   return list(train)
+
 
 
 def _summarise(experiences) -> dict:
@@ -127,7 +133,7 @@ class Trainer:
     self.manager_answerer = self._frozen_answerer() if config.agent == "manager" else None
     self.items = _training_items(config, self.splits)
     if not self.items:
-      what = "questions" if config.agent == "answer" else "conversations"
+      what = {"answer": "questions"}.get(config.agent, config.train.manager_data)
       raise components.ConfigError(f"config.data: the training split of {config.data.path or config.data.name} "
                                    f"holds no {what} to train the {config.agent} agent on")
     self.answer_banks = {}
@@ -178,12 +184,35 @@ class Trainer:
   def batch_labels(self, step: int) -> list[str]:
     """Ids of what step `step` trains on: question ids (answer agent) or conversation ids (manager)."""
     batch = batching.batch_for_step(self.items, step, self.config.rollout.batch_size, self.config.seed)
-    return [item[1].qid or item[0].sample_id if isinstance(item, tuple) else item.sample_id for item in batch]
+    labels = []
+    for item in batch:
+      if isinstance(item, tuple):
+        labels.append(item[1].qid or item[0].sample_id)
+      elif isinstance(item, tuples_lib.ManagerTuple):
+        labels.append(f"{item.sample_id}:{item.dia_id}")
+      else:
+        labels.append(item.sample_id)
+    return labels
 
   def _answer_bank(self, convs):
+    """The banks the answer agent reads (config.train.answer_banks), built once per conversation."""
     missing = [c for c in convs if c.sample_id not in self.answer_banks]
-    self.answer_banks.update(runner.add_all_banks(missing, self.bank_factory, self.rcfg))
+    if missing:
+      self.answer_banks.update(runner.greedy_banks(missing, self._answer_banks_manager(), self.bank_factory,
+                                                   self.rcfg)[0])
     return self.answer_banks
+
+  def _answer_banks_manager(self):
+    """The frozen manager that builds the answer agent's banks: None (ADD-all), the starting policy or a checkpoint."""
+    choice = self.config.train.answer_banks
+    if choice == "add_all":
+      return None
+    if choice and not os.path.isdir(choice):
+      raise components.ConfigError(f"config.train.answer_banks: {choice!r} is neither add_all nor a checkpoint "
+                                   "directory")
+    model, tokenizer = (components.load_policy(self.config, self.mesh, choice) if choice
+                        else (self.learner.reference(), self.tokenizer))
+    return components.make_engine_policy(model, tokenizer, self.config, self.mesh, seed=self.config.seed + 2)
 
   def episodes(self, step: int) -> list:
     c = self.config
@@ -196,6 +225,8 @@ class Trainer:
     if c.agent == "answer":
       banks = self._answer_bank(list({conv.sample_id: conv for conv, _ in batch}.values()))
       return runner.answer_episodes(self.rollout, banks, batch, self.rcfg, n=g)
+    if c.train.manager_data == "tuples":
+      return runner.tuple_episodes(self.rollout, self.manager_answerer, batch, self.bank_factory, self.rcfg, n=g)[0]
     questions = {conv.sample_id: conv.qa for conv in batch}
     experiences, _ = runner.manager_episodes(self.rollout, self.manager_answerer, batch, questions,
                                              self.bank_factory, self.rcfg, n=g)
@@ -205,8 +236,9 @@ class Trainer:
     """The rollout/* metrics of step `step`'s `experiences`: reward, lengths, EM / F1, operation mix, and the
     task's own (`tasks.Task.experience_metrics`)."""
     batch = batching.batch_for_step(self.items, step, self.config.rollout.batch_size, self.config.seed)
-    convs = list({(item[0] if isinstance(item, tuple) else item).sample_id:
-                  item[0] if isinstance(item, tuple) else item for item in batch}.values())
+    train = {conv.sample_id: conv for conv in self.splits["train"]}
+    ids = [item[0].sample_id if isinstance(item, tuple) else item.sample_id for item in batch]
+    convs = [train[i] for i in dict.fromkeys(ids)]
     metrics = {**_summarise(experiences), **(self.task.experience_metrics(experiences, convs) if experiences else {})}
     return {f"rollout/{k}": v for k, v in metrics.items()}
 

@@ -1,11 +1,14 @@
 """configs/smoke.py through the full training path: episodes, memory banks, rollout, update, checkpoint, eval."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
 
 from memr1_jax import metrics_writer, train
 from memr1_jax.checkpoint import Checkpointer
+from memr1_jax.episodes import runner
 from memr1_jax.errors import ConfigError
 from memr1_jax.testing.smoke import smoke_config
 
@@ -82,3 +85,24 @@ def test_manager_answerer_heuristic_scores_the_banks_with_the_scripted_answerer(
   assert expected > 0 and scores["eval/em"] == pytest.approx(expected)  # > 0: it says "no" to yes / no questions
   with pytest.raises(ConfigError, match="train.manager_answerer"):
     train.Trainer(smoke_config(tmp_path / "bad", agent="manager", **{"train.manager_answerer": "no/such/dir"}))
+
+
+def test_manager_trains_on_prepared_tuples_and_the_answer_agent_on_banks_its_base_manager_built(tmp_path):
+  """train.manager_data=tuples: the first step builds the tuple file (as mode=prepare), a step samples tuples and
+  updates; train.answer_banks="": the answer agent's banks are built by the starting policy as manager."""
+  from memr1_jax import prepare  # pylint: disable=g-import-not-at-top
+  c = smoke_config(tmp_path / "manager", agent="manager", **{"train.manager_data": "tuples", "train.num_steps": 1,
+                                                             "train.eval_every": 0, "prepare.window": 4})
+  trainer = train.Trainer(c)
+  assert os.path.exists(prepare.tuples_path(c)) and trainer.items
+  assert all(label.count(":") >= 1 for label in trainer.batch_labels(0))
+  metrics = trainer.run()
+  assert metrics["train/rows"] > 0
+  c = smoke_config(tmp_path / "answer", agent="answer", **{"train.answer_banks": "", "train.num_steps": 1,
+                                                           "train.eval_every": 0})
+  trainer = train.Trainer(c)
+  banks = trainer._answer_bank(trainer.splits["train"])  # pylint: disable=protected-access
+  add_all = runner.add_all_banks(trainer.splits["train"], trainer.bank_factory, trainer.rcfg)
+  assert set(banks) == set(add_all)
+  assert [[e.text for e in b.entries()] for b in banks.values()] != [[e.text for e in b.entries()]
+                                                                     for b in add_all.values()]
