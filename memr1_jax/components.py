@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from memr1_jax import data, errors
+from memr1_jax import learner as learner_lib
 from memr1_jax import sharding as sharding_lib
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.data.schema import Conversation
@@ -133,9 +134,7 @@ def load_trained_policy(config, mesh, checkpoint: str = "latest"):
         raise ConfigError(f"{directory}: no checkpoint has a {BEST_METRIC!r} score to pick the best by")
       return policy, tokenizer, None
     lora = config.model.lora_rank > 0
-    if lora:  # The adapter graph of the trainer (`train.Learner.create`); its A init is overwritten below.
-      policy = lora_lib.add_lora(policy, config.model.lora_rank, config.model.lora_alpha, seed=config.seed,
-                                 mesh=mesh if mesh is not None and mesh.size > 1 else None)
+    policy = learner_lib.with_adapters(config, policy, mesh)  # The learner's graph; its A init is overwritten below.
     graphdef, trained, rest = nnx.split(policy, lora_lib.LORA if lora else nnx.Param, ...)
     # Trained parameters are saved in the learner's float32 master dtype (`rl.train_state.init_train_state`).
     target = jax.tree.map(

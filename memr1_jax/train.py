@@ -7,7 +7,6 @@ checkpoint, evaluation. Every random choice of step s (data order, sampling keys
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -15,74 +14,20 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from memr1_jax import components, console, defaults, errors, faults, multihost
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.episodes import batching, runner
 from memr1_jax.episodes.policy import EnginePolicy, ScriptedPolicy
+from memr1_jax.learner import Learner
 from memr1_jax.metrics_writer import MetricsWriter
-from memr1_jax.models import lora as lora_lib
-from memr1_jax.models import value as value_lib
-from memr1_jax.rl import train_state as ts
-from memr1_jax.rl.update import RolloutBatch, UpdateConfig, make_update_step
 
 logger = logging.getLogger(__name__)
 
 
 class NonFiniteError(errors.Error, RuntimeError):
   """Too many consecutive updates had a non-finite loss or gradient."""
-
-
-@dataclasses.dataclass
-class Learner:
-  """The RL learner: train state, frozen weights, the jitted update, and how to view the current policy."""
-
-  state: object
-  frozen: object
-  spec: object
-  update: object
-  update_config: object
-
-  @classmethod
-  def create(cls, config, policy, mesh) -> Learner:
-    mesh = mesh if mesh is not None and mesh.size > 1 else None
-    if config.model.lora_rank:
-      policy = lora_lib.add_lora(policy, config.model.lora_rank, config.model.lora_alpha, seed=config.seed,
-                                 mesh=mesh)
-    rl = config.rl
-    actor_lr = ts.learning_rate_schedule(rl.actor_lr, rl.warmup_steps,
-                                         rl.critic_warmup_steps if config.algorithm == "ppo" else 0)
-    actor_tx = ts.make_optimizer(actor_lr, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm)
-    value_model = critic_tx = critic_lr = None
-    if config.algorithm == "ppo":
-      value_model = value_lib.value_model_from_decoder(policy, copy=not config.model.lora_rank)
-      critic_lr = ts.learning_rate_schedule(rl.critic_lr, rl.warmup_steps)
-      critic_tx = ts.make_optimizer(critic_lr, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm)
-    state, frozen, spec = ts.init_train_state(
-        policy, actor_tx, actor_lr=actor_lr, value_model=value_model, critic_tx=critic_tx, critic_lr=critic_lr,
-        reference=True, mesh=mesh)
-    update_config = UpdateConfig.from_config(config)
-    return cls(state, frozen, spec, make_update_step(spec, update_config), update_config)
-
-  def policy(self):
-    """The current policy as a Decoder (new arrays; safe to keep across the next donated update)."""
-    return ts.policy_model(self.spec, self.state, self.frozen)
-
-  def reference(self):
-    """The frozen starting policy (used as the frozen answer agent / manager)."""
-    return ts.reference_model(self.spec, self.frozen)
-
-  def step(self, packed: dict, key) -> dict:
-    """Runs the jitted update on one packed batch; returns host metrics."""
-    batch = RolloutBatch(**{k: v for k, v in packed.items() if k != "real_rows"})
-    if self.spec.mesh is None:
-      batch = jax.tree.map(jnp.asarray, batch)
-    else:  # Every host packed the same batch: each places its own shards (multi-host safe).
-      batch = multihost.shard_batch(batch, self.spec.mesh)
-    self.state, metrics = self.update(self.state, self.frozen, batch, key)
-    return {k: float(v) for k, v in multihost.to_host(metrics).items()}
 
 
 def _training_items(config, splits):
@@ -130,7 +75,7 @@ class Trainer:
     self.splits = components.load_splits(config)  # Fails fast on bad data before the model loads.
     self.bank_factory = components.bank_factory(config)
     policy, self.tokenizer = components.load_policy(config, self.mesh)
-    self.learner = Learner.create(config, policy, self.mesh)
+    self.learner = Learner.create(config, policy, self.mesh, kind="rl")
     self.rcfg = components.runner_config(config)
     self.rollout = components.make_engine_policy(self.learner.policy(), self.tokenizer, config, self.mesh, seed=config.seed)
     # The frozen answer agent that rewards and evaluates the manager.
@@ -260,7 +205,7 @@ class Trainer:
                                              min_response_bucket=c.rollout.min_response_bucket)
           faults.corrupt_rewards(self.faults, step, packed)
           t1 = time.perf_counter()
-          update_metrics = self.learner.step(packed, jax.random.fold_in(jax.random.key(c.seed), step))
+          update_metrics = self.learner.step(packed, key=jax.random.fold_in(jax.random.key(c.seed), step))
           t_update = time.perf_counter() - t1
           tokens = int(packed["prompt_mask_bp"].sum() + packed["response_mask_bt"].sum())
           metrics.update({f"train/{k}": v for k, v in update_metrics.items()})

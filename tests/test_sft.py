@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from memr1_jax import sft
+from memr1_jax import learner, sft
 from memr1_jax.defaults import default_config
 from memr1_jax.models import config as model_config
 from memr1_jax.models import decoder as decoder_lib
@@ -59,7 +59,7 @@ def test_sft_loss_equals_numpy_cross_entropy_over_response_tokens():
   model = _tiny_model()
   examples = _examples()
   rows = sft.pack_examples(examples, rows=4, pad_id=0, min_prompt_bucket=8, min_response_bucket=8)
-  loss = float(nnx.jit(sft.sft_loss)(model, rows))
+  loss = float(nnx.jit(learner.sft_loss)(model, rows))
   forward = nnx.jit(lambda m, ids: m(ids))
   nll = []
   for prompt, response in examples:
@@ -79,7 +79,7 @@ def test_sft_step_gradient_is_independent_of_micro_batching():
     state, frozen, spec = ts.init_train_state(_tiny_model(), optax.sgd(1.0), actor_lr=ts.learning_rate_schedule(1.0),
                                               reference=False)
     before = jax.tree.leaves(jax.device_get(state.policy))
-    state, metrics = sft.make_sft_step(spec, micro)(state, frozen, rows)
+    state, metrics = learner.make_sft_step(spec, micro)(state, frozen, rows)
     assert float(metrics["skipped"]) == 0.0
     deltas.append([a - b for a, b in zip(jax.tree.leaves(jax.device_get(state.policy)), before)])
   for a, b in zip(*deltas):
@@ -94,13 +94,13 @@ def test_sft_step_over_the_sequence_bucket_matches_the_full_prompt_plus_response
   seq_len = sft.sequence_bucket(examples, multiple=4)
   assert seq_len == 8 < rows["prompt_ids_bp"].shape[1] + rows["response_ids_bt"].shape[1]
   model = _tiny_model()
-  np.testing.assert_allclose(float(nnx.jit(sft.sft_loss, static_argnums=2)(model, rows, seq_len)),
-                             float(nnx.jit(sft.sft_loss)(model, rows)), rtol=1e-6)
+  np.testing.assert_allclose(float(nnx.jit(learner.sft_loss, static_argnums=2)(model, rows, seq_len)),
+                             float(nnx.jit(learner.sft_loss)(model, rows)), rtol=1e-6)
   weights = []
   for length in (None, seq_len):
     state, frozen, spec = ts.init_train_state(_tiny_model(), optax.sgd(1.0), actor_lr=ts.learning_rate_schedule(1.0),
                                               reference=False)
-    state, _ = sft.make_sft_step(spec, 4)(state, frozen, rows, length)
+    state, _ = learner.make_sft_step(spec, 4)(state, frozen, rows, length)
     weights.append(jax.tree.leaves(jax.device_get(state.policy)))
   for a, b in zip(*weights):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
