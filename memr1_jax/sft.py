@@ -12,12 +12,14 @@ response (`sequence_bucket`), not the prompt bucket plus the response bucket, wh
 
 This is the paper's Memory-SFT baseline (trajectories from a stronger model) and the warm start of the CPU demo
 (trajectories of the heuristic agents, `agents.heuristics`). Batches follow the trainer's deterministic per-epoch
-permutations, so a resumed run continues exactly.
+permutations, so a resumed run continues exactly. The steps run in the trainer's loop (`loop.TrainingRun`): resume,
+SIGTERM (checkpoint, then exit 75), the non-finite guard (config.train.max_nonfinite_steps), metrics every
+config.train.log_every steps.
 
 Output, in the trainer's layout: orbax checkpoints `<workdir>/checkpoints/<step>` holding
-`{"learner": TrainState, "step"}` (resumed from the latest), metrics in `<workdir>/tb` and `metrics.jsonl`, and a
-Hugging Face directory with the tokenizer (`config.sft.export_path`, default `<workdir>/hf`) that mode=train loads
-with `--config.model.path`.
+`{"learner": TrainState, "step"}` (every `config.sft.checkpoint_every` steps and the last; resumed from the latest),
+metrics in `<workdir>/tb` and `metrics.jsonl`, and a Hugging Face directory with the tokenizer
+(`config.sft.export_path`, default `<workdir>/hf`) that mode=train loads with `--config.model.path`.
 """
 
 from __future__ import annotations
@@ -28,15 +30,12 @@ import math
 import os
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
-from memr1_jax import components, console, defaults, errors, multihost
-from memr1_jax.checkpoint import Checkpointer
+from memr1_jax import components, console, errors, loop
 from memr1_jax.data import errors as data_errors
 from memr1_jax.episodes import batching
 from memr1_jax.learner import Learner, sft_micro_batch_size
-from memr1_jax.metrics_writer import MetricsWriter
 from memr1_jax.models import lora as lora_lib
 from memr1_jax.models.loading import export_pretrained
 from memr1_jax.sampling.generation import bucket_size, length_bucket
@@ -127,11 +126,6 @@ def sequence_bucket(examples: Sequence[tuple[Sequence[int], Sequence[int]]], mul
   return length_bucket(max(len(p) + len(r) for p, r in examples), multiple, multiple)
 
 
-def _global_step(mesh, step: int):
-  """`step` as a replicated 0-d int32 array (checkpoint leaves must be arrays; multi-host safe)."""
-  return multihost.put_global(np.asarray(step, np.int32), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-
 def export_path(config) -> str:
   """Where mode=sft writes its Hugging Face directory: config.sft.export_path, else <workdir>/hf."""
   return config.sft.get("export_path") or os.path.join(config.workdir, "hf")
@@ -140,9 +134,17 @@ def export_path(config) -> str:
 def run(config, progress: bool = True) -> dict:
   """Entry point of mode=sft. Trains, checkpoints and exports; returns a summary.
 
+  Args:
+    config: the mode=sft config.
+    progress: show a progress bar.
+
   Returns:
     {"first_loss", "last_loss", "steps", "examples", "truncated", "export_path"} (losses in nats per token, the
     first and last step of this run).
+
+  Raises:
+    errors.Preempted after SIGTERM (the current step is checkpointed first; nothing is exported), and
+    loop.NonFiniteError after config.train.max_nonfinite_steps non-finite updates in a row.
   """
   c, s = config, config.sft
   os.makedirs(c.workdir, exist_ok=True)
@@ -167,45 +169,32 @@ def run(config, progress: bool = True) -> dict:
   micro = sft_micro_batch_size(c)
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   rows = int(np.lcm(micro, dp)) * math.ceil(s.batch_size / int(np.lcm(micro, dp)))
+  training = loop.TrainingRun(c, learner, mesh, progress=console.bar if progress else None, meta={"mode": "sft"})
+  first = None
 
-  ckpt = Checkpointer(os.path.join(c.workdir, "checkpoints"), keep_last=c.train.keep_checkpoints)
-  start = 0
-  if ckpt.latest_step() is not None:
-    restored, meta, _ = ckpt.restore({"learner": learner.state, "step": _global_step(mesh, 0)})
-    learner.state, start = restored["learner"], int(meta["next_step"])
-    logger.info("sft: resumed from %s at step %d", ckpt.directory, start)
-  # A resumed run first drops what a killed run logged after its checkpoint (start is 0 only on a fresh run).
-  writer = MetricsWriter(c.workdir, enabled=jax.process_index() == 0, resume_step=start or None)
-  first = last = None
-  every = s.get("checkpoint_every", 0)
-  bar = console.bar(num_steps, initial=start, desc="sft", disable=not progress or jax.process_index() != 0)
-  try:
-    for step in range(start, num_steps):
-      batch = batching.batch_for_step(examples, step, s.batch_size, c.seed)
-      packed = pack_examples(batch, rows=rows, pad_id=tokenizer.pad_token_id,
-                             min_prompt_bucket=c.rollout.get("min_prompt_bucket", 16),
-                             prompt_bucket_multiple=c.rollout.get("prompt_bucket_multiple", 0))
-      metrics = {f"sft/{k}": v for k, v in learner.step(packed, seq_len=sequence_bucket(batch)).items()}
-      first = metrics["sft/loss"] if first is None else first
-      last = metrics["sft/loss"]
-      bar.set_postfix(loss=f"{last:.3f}", refresh=False)
-      bar.update(1)
-      if (step + 1) % c.train.log_every == 0 or step + 1 == num_steps:
-        writer.write(step + 1, metrics)
-      if (every and (step + 1) % every == 0) or step + 1 == num_steps:
-        ckpt.save(step + 1, {"learner": learner.state, "step": _global_step(mesh, step + 1)},
-                  {"next_step": step + 1, "mode": "sft", "config": defaults.redacted(c)})
-  finally:
-    bar.close()
-    ckpt.close()
-    writer.close()
+  def step_fn(step: int) -> dict:
+    nonlocal first
+    batch = batching.batch_for_step(examples, step, s.batch_size, c.seed)
+    packed = pack_examples(batch, rows=rows, pad_id=tokenizer.pad_token_id,
+                           min_prompt_bucket=c.rollout.get("min_prompt_bucket", 16),
+                           prompt_bucket_multiple=c.rollout.get("prompt_bucket_multiple", 0))
+    metrics = {f"sft/{k}": v for k, v in learner.step(packed, seq_len=sequence_bucket(batch)).items()}
+    first = metrics["sft/loss"] if first is None else first
+    return metrics
+
+  def batch_labels(step: int) -> str:  # The numbers (from 1, blank lines not counted) of the step's trajectories.
+    numbers = batching.batch_for_step(range(1, len(examples) + 1), step, s.batch_size, c.seed)
+    return f"trajectories {' '.join(map(str, numbers))} of {s.path}"
+
+  last = training.run_steps(step_fn, num_steps, checkpoint_every=s.get("checkpoint_every", 0), desc="sft",
+                            update_prefix="sft/", bar_keys=("sft/loss",), batch_labels=batch_labels).get("sft/loss")
   model = learner.policy()
   if c.model.lora_rank:
     model = lora_lib.merge_lora(model)
   out = export_path(c)
   # Replaces this run's own previous export (a rerun or resume); anything else at `out` is still refused.
   export_pretrained(model, out, tokenizer_dir=components.tokenizer_dir(c), overwrite=True)
-  logger.info("sft: %d steps, loss %s -> %s; model: %s", num_steps - start,
+  logger.info("sft: %d steps, loss %s -> %s; model: %s", num_steps - training.start_step,
               *(f"{v:.3f}" if v is not None else "-" for v in (first, last)), out)
   return {"first_loss": first, "last_loss": last, "steps": num_steps, "examples": len(examples),
           "truncated": truncated, "export_path": out}
