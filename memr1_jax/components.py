@@ -8,7 +8,6 @@ expensive work starts.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import logging
 import os
@@ -18,14 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from memr1_jax import errors, openai_client, tasks
+from memr1_jax import openai_client, tasks
 from memr1_jax import extractor as extractor_lib
+from memr1_jax import learner as learner_lib
+from memr1_jax import sharding as sharding_lib
 from memr1_jax.agents import extraction as extraction_lib
 from memr1_jax.agents import prompts
-from memr1_jax import sharding as sharding_lib
 from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import EnginePolicy
+from memr1_jax.errors import ConfigError
 from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.embedders import HashingEmbedder
 from memr1_jax.models import config as model_config
@@ -38,8 +39,6 @@ from memr1_jax.sampling.engine import RolloutConfig, RolloutEngine
 
 logger = logging.getLogger(__name__)
 
-
-ConfigError = errors.ConfigError
 
 
 def configure_jax(config) -> None:
@@ -136,9 +135,7 @@ def load_trained_policy(config, mesh, checkpoint: str = "latest"):
         raise ConfigError(f"{directory}: no checkpoint has a {BEST_METRIC!r} score to pick the best by")
       return policy, tokenizer, None
     lora = config.model.lora_rank > 0
-    if lora:  # The adapter graph of the trainer (`train.Learner.create`); its A init is overwritten below.
-      policy = lora_lib.add_lora(policy, config.model.lora_rank, config.model.lora_alpha, seed=config.seed,
-                                 mesh=mesh if mesh is not None and mesh.size > 1 else None)
+    policy = learner_lib.with_adapters(config, policy, mesh)  # The learner's graph; its A init is overwritten below.
     graphdef, trained, rest = nnx.split(policy, lora_lib.LORA if lora else nnx.Param, ...)
     # Trained parameters are saved in the learner's float32 master dtype (`rl.train_state.init_train_state`).
     target = jax.tree.map(

@@ -3,22 +3,24 @@
 Kinds (steps count from 0, as the training loop's `step`; a checkpoint is named by the next step):
   nan_reward@S   the rewards of step S's batch are NaN, so its loss and gradients are NaN (the update is skipped).
   inf_reward@S   the same with +inf rewards.
+  sigterm@S      the run sends itself SIGTERM at the end of step S (as a preemption arriving during the step would).
   slow_commit@S  the commit of checkpoint S waits `SLOW_COMMIT_S` seconds after all its files are written and
                  before orbax renames its temporary directory into place: a window in which to kill the run.
 
-Unset or empty: no faults (the training loop then does nothing extra). Used by tests/test_reliability.py;
-see docs/reliability.md.
+Unset or empty: no faults (the training loop then does nothing extra). Used by tests/test_reliability.py and
+tests/test_sft.py; see docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 
 import numpy as np
 
 ENV_VAR = "MEMR1_FAULT"
-KINDS = ("nan_reward", "inf_reward", "slow_commit")
+KINDS = ("nan_reward", "inf_reward", "sigterm", "slow_commit")
 SLOW_COMMIT_S = 120.0
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,13 @@ def corrupt_rewards(plan: dict[str, frozenset[int]], step: int, packed: dict) ->
     if step in plan.get(kind, ()):
       logger.warning("%s: %s at step %d", ENV_VAR, kind, step)
       packed["scores_b"] = np.full_like(np.asarray(packed["scores_b"], np.float32), value)
+
+
+def send_signal(plan: dict[str, frozenset[int]], step: int) -> None:
+  """Sends this process SIGTERM when the plan says so for `step` (its handler runs before this returns)."""
+  if step in plan.get("sigterm", ()):
+    logger.warning("%s: sigterm at step %d", ENV_VAR, step)
+    signal.raise_signal(signal.SIGTERM)
 
 
 def _install_slow_commit(steps: frozenset[int]) -> None:

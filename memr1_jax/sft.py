@@ -4,20 +4,22 @@ Each line of `config.sft.path` is `{"messages": [{"role", "content"}, ...], "res
 chat under the tokenizer's chat template with the generation prompt, the target is the response's tokens followed by
 the first EOS token: exactly the token sequence the rollout engine samples and the RL learner scores, so an SFT model
 starts RL where it left off. The loss is the mean cross-entropy over all response tokens of a batch (prompt tokens
-are context only). One jitted step per batch: micro-batches of `config.sft.micro_batch_size` rows accumulate the
-gradient in a `lax.scan`, each weighted by its share of the batch's response tokens (so the gradient equals the full
-batch's), then one AdamW update (`rl.train_state.make_optimizer`; a non-finite loss or gradient skips it). The
-model runs over the batch's longest prompt + response (`sequence_bucket`), not the prompt bucket plus the response
-bucket, which are maxima of different rows. `sft.schedule=cosine` decays the learning rate to 0 at the last step.
+are context only): `learner.sft_loss`. One jitted step per batch (`learner.make_sft_step`, built by
+`learner.Learner.create(kind="sft")`): micro-batches of `config.sft.micro_batch_size` rows accumulate the gradient,
+then one AdamW update (a non-finite loss or gradient skips it). The model runs over the batch's longest prompt +
+response (`sequence_bucket`), not the prompt bucket plus the response bucket, which are maxima of different rows.
+`sft.schedule=cosine` decays the learning rate to 0 at the last step.
 
 This is the paper's Memory-SFT baseline (trajectories from a stronger model) and the warm start of the CPU demo
 (trajectories of the heuristic agents, `agents.heuristics`). Batches follow the trainer's deterministic per-epoch
-permutations, so a resumed run continues exactly.
+permutations, so a resumed run continues exactly. The steps run in the trainer's loop (`loop.TrainingRun`): resume,
+SIGTERM (checkpoint, then exit 75), the non-finite guard (config.train.max_nonfinite_steps), metrics every
+config.train.log_every steps.
 
 Output, in the trainer's layout: orbax checkpoints `<workdir>/checkpoints/<step>` holding
-`{"learner": TrainState, "step"}` (resumed from the latest), metrics in `<workdir>/tb` and `metrics.jsonl`, and a
-Hugging Face directory with the tokenizer (`config.sft.export_path`, default `<workdir>/hf`) that mode=train loads
-with `--config.model.path`.
+`{"learner": TrainState, "step"}` (every `config.sft.checkpoint_every` steps and the last; resumed from the latest),
+metrics in `<workdir>/tb` and `metrics.jsonl`, and a Hugging Face directory with the tokenizer
+(`config.sft.export_path`, default `<workdir>/hf`) that mode=train loads with `--config.model.path`.
 """
 
 from __future__ import annotations
@@ -28,23 +30,15 @@ import math
 import os
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from memr1_jax import components, console, defaults, errors, multihost
-from memr1_jax import sharding as sharding_lib
-from memr1_jax.checkpoint import Checkpointer
+from memr1_jax import components, console, errors, loop
 from memr1_jax.data import errors as data_errors
 from memr1_jax.episodes import batching
-from memr1_jax.metrics_writer import MetricsWriter
+from memr1_jax.errors import ConfigError
+from memr1_jax.learner import Learner, sft_micro_batch_size
 from memr1_jax.models import lora as lora_lib
 from memr1_jax.models.loading import export_pretrained
-from memr1_jax.rl import logprobs as logprobs_lib
-from memr1_jax.rl import train_state as ts
-from memr1_jax.rl.update import UpdateConfig, apply_gradients
 from memr1_jax.sampling.generation import bucket_size, length_bucket
 
 logger = logging.getLogger(__name__)
@@ -104,7 +98,7 @@ def tokenize_trajectory(tokenizer, record: dict, *, max_prompt_len: int, max_res
 def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, rows: int, pad_id: int,
                   min_prompt_bucket: int = 16, prompt_bucket_multiple: int = 0, min_response_bucket: int = 16
                   ) -> dict[str, np.ndarray]:
-  """(prompt ids, response ids) pairs -> numpy arrays for `sft_loss`, prompt and response lengths bucketed.
+  """(prompt ids, response ids) pairs -> numpy arrays for `learner.sft_loss`, prompt and response lengths bucketed.
 
   Returns prompt_ids_bp / prompt_mask_bp (left-padded), response_ids_bt / response_mask_bt (right-padded) with
   B = `rows` (>= len(examples); padding rows have an all-false response mask and so no weight).
@@ -133,70 +127,6 @@ def sequence_bucket(examples: Sequence[tuple[Sequence[int], Sequence[int]]], mul
   return length_bucket(max(len(p) + len(r) for p, r in examples), multiple, multiple)
 
 
-def response_nll_sum(model, rows: dict, *, chunk_size: int | None = 256, seq_len: int | None = None) -> jax.Array:
-  """Sum over the response tokens of `rows` (arrays as `pack_examples` returns) of -log p(token | context).
-
-  seq_len: (static) when no row's prompt + response is longer, the model runs over that many positions only
-  (`sequence_bucket`; the same values, see `rl.logprobs.response_hidden`).
-  """
-  logprobs_bt, _ = logprobs_lib.response_logprobs(
-      model, rows["prompt_ids_bp"], rows["prompt_mask_bp"], rows["response_ids_bt"], rows["response_mask_bt"],
-      chunk_size=chunk_size, seq_len=seq_len)
-  return -jnp.sum(jnp.where(rows["response_mask_bt"], logprobs_bt, 0.0))
-
-
-def sft_loss(model, rows: dict, seq_len: int | None = None) -> jax.Array:
-  """Mean cross-entropy (nats) per response token of `rows`: the SFT objective (`seq_len` as in
-  `response_nll_sum`)."""
-  tokens = jnp.maximum(jnp.sum(rows["response_mask_bt"]), 1).astype(jnp.float32)
-  return response_nll_sum(model, rows, seq_len=seq_len) / tokens
-
-
-def make_sft_step(spec, micro_batch_size: int):
-  """The jitted SFT step `step(state, frozen, rows, seq_len=None) -> (state, metrics)` for a learner made by
-  `rl.train_state.init_train_state` (the TrainState is donated).
-
-  `rows` hold B rows (a multiple of `micro_batch_size`), split into B / micro_batch_size micro-batches whose
-  gradients are accumulated; `seq_len` (static, one compilation each) as in `response_nll_sum`. Metrics: loss (mean
-  nats per response token), tokens, grad_norm, lr, skipped.
-  """
-  update_config = UpdateConfig(algorithm="grpo", group_size=1)
-
-  def micro_loss(params, frozen_policy, rows_mb, tokens, seq_len):
-    model = nnx.merge(spec.policy_graphdef, params, frozen_policy)
-    return response_nll_sum(model, rows_mb, seq_len=seq_len) / tokens
-
-  grad_fn = jax.value_and_grad(micro_loss)
-
-  def step(state, frozen, rows, seq_len=None):
-    b = rows["response_mask_bt"].shape[0]
-    num_micro = b // micro_batch_size
-    tokens = jnp.maximum(jnp.sum(rows["response_mask_bt"]), 1).astype(jnp.float32)
-    rows_kb = jax.tree.map(lambda x: x.reshape(num_micro, micro_batch_size, *x.shape[1:]), rows)
-
-    def micro(carry, rows_mb):
-      loss, grads = grad_fn(state.policy, frozen.policy, rows_mb, tokens, seq_len)
-      return jax.tree.map(jnp.add, carry, (loss, grads)), None
-
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.policy))
-    (loss, grads), _ = jax.lax.scan(micro, zeros, rows_kb)
-    state, metrics = apply_gradients(spec, update_config, state, (grads, None), {"loss": loss})
-    metrics["tokens"] = tokens
-    return state, metrics
-
-  if spec.mesh is None:
-    return jax.jit(step, donate_argnums=0, static_argnums=3)
-  replicated = NamedSharding(spec.mesh, P())
-  return jax.jit(step, donate_argnums=0, static_argnums=3,
-                 in_shardings=(spec.state_shardings, spec.frozen_shardings, sharding_lib.batch_sharding(spec.mesh)),
-                 out_shardings=(spec.state_shardings, replicated))
-
-
-def _global_step(mesh, step: int):
-  """`step` as a replicated 0-d int32 array (checkpoint leaves must be arrays; multi-host safe)."""
-  return multihost.put_global(np.asarray(step, np.int32), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-
 def export_path(config) -> str:
   """Where mode=sft writes its Hugging Face directory: config.sft.export_path, else <workdir>/hf."""
   return config.sft.get("export_path") or os.path.join(config.workdir, "hf")
@@ -205,19 +135,27 @@ def export_path(config) -> str:
 def run(config, progress: bool = True) -> dict:
   """Entry point of mode=sft. Trains, checkpoints and exports; returns a summary.
 
+  Args:
+    config: the mode=sft config.
+    progress: show a progress bar.
+
   Returns:
     {"first_loss", "last_loss", "steps", "examples", "truncated", "export_path"} (losses in nats per token, the
     first and last step of this run).
+
+  Raises:
+    errors.Preempted after SIGTERM (the current step is checkpointed first; nothing is exported), and
+    loop.NonFiniteError after config.train.max_nonfinite_steps non-finite updates in a row.
   """
   c, s = config, config.sft
   os.makedirs(c.workdir, exist_ok=True)
   records = read_trajectories(s.path)  # Fails fast on bad data before the model loads.
   if s.get("schedule", "constant") not in ("constant", "cosine"):
-    raise components.ConfigError(f"config.sft.schedule: {s.schedule!r} is not one of constant, cosine")
+    raise ConfigError(f"config.sft.schedule: {s.schedule!r} is not one of constant, cosine")
   mesh = components.setup_mesh(c)
   policy, tokenizer = components.load_policy(c, mesh)
   if not tokenizer.eos_token_ids:
-    raise components.ConfigError("config.model.tokenizer: the tokenizer has no EOS token to end SFT responses")
+    raise ConfigError("config.model.tokenizer: the tokenizer has no EOS token to end SFT responses")
   examples, truncated = [], 0
   for record in records:
     prompt, response, cut = tokenize_trajectory(tokenizer, record, max_prompt_len=c.rollout.max_prompt_len,
@@ -227,61 +165,37 @@ def run(config, progress: bool = True) -> dict:
   if truncated:
     logger.warning("sft: %d of %d trajectories were cut to max_prompt_len=%d / max_new_tokens=%d", truncated,
                    len(examples), c.rollout.max_prompt_len, c.rollout.max_new_tokens)
-  if c.model.lora_rank:
-    policy = lora_lib.add_lora(policy, c.model.lora_rank, c.model.lora_alpha, seed=c.seed,
-                               mesh=mesh if mesh.size > 1 else None)
   num_steps = s.get("num_steps", 0) or s.epochs * math.ceil(len(examples) / s.batch_size)
-  lr = ts.learning_rate_schedule(s.lr, s.get("warmup_steps", 0),
-                                 decay_steps=num_steps if s.get("schedule", "constant") == "cosine" else 0)
-  tx = ts.make_optimizer(lr, weight_decay=s.get("weight_decay", 0.0), max_grad_norm=c.rl.max_grad_norm)
-  state, frozen, spec = ts.init_train_state(policy, tx, actor_lr=lr, reference=False,
-                                            mesh=mesh if mesh.size > 1 else None)
-  micro = min(s.get("micro_batch_size", s.batch_size), s.batch_size)
+  learner = Learner.create(c, policy, mesh, kind="sft", num_steps=num_steps)
+  micro = sft_micro_batch_size(c)
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   rows = int(np.lcm(micro, dp)) * math.ceil(s.batch_size / int(np.lcm(micro, dp)))
-  step_fn = make_sft_step(spec, micro)
+  training = loop.TrainingRun(c, learner, mesh, progress=console.bar if progress else None, meta={"mode": "sft"})
+  first = None
 
-  ckpt = Checkpointer(os.path.join(c.workdir, "checkpoints"), keep_last=c.train.keep_checkpoints)
-  start = 0
-  if ckpt.latest_step() is not None:
-    restored, meta, _ = ckpt.restore({"learner": state, "step": _global_step(mesh, 0)})
-    state, start = restored["learner"], int(meta["next_step"])
-    logger.info("sft: resumed from %s at step %d", ckpt.directory, start)
-  # A resumed run first drops what a killed run logged after its checkpoint (start is 0 only on a fresh run).
-  writer = MetricsWriter(c.workdir, enabled=jax.process_index() == 0, resume_step=start or None)
-  first = last = None
-  every = s.get("checkpoint_every", 0)
-  bar = console.bar(num_steps, initial=start, desc="sft", disable=not progress or jax.process_index() != 0)
-  try:
-    for step in range(start, num_steps):
-      batch = batching.batch_for_step(examples, step, s.batch_size, c.seed)
-      packed = pack_examples(batch, rows=rows, pad_id=tokenizer.pad_token_id,
-                             min_prompt_bucket=c.rollout.get("min_prompt_bucket", 16),
-                             prompt_bucket_multiple=c.rollout.get("prompt_bucket_multiple", 0))
-      if spec.mesh is not None:  # Every host packed the same batch: each places its own shards.
-        packed = multihost.shard_batch(packed, spec.mesh)
-      state, metrics = step_fn(state, frozen, packed, sequence_bucket(batch))
-      metrics = {f"sft/{k}": float(v) for k, v in multihost.to_host(metrics).items()}
-      first = metrics["sft/loss"] if first is None else first
-      last = metrics["sft/loss"]
-      bar.set_postfix(loss=f"{last:.3f}", refresh=False)
-      bar.update(1)
-      if (step + 1) % c.train.log_every == 0 or step + 1 == num_steps:
-        writer.write(step + 1, metrics)
-      if (every and (step + 1) % every == 0) or step + 1 == num_steps:
-        ckpt.save(step + 1, {"learner": state, "step": _global_step(mesh, step + 1)},
-                  {"next_step": step + 1, "mode": "sft", "config": defaults.redacted(c)})
-  finally:
-    bar.close()
-    ckpt.close()
-    writer.close()
-  model = ts.policy_model(spec, state, frozen)
+  def step_fn(step: int) -> dict:
+    nonlocal first
+    batch = batching.batch_for_step(examples, step, s.batch_size, c.seed)
+    packed = pack_examples(batch, rows=rows, pad_id=tokenizer.pad_token_id,
+                           min_prompt_bucket=c.rollout.get("min_prompt_bucket", 16),
+                           prompt_bucket_multiple=c.rollout.get("prompt_bucket_multiple", 0))
+    metrics = {f"sft/{k}": v for k, v in learner.step(packed, seq_len=sequence_bucket(batch)).items()}
+    first = metrics["sft/loss"] if first is None else first
+    return metrics
+
+  def batch_labels(step: int) -> str:  # The numbers (from 1, blank lines not counted) of the step's trajectories.
+    numbers = batching.batch_for_step(range(1, len(examples) + 1), step, s.batch_size, c.seed)
+    return f"trajectories {' '.join(map(str, numbers))} of {s.path}"
+
+  last = training.run_steps(step_fn, num_steps, checkpoint_every=s.get("checkpoint_every", 0), desc="sft",
+                            update_prefix="sft/", bar_keys=("sft/loss",), batch_labels=batch_labels).get("sft/loss")
+  model = learner.policy()
   if c.model.lora_rank:
     model = lora_lib.merge_lora(model)
   out = export_path(c)
   # Replaces this run's own previous export (a rerun or resume); anything else at `out` is still refused.
   export_pretrained(model, out, tokenizer_dir=components.tokenizer_dir(c), overwrite=True)
-  logger.info("sft: %d steps, loss %s -> %s; model: %s", num_steps - start,
+  logger.info("sft: %d steps, loss %s -> %s; model: %s", num_steps - training.start_step,
               *(f"{v:.3f}" if v is not None else "-" for v in (first, last)), out)
   return {"first_loss": first, "last_loss": last, "steps": num_steps, "examples": len(examples),
           "truncated": truncated, "export_path": out}

@@ -7,83 +7,18 @@ checkpoint, evaluation. Every random choice of step s (data order, sampling keys
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import math
 import os
-import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from memr1_jax import components, console, defaults, errors, faults, multihost, prepare, tasks
-from memr1_jax.checkpoint import Checkpointer
+from memr1_jax import components, console, faults, loop, prepare, tasks
 from memr1_jax.episodes import batching, runner
 from memr1_jax.episodes import tuples as tuples_lib
 from memr1_jax.episodes.policy import EnginePolicy
-from memr1_jax.metrics_writer import MetricsWriter
-from memr1_jax.models import lora as lora_lib
-from memr1_jax.models import value as value_lib
-from memr1_jax.rl import train_state as ts
-from memr1_jax.rl.update import RolloutBatch, UpdateConfig, make_update_step
-
-logger = logging.getLogger(__name__)
-
-
-class NonFiniteError(errors.Error, RuntimeError):
-  """Too many consecutive updates had a non-finite loss or gradient."""
-
-
-@dataclasses.dataclass
-class Learner:
-  """The RL learner: train state, frozen weights, the jitted update, and how to view the current policy."""
-
-  state: object
-  frozen: object
-  spec: object
-  update: object
-  update_config: object
-
-  @classmethod
-  def create(cls, config, policy, mesh) -> Learner:
-    mesh = mesh if mesh is not None and mesh.size > 1 else None
-    if config.model.lora_rank:
-      policy = lora_lib.add_lora(policy, config.model.lora_rank, config.model.lora_alpha, seed=config.seed,
-                                 mesh=mesh)
-    rl = config.rl
-    actor_lr = ts.learning_rate_schedule(rl.actor_lr, rl.warmup_steps,
-                                         rl.critic_warmup_steps if config.algorithm == "ppo" else 0)
-    actor_tx = ts.make_optimizer(actor_lr, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm)
-    value_model = critic_tx = critic_lr = None
-    if config.algorithm == "ppo":
-      value_model = value_lib.value_model_from_decoder(policy, copy=not config.model.lora_rank)
-      critic_lr = ts.learning_rate_schedule(rl.critic_lr, rl.warmup_steps)
-      critic_tx = ts.make_optimizer(critic_lr, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm)
-    state, frozen, spec = ts.init_train_state(
-        policy, actor_tx, actor_lr=actor_lr, value_model=value_model, critic_tx=critic_tx, critic_lr=critic_lr,
-        reference=True, mesh=mesh)
-    update_config = UpdateConfig.from_config(config)
-    return cls(state, frozen, spec, make_update_step(spec, update_config), update_config)
-
-  def policy(self):
-    """The current policy as a Decoder (new arrays; safe to keep across the next donated update)."""
-    return ts.policy_model(self.spec, self.state, self.frozen)
-
-  def reference(self):
-    """The frozen starting policy (used as the frozen answer agent / manager)."""
-    return ts.reference_model(self.spec, self.frozen)
-
-  def step(self, packed: dict, key) -> dict:
-    """Runs the jitted update on one packed batch; returns host metrics."""
-    batch = RolloutBatch(**{k: v for k, v in packed.items() if k != "real_rows"})
-    if self.spec.mesh is None:
-      batch = jax.tree.map(jnp.asarray, batch)
-    else:  # Every host packed the same batch: each places its own shards (multi-host safe).
-      batch = multihost.shard_batch(batch, self.spec.mesh)
-    self.state, metrics = self.update(self.state, self.frozen, batch, key)
-    return {k: float(v) for k, v in multihost.to_host(metrics).items()}
+from memr1_jax.errors import ConfigError
+from memr1_jax.learner import Learner
 
 
 def _training_items(config, splits):
@@ -96,7 +31,6 @@ def _training_items(config, splits):
   if config.train.manager_data == "tuples":
     return tuples_lib.read_tuples(prepare.run(config)["path"])[0]
   return list(train)
-
 
 
 def _summarise(experiences) -> dict:
@@ -112,13 +46,12 @@ def _summarise(experiences) -> dict:
   return out
 
 
-class Trainer:
-  """Owns one training run: components, learner, checkpoints, metrics."""
+class Trainer(loop.TrainingRun):
+  """Owns one RL training run: components, learner, episodes and evaluation (checkpoints, metrics and the step loop:
+  `loop.TrainingRun`)."""
 
   def __init__(self, config, progress=console.bar):
     self.config = config
-    self.progress = progress  # Makes the run's progress bar (console.bar, or a console.QueueBar in a worker).
-    self.faults = faults.from_env()  # Test-only fault injection (MEMR1_FAULT); {} in normal runs.
     self.workdir = config.workdir
     os.makedirs(self.workdir, exist_ok=True)
     self.mesh = components.setup_mesh(config)
@@ -126,7 +59,7 @@ class Trainer:
     self.splits = self.task.splits()  # Fails fast on bad data before the model loads.
     self.bank_factory = components.bank_factory(config)
     policy, self.tokenizer = components.load_policy(config, self.mesh)
-    self.learner = Learner.create(config, policy, self.mesh)
+    self.learner = Learner.create(config, policy, self.mesh, kind="rl")
     self.rcfg = components.runner_config(config)
     self.rollout = components.make_engine_policy(self.learner.policy(), self.tokenizer, config, self.mesh, seed=config.seed)
     # The frozen answer agent that rewards and evaluates the manager.
@@ -134,14 +67,11 @@ class Trainer:
     self.items = _training_items(config, self.splits)
     if not self.items:
       what = {"answer": "questions"}.get(config.agent, config.train.manager_data)
-      raise components.ConfigError(f"config.data: the training split of {config.data.path or config.data.name} "
-                                   f"holds no {what} to train the {config.agent} agent on")
+      raise ConfigError(f"config.data: the training split of {config.data.path or config.data.name} holds no {what} "
+                        f"to train the {config.agent} agent on")
     self.answer_banks = {}
-    self.ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep_last=config.train.keep_checkpoints,
-                             best_metric=components.BEST_METRIC)
-    self.writer = MetricsWriter(self.workdir, enabled=jax.process_index() == 0)
-    self.start_step = 0
-    self._stop_signal = None
+    # progress makes the run's progress bar (console.bar, or a console.QueueBar in a worker).
+    super().__init__(config, self.learner, self.mesh, progress=progress, best_metric=components.BEST_METRIC)
 
   def _frozen_answerer(self):
     """The frozen answer agent of config.train.manager_answerer (see defaults.py)."""
@@ -150,34 +80,12 @@ class Trainer:
     if choice and not os.path.isdir(choice):
       scripted = self.task.scripted_policy(choice)
       if scripted is None:
-        raise components.ConfigError(f"config.train.manager_answerer: {choice!r} is neither a checkpoint directory "
-                                     "nor a scripted policy of the task (config.task)")
+        raise ConfigError(f"config.train.manager_answerer: {choice!r} is neither a checkpoint directory nor a "
+                          "scripted policy of the task (config.task)")
       return scripted
     if choice:
       model, tokenizer = components.load_policy(self.config, self.mesh, choice)
     return components.make_engine_policy(model, tokenizer, self.config, self.mesh, seed=self.config.seed + 1)
-
-  # Checkpoints.
-
-  def _ckpt_state(self, step: int) -> dict:
-    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    return {"learner": self.learner.state, "step": multihost.put_global(np.asarray(step, np.int32), replicated)}
-
-  def maybe_restore(self) -> None:
-    """Resumes from the newest complete checkpoint of this workdir, if any."""
-    if self.ckpt.latest_step() is None:
-      return
-    restored, meta, step = self.ckpt.restore(self._ckpt_state(0))
-    self.learner.state = restored["learner"]
-    self.start_step = int(meta["next_step"])
-    logger.info("resumed from %s at step %d", self.ckpt.directory, self.start_step)
-    # Reopened at the restored step: what a killed run logged after its checkpoint leaves metrics.jsonl and TensorBoard.
-    self.writer.close()
-    self.writer = MetricsWriter(self.workdir, enabled=jax.process_index() == 0, resume_step=self.start_step)
-
-  def save(self, next_step: int, metrics: dict | None = None) -> None:
-    meta = {"next_step": next_step, "config": defaults.redacted(self.config)}
-    self.ckpt.save(next_step, self._ckpt_state(next_step), meta, metrics=metrics)
 
   # Episodes.
 
@@ -208,8 +116,7 @@ class Trainer:
     if choice == "add_all":
       return None
     if choice and not os.path.isdir(choice):
-      raise components.ConfigError(f"config.train.answer_banks: {choice!r} is neither add_all nor a checkpoint "
-                                   "directory")
+      raise ConfigError(f"config.train.answer_banks: {choice!r} is neither add_all nor a checkpoint directory")
     model, tokenizer = (components.load_policy(self.config, self.mesh, choice) if choice
                         else (self.learner.reference(), self.tokenizer))
     return components.make_engine_policy(model, tokenizer, self.config, self.mesh, seed=self.config.seed + 2)
@@ -253,87 +160,49 @@ class Trainer:
 
   # The loop.
 
-  def _on_signal(self, signum, frame):  # pylint: disable=unused-argument
-    self._stop_signal = signum
-    logger.warning("signal %d: will checkpoint and exit after the current step", signum)
-
   def run(self) -> dict:
+    """Trains from the newest checkpoint to config.train.num_steps (`loop.TrainingRun.run_steps`); returns the last
+    step's metrics."""
     c = self.config
-    self.maybe_restore()
-    previous = signal.signal(signal.SIGTERM, self._on_signal)
     g = c.rollout.group_size if c.algorithm == "grpo" else 1
     dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     rows_multiple = int(np.lcm(c.rl.micro_batch_size * c.rl.num_minibatches, dp))
     pad_id = self.rollout.engine.pad_token_id
-    nonfinite, last, bar, stopped_after = 0, {}, None, None
-    try:
-      bar = self.progress(c.train.num_steps, initial=self.start_step, desc=f"{c.agent} {c.algorithm}",
-                          disable=jax.process_index() != 0)
-      for step in range(self.start_step, c.train.num_steps):
-        t0 = time.perf_counter()
-        experiences = self.episodes(step)
-        t_rollout = time.perf_counter() - t0
-        metrics = self.rollout_metrics(step, experiences)
-        if experiences and c.rl.max_update_groups and g > 1:
-          experiences, informative = batching.select_groups(experiences, c.rl.max_update_groups,
-                                                            np.random.default_rng((c.seed, step)))
-          metrics["train/informative_groups"] = informative
-        if experiences:
-          packed = batching.pack_experiences(experiences, pad_id=pad_id, group_size=g, rows_multiple=rows_multiple,
-                                             min_prompt_bucket=c.rollout.min_prompt_bucket,
-                                             prompt_bucket_multiple=c.rollout.prompt_bucket_multiple,
-                                             min_response_bucket=c.rollout.min_response_bucket)
-          faults.corrupt_rewards(self.faults, step, packed)
-          t1 = time.perf_counter()
-          update_metrics = self.learner.step(packed, jax.random.fold_in(jax.random.key(c.seed), step))
-          t_update = time.perf_counter() - t1
-          tokens = int(packed["prompt_mask_bp"].sum() + packed["response_mask_bt"].sum())
-          metrics.update({f"train/{k}": v for k, v in update_metrics.items()})
-          metrics.update({"perf/rollout_s": t_rollout, "perf/update_s": t_update,
-                          "perf/update_tokens_per_s": tokens / max(t_update, 1e-9),
-                          "perf/rollout_tokens_per_s": sum(len(e.sample.response_ids) for e in experiences)
-                          / max(t_rollout, 1e-9), "train/rows": packed["real_rows"]})
-          if c.train.peak_flops_per_device:
-            # 6 N per token and epoch (forward + backward of the policy); scoring passes are not counted.
-            flops = 6 * self.learner.spec.policy_cfg.num_params() * tokens * c.rl.epochs
-            metrics["perf/mfu"] = flops / max(t_update, 1e-9) / (c.train.peak_flops_per_device * jax.device_count())
-          if update_metrics.get("skipped", 0.0) > 0 or not math.isfinite(update_metrics.get("loss", 0.0)):
-            nonfinite += 1
-            logger.error("step %d: non-finite loss or gradient, update skipped (%d in a row); batch: %s", step,
-                         nonfinite, " ".join(self.batch_labels(step)))
-            if nonfinite >= c.train.max_nonfinite_steps:
-              good = self.ckpt.last_finite_step()  # Newer checkpoints may hold NaN / inf.
-              raise NonFiniteError(
-                  f"{nonfinite} consecutive non-finite updates (last at step {step}); stopping. "
-                  + (f"The last good checkpoint is step {good} in {self.ckpt.directory}" if good is not None else
-                     f"No checkpoint in {self.ckpt.directory} holds only finite values"))
-          else:
-            nonfinite = 0
-        if c.train.eval_every and (step + 1) % c.train.eval_every == 0:
-          metrics.update(self.evaluate(c.data.eval_split))
-        self.writer.write(step + 1, metrics)
-        bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in BAR_KEYS if k in metrics}, refresh=False)
-        bar.update(1)
-        last = metrics
-        if (step + 1) % c.train.checkpoint_every == 0 or step + 1 == c.train.num_steps or self._stop_signal:
-          self.save(step + 1, {k: v for k, v in metrics.items() if k == "eval/em"} or None)
-        if self._stop_signal:
-          stopped_after = step + 1
-          break
-      if c.train.log_param_checksum:  # Every process prints its view: equal digests = the hosts agree.
-        updates = int(multihost.to_host(self.learner.state.updates))
-        print(f"param_checksum process={jax.process_index()} updates={updates} "
-              f"sha256={multihost.tree_checksum(self.learner.state)}", flush=True)
-    finally:
-      if bar is not None:
-        bar.close()
-      signal.signal(signal.SIGTERM, previous)
-      self.ckpt.close()
-      self.writer.close()
-    if stopped_after is not None:
-      raise errors.Preempted(f"stopped by signal {self._stop_signal} after step {stopped_after} (checkpoint saved in "
-                             f"{self.ckpt.directory})")
-    return last
+
+    def step_fn(step: int) -> dict:
+      t0 = time.perf_counter()
+      experiences = self.episodes(step)
+      t_rollout = time.perf_counter() - t0
+      metrics = self.rollout_metrics(step, experiences)
+      if experiences and c.rl.max_update_groups and g > 1:
+        experiences, informative = batching.select_groups(experiences, c.rl.max_update_groups,
+                                                          np.random.default_rng((c.seed, step)))
+        metrics["train/informative_groups"] = informative
+      if experiences:
+        packed = batching.pack_experiences(experiences, pad_id=pad_id, group_size=g, rows_multiple=rows_multiple,
+                                           min_prompt_bucket=c.rollout.min_prompt_bucket,
+                                           prompt_bucket_multiple=c.rollout.prompt_bucket_multiple,
+                                           min_response_bucket=c.rollout.min_response_bucket)
+        faults.corrupt_rewards(self.faults, step, packed)
+        t1 = time.perf_counter()
+        update_metrics = self.learner.step(packed, key=jax.random.fold_in(jax.random.key(c.seed), step))
+        t_update = time.perf_counter() - t1
+        tokens = int(packed["prompt_mask_bp"].sum() + packed["response_mask_bt"].sum())
+        metrics.update({f"train/{k}": v for k, v in update_metrics.items()})
+        metrics.update({"perf/rollout_s": t_rollout, "perf/update_s": t_update,
+                        "perf/update_tokens_per_s": tokens / max(t_update, 1e-9),
+                        "perf/rollout_tokens_per_s": sum(len(e.sample.response_ids) for e in experiences)
+                        / max(t_rollout, 1e-9), "train/rows": packed["real_rows"]})
+        if c.train.peak_flops_per_device:
+          # 6 N per token and epoch (forward + backward of the policy); scoring passes are not counted.
+          flops = 6 * self.learner.spec.policy_cfg.num_params() * tokens * c.rl.epochs
+          metrics["perf/mfu"] = flops / max(t_update, 1e-9) / (c.train.peak_flops_per_device * jax.device_count())
+      return metrics
+
+    return self.run_steps(step_fn, c.train.num_steps, checkpoint_every=c.train.checkpoint_every,
+                          desc=f"{c.agent} {c.algorithm}", update_prefix="train/", bar_keys=BAR_KEYS,
+                          evaluate=lambda: self.evaluate(c.data.eval_split), eval_every=c.train.eval_every,
+                          batch_labels=lambda step: " ".join(self.batch_labels(step)))
 
 
 # Shown beside each run's progress bar, when present.

@@ -1,6 +1,9 @@
 """mode=sft: trajectory reading, the loss against a hand computation, gradient accumulation, training and export."""
 
 import json
+import os
+import re
+import signal
 
 import jax
 import numpy as np
@@ -8,7 +11,8 @@ import optax
 import pytest
 from flax import nnx
 
-from memr1_jax import sft
+from memr1_jax import errors, faults, learner, loop, metrics_writer, sft
+from memr1_jax.checkpoint import Checkpointer
 from memr1_jax.defaults import default_config
 from memr1_jax.demo import DEMO_TOKENIZER_DIR
 from memr1_jax.errors import ConfigError
@@ -61,7 +65,7 @@ def test_sft_loss_equals_numpy_cross_entropy_over_response_tokens():
   model = _tiny_model()
   examples = _examples()
   rows = sft.pack_examples(examples, rows=4, pad_id=0, min_prompt_bucket=8, min_response_bucket=8)
-  loss = float(nnx.jit(sft.sft_loss)(model, rows))
+  loss = float(nnx.jit(learner.sft_loss)(model, rows))
   forward = nnx.jit(lambda m, ids: m(ids))
   nll = []
   for prompt, response in examples:
@@ -81,7 +85,7 @@ def test_sft_step_gradient_is_independent_of_micro_batching():
     state, frozen, spec = ts.init_train_state(_tiny_model(), optax.sgd(1.0), actor_lr=ts.learning_rate_schedule(1.0),
                                               reference=False)
     before = jax.tree.leaves(jax.device_get(state.policy))
-    state, metrics = sft.make_sft_step(spec, micro)(state, frozen, rows)
+    state, metrics = learner.make_sft_step(spec, micro)(state, frozen, rows)
     assert float(metrics["skipped"]) == 0.0
     deltas.append([a - b for a, b in zip(jax.tree.leaves(jax.device_get(state.policy)), before)])
   for a, b in zip(*deltas):
@@ -96,13 +100,13 @@ def test_sft_step_over_the_sequence_bucket_matches_the_full_prompt_plus_response
   seq_len = sft.sequence_bucket(examples, multiple=4)
   assert seq_len == 8 < rows["prompt_ids_bp"].shape[1] + rows["response_ids_bt"].shape[1]
   model = _tiny_model()
-  np.testing.assert_allclose(float(nnx.jit(sft.sft_loss, static_argnums=2)(model, rows, seq_len)),
-                             float(nnx.jit(sft.sft_loss)(model, rows)), rtol=1e-6)
+  np.testing.assert_allclose(float(nnx.jit(learner.sft_loss, static_argnums=2)(model, rows, seq_len)),
+                             float(nnx.jit(learner.sft_loss)(model, rows)), rtol=1e-6)
   weights = []
   for length in (None, seq_len):
     state, frozen, spec = ts.init_train_state(_tiny_model(), optax.sgd(1.0), actor_lr=ts.learning_rate_schedule(1.0),
                                               reference=False)
-    state, _ = sft.make_sft_step(spec, 4)(state, frozen, rows, length)
+    state, _ = learner.make_sft_step(spec, 4)(state, frozen, rows, length)
     weights.append(jax.tree.leaves(jax.device_get(state.policy)))
   for a, b in zip(*weights):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -130,7 +134,6 @@ def _toy_config(workdir, path, steps):
 
 def test_sft_run_rejects_an_unknown_schedule_naming_the_field(tmp_path):
   """config.sft.schedule other than constant / cosine is a ConfigError that names the field, before any training."""
-  from memr1_jax import components  # pylint: disable=g-import-not-at-top
   config = _toy_config(tmp_path / "run", _write(tmp_path / "toy.jsonl", [_record("q", "a")]), steps=1)
   config.sft.schedule = "linear"
   with pytest.raises(ConfigError, match=r"config\.sft\.schedule: 'linear'"):
@@ -152,3 +155,66 @@ def test_sft_run_lowers_the_loss_and_the_export_reproduces_a_trained_response(tm
   completions = engine.generate([[{"role": "user", "content": pairs[0][0]}]], temperature=0.0)
   assert completions[0].text == pairs[0][1]
   assert completions[0].finish_reason == "stop"
+
+
+_PAIRS = [("Where does Anna live now?", "**Answer:** Lyon"), ("What pet does Ben have now?", "**Answer:** cat"),
+          ("Who is Carla dating now?", "**Answer:** Leo")]
+
+
+def _checkpoint_steps(config) -> list[int]:
+  ckpt = Checkpointer(os.path.join(config.workdir, "checkpoints"))
+  try:
+    return sorted(ckpt.all_steps())
+  finally:
+    ckpt.close()
+
+
+def _exported_params(config, export_dir) -> list[np.ndarray]:
+  from memr1_jax import components  # pylint: disable=g-import-not-at-top
+  model, _ = components.load_policy(config, None, path=export_dir)
+  return [np.asarray(x) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]
+
+
+def test_sft_run_stopped_by_sigterm_checkpoints_and_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+  """SIGTERM during step 2 (MEMR1_FAULT=sigterm@2): the step finishes, checkpoint 3 is saved, Preempted is raised
+  and nothing is exported; the same run again resumes at step 3 and ends with the uninterrupted run's loss and
+  weights, each step logged once."""
+  path = _write(tmp_path / "toy.jsonl", [_record(q, a) for q, a in _PAIRS])
+  straight_config = _toy_config(tmp_path / "straight", path, steps=5)
+  straight = sft.run(straight_config, progress=False)
+  config = _toy_config(tmp_path / "run", path, steps=5)
+  handler = signal.getsignal(signal.SIGTERM)
+  monkeypatch.setenv(faults.ENV_VAR, "sigterm@2")
+  with pytest.raises(errors.Preempted, match=rf"stopped by signal {int(signal.SIGTERM)} after step 3 "):
+    sft.run(config, progress=False)
+  assert signal.getsignal(signal.SIGTERM) is handler  # The run's own handler is gone again.
+  assert _checkpoint_steps(config) == [3] and not os.path.exists(sft.export_path(config))
+  monkeypatch.delenv(faults.ENV_VAR)
+  resumed = sft.run(config, progress=False)
+  assert _checkpoint_steps(config) == [3, 5]
+  assert resumed["last_loss"] == straight["last_loss"]
+  assert [r["step"] for r in metrics_writer.read_jsonl(config.workdir)] == [1, 2, 3, 4, 5]
+  for a, b in zip(_exported_params(config, resumed["export_path"]),
+                  _exported_params(straight_config, straight["export_path"]), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sft_run_stops_after_max_nonfinite_steps_naming_the_last_finite_checkpoint(tmp_path, caplog):
+  """A learning rate of 1e30 makes step 0's update overflow the next forward pass: steps 1 and 2 have a NaN loss,
+  are skipped and logged with their trajectories, and with max_nonfinite_steps=2 the run stops with NonFiniteError
+  naming checkpoint 2 (saved after the skipped step 1, so finite) as the last good one."""
+  path = _write(tmp_path / "toy.jsonl", [_record(q, a) for q, a in _PAIRS])
+  config = _toy_config(tmp_path / "run", path, steps=6)
+  config.sft.lr, config.sft.warmup_steps, config.sft.checkpoint_every = 1e30, 0, 1
+  config.train.max_nonfinite_steps = 2
+  with pytest.raises(loop.NonFiniteError, match=r"^2 consecutive non-finite updates \(last at step 2\); stopping\. "
+                                                r"The last good checkpoint is step 2 in "):
+    sft.run(config, progress=False)
+  for step in (1, 2):
+    assert any(re.fullmatch(rf"step {step}: non-finite loss or gradient, update skipped \({step} in a row\); "
+                            rf"batch: trajectories [1-3]( [1-3]){{3}} of {re.escape(path)}", r.getMessage())
+               for r in caplog.records)
+  assert _checkpoint_steps(config) == [1, 2]
+  records = metrics_writer.read_jsonl(config.workdir)
+  assert [(r["step"], r["sft/skipped"]) for r in records] == [(1, 0.0), (2, 1.0)]
+  assert np.isfinite(records[0]["sft/loss"]) and not np.isfinite(records[1]["sft/loss"])

@@ -67,7 +67,6 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 def test_manager_answerer_heuristic_scores_the_banks_with_the_scripted_answerer(tmp_path):
   """train.manager_answerer="heuristic": the manager's held-out EM is the heuristic answerer's over the banks the
   policy builds; a value that is neither a mode nor a directory is a ConfigError naming the field."""
-  from memr1_jax import components  # pylint: disable=g-import-not-at-top
   from memr1_jax.demo import policies  # pylint: disable=g-import-not-at-top
   from memr1_jax.episodes import runner  # pylint: disable=g-import-not-at-top
   from memr1_jax.episodes.policy import ScriptedPolicy  # pylint: disable=g-import-not-at-top

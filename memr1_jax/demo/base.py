@@ -21,7 +21,7 @@ from flax import nnx
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
-from memr1_jax import console, sft
+from memr1_jax import console, learner, sft
 from memr1_jax.agents import prompts
 from memr1_jax.demo import policies, synthetic
 from memr1_jax.demo.config import DEMO_BASE_DIR, DEMO_TOKENIZER_DIR
@@ -152,7 +152,7 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
     phases = ((copy_steps, [(ids[:1], ids[1:]) for ids in copying], copy_batch_size, copy_len, "copying"),
               (steps, examples, batch_size, 256, "the task's text"))
     for num_steps, items, rows_per_step, bucket, what in phases:
-      step_fn = sft.make_sft_step(spec, rows_per_step)
+      step_fn = learner.make_sft_step(spec, rows_per_step)
       bar = console.bar(num_steps, desc=f"pretraining the demo base: {what}")
       for step in range(num_steps):
         rows = sft.pack_examples(batching.batch_for_step(items, step, rows_per_step, seed), rows=rows_per_step,

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from memr1_jax import errors
 from memr1_jax import sharding as sharding_lib
