@@ -10,8 +10,9 @@ Nothing is downloaded: the synthetic memory task (`memr1_jax.demo`, plugged in a
 base model with its tokenizer (memr1_jax/demo/assets/demo_base, built by `python -m memr1_jax.demo.base`), and the
 bundled all-MiniLM-L6-v2 encoder for the memory bank. The same code path as configs/grpo_qwen7b.py (an HF checkpoint
 directory as model.path, episode runner, memory bank, rollout engine, GRPO / PPO update, checkpoints, evaluation)
-with every size shrunk; see memr1_jax/demo/pipeline.py for the stages. Prints a table of held-out EM / F1 and the manager's operation mix for
-the heuristics, the SFT start and after RL, and writes <workdir>/reward.png next to the TensorBoard logs.
+with every size shrunk; see memr1_jax/demo/pipeline.py for the stages. Prints a table of held-out EM / F1 and the
+manager's operation mix for the heuristics, the SFT start and after RL, and writes <workdir>/reward.png next to the
+TensorBoard logs.
 """
 
 from memr1_jax import demo

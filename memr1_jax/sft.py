@@ -11,7 +11,7 @@ response (`sequence_bucket`), not the prompt bucket plus the response bucket, wh
 `sft.schedule=cosine` decays the learning rate to 0 at the last step.
 
 This is the paper's Memory-SFT baseline (trajectories from a stronger model) and the warm start of the CPU demo
-(trajectories of the heuristic agents, `agents.heuristics`). Batches follow the trainer's deterministic per-epoch
+(trajectories of the heuristic agents, `demo.policies`). Batches follow the trainer's deterministic per-epoch
 permutations, so a resumed run continues exactly. The steps run in the trainer's loop (`loop.TrainingRun`): resume,
 SIGTERM (checkpoint, then exit 75), the non-finite guard (config.train.max_nonfinite_steps), metrics every
 config.train.log_every steps.

@@ -6,11 +6,11 @@ answer agent that start from heuristics.
 Every stage is one of this package's ordinary modes, run on a config derived from the demo's, so the demo goes
 through the code path of the real configs (an HF checkpoint directory as the policy, episode runner, memory bank
 with the MiniLM encoder, rollout engine, GRPO / PPO update, orbax checkpoints, evaluation). The policy starts from
-a small pretrained base shipped in the repo (`base.DEMO_BASE_DIR`, rebuilt by `python -m memr1_jax.demo.base`): a 0.5M-parameter decoder that has learned to copy (random-token copy exercises) and has read the
-task's prompts with well-formed but uninformed replies (random operations; a random statement of the asked
-attribute), so it copies and has seen the formats, but has no policy. Its
-tokenizer is the demo tokenizer plus one token per agent instruction (`instruction_tokenizer`), which keeps prompts
-around 250 tokens on a CPU.
+a small pretrained base shipped in the repo (`base.DEMO_BASE_DIR`, rebuilt by `python -m memr1_jax.demo.base`): a
+0.5M-parameter decoder that has learned to copy (random-token copy exercises) and has read the task's prompts with
+well-formed but uninformed replies (random operations; a random statement of the asked attribute), so it copies and
+has seen the formats, but has no policy. Its tokenizer is the demo tokenizer plus one token per agent instruction
+(`base.instruction_tokenizer`), which keeps prompts around 250 tokens on a CPU.
 
 1. Heuristic trajectories (`demo.policies`): the ADD-only heuristic manager walks the training conversations
    through `episodes.runner.build_banks` (config.demo.explore of its replies, at the turns config.demo.explore_with

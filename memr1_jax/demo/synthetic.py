@@ -1,4 +1,5 @@
-"""The synthetic memory task of the CPU demo (generator, statement reader, oracle operations): dated two-speaker conversations in which facts change.
+"""The synthetic memory task of the CPU demo (generator, statement reader, oracle operations): dated two-speaker
+conversations in which facts change.
 
 Each speaker holds a few attributes ("slots": the city they live in, their job, pet, vehicle,
 partner, hobby, favourite food), each drawn from a small vocabulary. Over dated sessions a speaker
