@@ -321,6 +321,43 @@ def answer_episodes(policy: ChatPolicy, banks: dict[str, MemoryBank], items: Seq
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _Branch:
+  """One sampled manager reply to score: the bank it forks, the parsed reply, the sample, its GRPO group, the turn
+  (and its session and conversation) and the questions the frozen answer agent asks of the fork."""
+
+  bank: MemoryBank
+  parsed: parsers.ManagerParse
+  sample: Sample
+  group: int
+  session: Session
+  turn: Turn
+  conversation: Conversation
+  questions: Sequence[QA]
+
+
+def _score_branches(branches: Sequence[_Branch], answerer: ChatPolicy, cfg: RunnerConfig,
+                    fork: Callable[[MemoryBank], MemoryBank]) -> tuple[list[Experience], list]:
+  """Applies each branch's reply to its own fork of its bank, has `answerer` answer the branch's questions from the
+  fork (one greedy call for all), and returns (one Experience per branch: reward = mean exact match minus
+  `cfg.format_penalty` for a format error; the `apply_to_banks` results per branch)."""
+  banks = [fork(b.bank) for b in branches]
+  results = apply_to_banks(banks, [b.parsed.ops for b in branches], timestamps=[b.session.date_time for b in branches],
+                           source_turn_ids=[(b.turn.dia_id,) for b in branches])
+  answer_prompts_ = [p for ps in _answer_prompts_many(banks, [b.conversation for b in branches],
+                                                      [b.questions for b in branches], cfg) for p in ps]
+  answers = iter(answerer.generate(answer_prompts_, n=1, greedy=True) if answer_prompts_ else [])
+  experiences = []
+  for b in branches:
+    ems = [score_answer(next(answers)[0].text, qa, 0.0)[1]["em"] for qa in b.questions]
+    em = sum(ems) / max(len(ems), 1)
+    fmt = float(b.parsed.format_error is not None)
+    experiences.append(Experience(b.sample, em - cfg.format_penalty * fmt, b.group, "manager", {
+        "em": em, "format_error": fmt, "questions": len(ems), **op_counts(b.parsed.ops),
+        "turn": (b.conversation.sample_id, b.turn.dia_id)}))
+  return experiences, results
+
+
 def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Sequence[Conversation],
                      questions: dict[str, Sequence[QA]], bank_factory: BankFactory, cfg: RunnerConfig, *, n: int,
                      group_offset: int = 0,
@@ -372,41 +409,16 @@ def manager_episodes(policy: ChatPolicy, answerer: ChatPolicy, conversations: Se
         samples[j] = s
     stats.manager_calls += len(plain) + n * len(trained)
     # Branches of the trained turns: fork, apply, answer the completed questions from the fork.
-    branch_banks, branch_ops, branch_meta = [], [], []
-    for j in trained:
+    branches = []
+    for k, j in enumerate(trained):
       i = live[j]
       session, turn = items[j]
-      for s in samples[j]:
-        parsed = parse_manager_reply(s.text, shown_ids[j], turn.speaker, cfg)
-        branch_banks.append(fork(banks[i]))
-        branch_ops.append(parsed.ops)
-        branch_meta.append((j, s, parsed))
-    if branch_banks:
-      apply_to_banks(branch_banks, branch_ops, timestamps=[items[j][0].date_time for j, _, _ in branch_meta],
-                     source_turn_ids=[(items[j][1].dia_id,) for j, _, _ in branch_meta])
-      if cfg.manager_reward_questions == "answerable":
-        qs = [list(answerable[live[j]]) for j, _, _ in branch_meta]
-      else:
-        qs = [targets[live[j]][step] for j, _, _ in branch_meta]
-      convs = [conversations[live[j]] for j, _, _ in branch_meta]
-      chats_many = _answer_prompts_many(branch_banks, convs, qs, cfg)
-      flat = [c for cs in chats_many for c in cs]
-      answers = answerer.generate(flat, n=1, greedy=True)
-      pos = 0
-      groups = {}
-      for (j, s, parsed), q_list in zip(branch_meta, qs):
-        ems = []
-        for qa in q_list:
-          _, info = score_answer(answers[pos][0].text, qa, 0.0)
-          ems.append(info["em"])
-          pos += 1
-        fmt = float(parsed.format_error is not None)
-        reward = sum(ems) / len(ems) - cfg.format_penalty * fmt
-        g = groups.setdefault(j, group + len(groups))
-        experiences.append(Experience(s, reward, g, "manager", {
-            "em": sum(ems) / len(ems), "format_error": fmt, "questions": len(ems), **op_counts(parsed.ops),
-            "turn": (conversations[live[j]].sample_id, items[j][1].dia_id)}))
-      group += len(groups)
+      questions = list(answerable[i]) if cfg.manager_reward_questions == "answerable" else targets[i][step]
+      branches += [_Branch(banks[i], parse_manager_reply(s.text, shown_ids[j], turn.speaker, cfg), s, group + k,
+                           session, turn, conversations[i], questions) for s in samples[j]]
+    if branches:
+      experiences += _score_branches(branches, answerer, cfg, fork)[0]
+      group += len(trained)
     # Advance every bank with its first sample.
     _apply_replies(banks, conversations, live, items, shown_ids, [s[0].text for s in samples], cfg, stats)
   return experiences, stats
@@ -469,36 +481,18 @@ def tuple_episodes(policy: ChatPolicy, answerer: ChatPolicy, tuples: Sequence[Ma
   samples = policy.generate(chats, n=n)
   stats.manager_calls += n * len(chats)
   # Branches: every response on its own fork of its tuple's bank.
-  branch_banks, branch_ops, branch_meta = [], [], []
+  branches = []
   for k, j in enumerate(live):
     session, turn = items[j]
     for s in samples[k]:
       parsed = parse_manager_reply(s.text, shown_ids[k], turn.speaker, cfg)
       stats.format_errors += parsed.format_error is not None
       stats.ops.update(op.kind.value for op in parsed.ops)
-      branch_banks.append(fork(banks[j]))
-      branch_ops.append(parsed.ops)
-      branch_meta.append((k, j, s, parsed))
-  results = apply_to_banks(branch_banks, branch_ops, timestamps=[items[j][0].date_time for _, j, _, _ in branch_meta],
-                           source_turn_ids=[(items[j][1].dia_id,) for _, j, _, _ in branch_meta])
+      branches.append(_Branch(banks[j], parsed, s, group_offset + k, session, turn, tuples[j].conversation(),
+                              list(tuples[j].qa)))
+  experiences, results = _score_branches(branches, answerer, cfg, fork)
   stats.rejected_ops += sum(not r.applied for rs in results for r in rs)
-  qs = [list(tuples[j].qa) for _, j, _, _ in branch_meta]
-  convs = [tuples[j].conversation() for _, j, _, _ in branch_meta]
-  answer_chats = [c for cs in _answer_prompts_many(branch_banks, convs, qs, cfg) for c in cs]
-  answers = answerer.generate(answer_chats, n=1, greedy=True) if answer_chats else []
-  stats.answer_calls += len(answer_chats)
-  experiences, pos = [], 0
-  for (k, j, s, parsed), q_list in zip(branch_meta, qs):
-    ems = []
-    for qa in q_list:
-      _, info = score_answer(answers[pos][0].text, qa, 0.0)
-      ems.append(info["em"])
-      pos += 1
-    em = sum(ems) / max(len(ems), 1)
-    fmt = float(parsed.format_error is not None)
-    experiences.append(Experience(s, em - cfg.format_penalty * fmt, group_offset + k, "manager", {
-        "em": em, "format_error": fmt, "questions": len(ems), **op_counts(parsed.ops),
-        "turn": (tuples[j].sample_id, tuples[j].dia_id)}))
+  stats.answer_calls += sum(len(b.questions) for b in branches)
   return experiences, stats
 
 
