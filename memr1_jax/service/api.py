@@ -107,17 +107,18 @@ class AddRequest:
 
 @dataclasses.dataclass(frozen=True)
 class AnswerRequest:
-  """A checked question: the user, the question and its date."""
+  """A checked question: the user, the question and its date (None: the prompt shows none, as in training on LoCoMo
+  and the demo's task)."""
 
   user_id: str
   question: str
-  timestamp: str
+  timestamp: str | None = None
 
   @classmethod
   def make(cls, user_id: str, question: object, timestamp: str | None = None) -> AnswerRequest:
     """Checks a question (InvalidRequest / store.InvalidUserId when unusable)."""
     check_user_id(user_id)
-    stamp = today() if timestamp is None else _text(timestamp, "timestamp", 100, allow_empty=True)
+    stamp = None if timestamp is None else _text(timestamp, "timestamp", 100)
     return cls(user_id, _text(question, "question", MAX_QUERY_CHARS), stamp)
 
 
