@@ -226,8 +226,8 @@ class BankStore:
     payload = {"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "seq": user.seq, "next_id": bank.next_id,
                "encoder": self.encoder, "dim": bank.dim, "entries": [entry_dict(e) for e in entries],
                "embeddings": base64.b64encode(vecs_nd.astype("<f4").tobytes()).decode("ascii")}
-    fileio.write_atomic(os.path.join(self.user_dir(user.user_id), SNAPSHOT_FILE), json.dumps(payload,
-                                                                                             ensure_ascii=False))
+    path = os.path.join(self.user_dir(user.user_id), SNAPSHOT_FILE)
+    fileio.write_atomic(path, json.dumps(payload, ensure_ascii=False))
     user.snapshot_seq = user.seq
 
   def close(self) -> None:
