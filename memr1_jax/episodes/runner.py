@@ -129,11 +129,11 @@ def _manager_prompt(bank: MemoryBank, facts: list[extraction_lib.Fact], session:
   `parse_manager_reply` maps the reply's ids back to bank ids.
   """
   hits = bank.search([f.text for f in facts], cfg.related_k) if facts and len(bank) else []
-  return _manager_prompt_from_hits(hits, facts, session, turn, cfg)
+  return manager_prompt_from_hits(hits, facts, session, turn, cfg)
 
 
-def _manager_prompt_from_hits(hits: Sequence[Sequence[tuple[MemoryEntry, float]]], facts: list[extraction_lib.Fact],
-                              session: Session, turn: Turn, cfg: RunnerConfig) -> tuple[Prompt, list[int]]:
+def manager_prompt_from_hits(hits: Sequence[Sequence[tuple[MemoryEntry, float]]], facts: list[extraction_lib.Fact],
+                             session: Session, turn: Turn, cfg: RunnerConfig) -> tuple[Prompt, list[int]]:
   """`_manager_prompt` from the bank's search results `hits` (per fact, its top `cfg.related_k` memories with their
   scores), so that many banks can be searched in one embedding call (`search_banks`)."""
   seen, related = set(), []
@@ -475,7 +475,7 @@ def tuple_episodes(policy: ChatPolicy, answerer: ChatPolicy, tuples: Sequence[Ma
   hits = search_banks([banks[j] for j in live], [[f.text for f in extracted[j].facts] for j in live], cfg.related_k)
   chats, shown_ids = [], []
   for j, fact_hits in zip(live, hits):
-    chat, ids = _manager_prompt_from_hits(fact_hits, extracted[j].facts, *items[j], cfg)
+    chat, ids = manager_prompt_from_hits(fact_hits, extracted[j].facts, *items[j], cfg)
     chats.append(chat)
     shown_ids.append(ids)
   samples = policy.generate(chats, n=n)

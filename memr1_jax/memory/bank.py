@@ -132,6 +132,11 @@ class MemoryBank:
   def __contains__(self, memory_id: object) -> bool:
     return memory_id in self._entries
 
+  @property
+  def next_id(self) -> int:
+    """The id the next ADD will get (ids are never reused)."""
+    return self._next_id
+
   def get(self, memory_id: int) -> MemoryEntry | None:
     """The entry with `memory_id`, or None when there is none (never was, or deleted)."""
     return self._entries.get(memory_id)
@@ -385,6 +390,33 @@ class MemoryBank:
       bank._indexes[speaker] = bank._restore_index(ids_n, rows_nd, index_dir)
     if seen != set(bank._entries):
       raise ValueError(f"{path}: field 'indexes' does not cover every entry exactly once")
+    return bank
+
+  @classmethod
+  def restore(cls, embed_fn: EmbedFn, dim: int, entries: Sequence[MemoryEntry], vectors: np.ndarray | None,
+              next_id: int, **kwargs) -> MemoryBank:
+    """A bank holding `entries` under their own ids, with float32 [N, dim] `vectors` (None: embedded in one call)
+    and ids counting on from `next_id`; `kwargs` as the constructor's. For snapshots kept outside `save`.
+
+    Raises:
+      ValueError: a repeated id, an id not below `next_id`, vectors of another shape, or an entry `add` refuses.
+    """
+    bank = cls(embed_fn, dim, **kwargs)
+    entries = list(entries)
+    ids = [e.memory_id for e in entries]
+    if len(set(ids)) != len(ids) or not all(_is_int(i) and 0 <= i < next_id for i in ids):
+      raise ValueError(f"MemoryBank.restore: memory ids must be distinct ints in [0, next_id={next_id})")
+    for e in entries:
+      bank._checked_text(e.text)
+      _check_str(e.speaker, "speaker")
+      _check_str(e.timestamp, "timestamp")
+    vecs_nd = bank._embed([e.text for e in entries]) if vectors is None else np.asarray(vectors, np.float32)
+    if vecs_nd.shape != (len(entries), bank.dim):
+      raise ValueError(f"MemoryBank.restore: vectors must be [{len(entries)}, {bank.dim}], got {vecs_nd.shape}")
+    for entry, vec_d in zip(entries, vecs_nd):
+      bank._next_id = entry.memory_id
+      bank._insert(entry.text, entry.speaker, entry.timestamp, _turn_ids(entry.source_turn_ids), vec_d)
+    bank._next_id = int(next_id)
     return bank
 
   # Internals.
