@@ -125,6 +125,14 @@ def test_top_k_one_equals_greedy(qwen):
   np.testing.assert_allclose(top1.sampling_logprobs, 0.0, atol=1e-6)
 
 
+def test_a_remat_model_generates_as_the_plain_one(checkpoints, qwen):
+  """A decoder loaded with remat=True (the training configs' default) generates the same tokens as without it."""
+  remat = load_pretrained(checkpoints["qwen2"], remat=True)[0]
+  assert remat.cfg.remat
+  plain = generate(qwen, _prompts(), key=0, max_new_tokens=MAX_NEW)
+  np.testing.assert_array_equal(generate(remat, _prompts(), key=0, max_new_tokens=MAX_NEW).tokens, plain.tokens)
+
+
 def test_filter_top_k_top_p_by_hand():
   """top_k keeps the k largest logits; top_p keeps the smallest prefix reaching mass p (by hand)."""
   logits = jnp.log(jnp.array([[0.1, 0.4, 0.2, 0.3]]))

@@ -268,7 +268,7 @@ class Decoder(nnx.Module):
       mask_bts = (slot_s[None, :] <= query_slot_t[:, None])[None] & valid_bs[:, None, :]
 
     layer_fn = DecoderLayer.__call__
-    if cfg.remat:
+    if cfg.remat and cache is None:  # Only a gradient needs it; nnx.remat cannot trace a cached decode step's loop.
       layer_fn = nnx.remat(layer_fn, prevent_cse=False)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
