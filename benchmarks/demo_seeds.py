@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,20 +23,9 @@ _ALGORITHM = flags.DEFINE_enum("algorithm", "grpo", ["grpo", "ppo"], "config.alg
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo_seeds", "Parent of the per-seed workdirs.")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-
-def cpu_name() -> str:
-  """The CPU model with its family / model numbers (XLA's CPU results differ between CPU models)."""
-  fields = {}
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-  except OSError:
-    return platform.processor() or platform.machine()
-  return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}),"
-          f" {os.cpu_count()} cores")
+from machine import cpu_name  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def run_seed(seed: int, algorithm: str, workdir: str, extra: list[str]) -> dict:

@@ -295,7 +295,7 @@ def frozen_extractor(config) -> extractor_lib.FrozenExtractor:
     backend = extractor_lib.EngineBackend(functools.partial(_extractor_policy, config, path), name=path)
     identity = extractor_lib.checkpoint_identity(path, m.extractor_max_tokens)
   return extractor_lib.FrozenExtractor(backend, identity, extractor_lib.ExtractionCache(extractor_cache_path(config)),
-                                       label=label)
+                                       label=label, fallback_to_turn=bool(m.extractor_fallback))
 
 
 def _extractor_policy(config, path: str) -> EnginePolicy:

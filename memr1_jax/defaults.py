@@ -116,6 +116,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.memory.extractor_backoff_s = 1.0
   # Longest extractor reply in tokens.
   c.memory.extractor_max_tokens = 256
+  # A malformed extractor reply gives the turn's own text as its one fact (counted) instead of no fact: rehearsals only
+  # (a random-weight extractor never writes JSON); real runs keep False, the frozen extractor's word is final.
+  c.memory.extractor_fallback = False
   # Instructions of the manager and answer prompts (`agents.prompts.PROMPT_SETS`): paper (the structure of the
   # paper's Appendix C: per-operation instructions with examples; memory distillation, then a brief answer) | compact.
   c.memory.prompts = "paper"

@@ -14,9 +14,10 @@ It asks a backend (chat conversations in, reply strings out, in order) for the r
 backend, model or path and reply budget, and the exact prompt messages), one transaction per batch of replies, so each
 turn of a dataset is extracted once, a rerun makes no call, and what was extracted before a failure is kept.
 
-A reply is read with `agents.extraction.facts_from_reply(..., fallback=False)`: an unusable reply (a format error and
-no fact) is counted as malformed and gives no fact; the frozen extractor's word is final, no simple fact stands in
-for it. A reply read despite a format problem (one fact per line instead of a JSON list, facts cut) keeps its facts
+A reply is read with `agents.extraction.facts_from_reply`: an unusable reply (a format error and no fact) is counted as
+malformed and gives no fact; the frozen extractor's word is final, no simple fact stands in for it, unless
+`fallback_to_turn` (config.memory.extractor_fallback) says otherwise: then the turn's own text is its one fact. That is
+for rehearsals, whose random-weight extractor never writes JSON (configs/locomo_rehearsal.py). A reply read despite a format problem (one fact per line instead of a JSON list, facts cut) keeps its facts
 and is counted under format_errors. A backend that fails for good raises ExtractorError, naming the extractor and
 saying that the cache keeps what was extracted so far.
 """
@@ -178,11 +179,13 @@ class FrozenExtractor:
   module doc)."""
 
   def __init__(self, backend: Backend, identity: dict, cache: ExtractionCache, *, label: str = "fact extractor",
-               max_facts: int = MAX_FACTS, with_previous_turn: bool = True):
+               max_facts: int = MAX_FACTS, with_previous_turn: bool = True, fallback_to_turn: bool = False):
     """Takes the backend, its `identity` (part of every cache key: `endpoint_identity` / `checkpoint_identity`), the
-    cache, and `label`, what errors call the extractor (e.g. "config.memory.extractor='http://...'")."""
+    cache, and `label`, what errors call the extractor (e.g. "config.memory.extractor='http://...'");
+    `fallback_to_turn`: a malformed reply gives the turn's text as its one fact (still counted as malformed)."""
     self.backend, self.identity, self.cache, self.label = backend, identity, cache, label
     self.max_facts, self.with_previous_turn = max_facts, with_previous_turn
+    self.fallback_to_turn = fallback_to_turn
     self.counters = ExtractorCounters()
 
   def __repr__(self) -> str:
@@ -193,9 +196,10 @@ class FrozenExtractor:
     replies = self._replies(turns)
     out = []
     for (session, turn), reply in zip(turns, replies):
-      ext = extraction_lib.facts_from_reply(session, turn, reply, max_facts=self.max_facts, fallback=False)
+      ext = extraction_lib.facts_from_reply(session, turn, reply, max_facts=self.max_facts,
+                                            fallback=self.fallback_to_turn)
       if ext.format_error is not None:
-        if ext.facts:
+        if ext.facts and not ext.fell_back:
           self.counters.format_errors += 1
         else:
           self.counters.malformed += 1

@@ -36,9 +36,12 @@ def _training_items(config, splits):
 def _summarise(experiences) -> dict:
   if not experiences:
     return {}
-  out = {"reward": float(np.mean([e.reward for e in experiences])),
+  out = {"generations": len(experiences),
+         "reward": float(np.mean([e.reward for e in experiences])),
          "response_tokens": float(np.mean([len(e.sample.response_ids) for e in experiences])),
          "truncated": float(np.mean([e.sample.finish_reason == "length" for e in experiences]))}
+  if any("questions" in e.info for e in experiences):  # Manager episodes: the frozen answer agent's generations.
+    out["answer_generations"] = int(sum(e.info.get("questions", 0) for e in experiences))
   for key in ("em", "f1", "format_error", "ADD", "UPDATE", "DELETE", "NOOP"):
     vals = [e.info[key] for e in experiences if key in e.info]
     if vals:

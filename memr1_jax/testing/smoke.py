@@ -1,4 +1,5 @@
-"""configs/smoke.py (the smallest end-to-end run) as a config for tests, with a workdir and field overrides."""
+"""Shipped config files as configs for tests: configs/smoke.py (the smallest end-to-end run) and others, with a
+workdir and field overrides."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ import os
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def smoke_config(workdir, variant: str = "", **overrides):
-  """configs/smoke.py's config (of `variant`: "" the synthetic task, "locomo" config.data) with `workdir` and
-  dotted-key overrides ({"train.num_steps": 1}); returns it."""
-  spec = importlib.util.spec_from_file_location("smoke", os.path.join(REPO, "configs", "smoke.py"))
+def shipped_config(name: str, workdir, variant: str | None = None, **overrides):
+  """configs/<name>.py's get_config(variant) (no argument when None) with `workdir` and dotted-key overrides
+  ({"train.num_steps": 1}); returns it."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  c = module.get_config(variant)
+  c = module.get_config() if variant is None else module.get_config(variant)
   c.workdir = str(workdir)
   c.update_from_flattened_dict(overrides)
   return c
+
+
+def smoke_config(workdir, variant: str = "", **overrides):
+  """configs/smoke.py's config (of `variant`: "" the synthetic task, "locomo" config.data) with `workdir` and
+  dotted-key overrides; returns it."""
+  return shipped_config("smoke", workdir, variant, **overrides)
