@@ -20,6 +20,7 @@ from memr1_jax.eval.judge import Judge, JudgeError
 from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.embedders import HashingEmbedder
 from memr1_jax.testing.chat_server import ChatServer, last_user_message
+from memr1_jax.testing.smoke import locomo_fixture_config as fixture_config
 from memr1_jax.testing.smoke import smoke_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,11 +29,6 @@ DATA_DIR = os.environ.get("MEMR1_DATA_DIR", os.path.join(REPO, "..", "shared", "
 LOCOMO = os.path.join(DATA_DIR, "locomo", "locomo10.json")
 
 
-def fixture_config(workdir, **overrides):
-  """The smoke model on the LoCoMo fixture's validation conversation (conv-30: 6 turns, 4 scored questions)."""
-  return smoke_config(workdir, "locomo", **{"data.path": FIXTURE, "eval.split": "validation",
-                                  "eval.manager_path": "add_all", "rollout.max_new_tokens": 3,
-                                  "memory.answer_k_per_speaker": 2, **overrides})
 
 
 def raw_qa(path, sample_id):

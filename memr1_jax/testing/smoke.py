@@ -18,3 +18,15 @@ def smoke_config(workdir, variant: str = "", **overrides):
   c.workdir = str(workdir)
   c.update_from_flattened_dict(overrides)
   return c
+
+
+# The LoCoMo fixture of the tests (two short conversations; conv-30 has 6 turns and 4 scored questions).
+LOCOMO_FIXTURE = os.path.join(REPO, "tests", "fixtures", "locomo_small.json")
+
+
+def locomo_fixture_config(workdir, **overrides):
+  """The smoke model evaluating the LoCoMo fixture's validation conversation (conv-30) with ADD-all banks and replies
+  of 3 tokens, with dotted-key `overrides`."""
+  return smoke_config(workdir, "locomo", **{"data.path": LOCOMO_FIXTURE, "eval.split": "validation",
+                                            "eval.manager_path": "add_all", "rollout.max_new_tokens": 3,
+                                            "memory.answer_k_per_speaker": 2, **overrides})
