@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from memr1_jax import components, evaluate
-from memr1_jax.data import read_locomo
+from memr1_jax import components, evaluate, tasks
+from memr1_jax.data import longmemeval, read_locomo
 from memr1_jax.data.splits import without_adversarial
 from memr1_jax.episodes.policy import ScriptedPolicy
 from memr1_jax.episodes.runner import RunnerConfig
@@ -359,3 +359,43 @@ def test_eval_store_of_other_settings_starts_afresh_and_keeps_old_files(tmp_path
   aside = [p for p in tmp_path.iterdir() if p.name.startswith("superseded-")]
   assert len(aside) == 1 and (aside[0] / "predictions.jsonl").read_text() == first
   assert len(read_predictions(tmp_path)) == len(conv.qa)
+
+
+LONGMEMEVAL_SAMPLE = os.path.join(DATA_DIR, "longmemeval", "longmemeval_oracle_sample_hydrabuild.json")
+
+
+def _scripted_split_eval(tmp_path, name, path, right_types=()):
+  """The test split of dataset `name` at `path` (as mode=eval reads it), ADD-all banks, an answerer right on the
+  question types `right_types`; returns (conversations, outcome)."""
+  conversations = tasks.load(smoke_config(tmp_path, "locomo", **{"data.name": name, "data.path": path})).splits()[
+      "test"]
+  right = {qa.question: qa.answer for c in conversations for qa in c.qa if qa.question_type in right_types}
+  answerer, embed = _scripted_answerer(right), HashingEmbedder(32)
+  return conversations, evaluate.evaluate_conversations(
+      conversations, manager=None, answerer=answerer,
+      bank_factory=lambda: MemoryBank(embed, 32, index="brute_force"),
+      rcfg=RunnerConfig(answer_k_per_speaker=2))
+
+
+def test_longmemeval_shared_sample_every_item_per_question_type(tmp_path):
+  """The shared oracle sample: all 16 items evaluated, reported as the paper's Table 4 (SSU SSP OD MS KU TR)."""
+  if not os.path.exists(LONGMEMEVAL_SAMPLE):
+    pytest.skip(f"LongMemEval sample not found at {LONGMEMEVAL_SAMPLE} (set MEMR1_DATA_DIR)")
+  raw = json.load(open(LONGMEMEVAL_SAMPLE))["data"]
+  conversations, outcome = _scripted_split_eval(tmp_path, "longmemeval", LONGMEMEVAL_SAMPLE, ("multi-session",))
+  assert len(conversations) == len(raw) == 16
+  expected = collections.Counter(longmemeval.QUESTION_TYPE_CODES[item["question_type"]] for item in raw)
+  names = [row.name for row in outcome.rows]
+  assert names == ["SSU", "SSP", "OD", "MS", "KU", "TR", "overall"]
+  assert {row.name: row.count for row in outcome.rows[:-1]} == dict(expected) and outcome.rows[-1].count == 16
+  assert {row.name: row.em for row in outcome.rows}["MS"] == 1.0 and outcome.rows[-1].em == expected["MS"] / 16
+
+
+def test_longmemeval_and_msc_fixtures_evaluate_every_item(tmp_path):
+  """The fixtures' test splits hold every item (none kept back for training); MSC is reported as one group."""
+  fixtures = os.path.join(REPO, "tests", "fixtures")
+  _, lme = _scripted_split_eval(tmp_path, "longmemeval", os.path.join(fixtures, "longmemeval_hydrabuild_small.json"),
+                                ("knowledge-update",))
+  assert [(row.name, row.count, row.em) for row in lme.rows] == [("OD", 1, 0.0), ("KU", 1, 1.0), ("overall", 2, 0.5)]
+  _, msc_outcome = _scripted_split_eval(tmp_path, "msc", os.path.join(fixtures, "msc_self_instruct_small.jsonl"))
+  assert [(row.name, row.count) for row in msc_outcome.rows] == [("MSC", 2), ("overall", 2)]
