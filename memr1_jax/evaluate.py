@@ -1,26 +1,41 @@
 r"""mode=eval: build memory banks with a manager, answer a split's questions, write the per-category report.
 
-  python -m memr1_jax.main --config=configs/grpo_qwen7b.py --config.mode=eval --config.workdir=runs/grpo_qwen7b
+  python -m memr1_jax.main --config=configs/grpo_qwen7b.py --config.mode=eval --config.workdir=$RUNS/grpo_qwen7b \
+      --config.eval.manager_path=$RUNS/manager_grpo_qwen7b --config.eval.answer_path=$RUNS/grpo_qwen7b@best
 
-Who plays which part (every model decodes greedily, the paper's evaluation setting):
+Who plays which part (every model decodes greedily, the paper's evaluation setting). The manager, the answer agent,
+the fact extractor and a local judge are each a model spec (`components.parse_model_spec`): "base" (config.model's
+untrained weights), a Hugging Face checkpoint directory, or a training workdir (its latest checkpoint, or
+"<workdir>@best" by validation EM; the model comes from the workdir's config.json, LoRA merged):
 - the policy: config.model with the trained parameters of a checkpoint in <workdir>/checkpoints
-  (config.eval.checkpoint: latest | best | none), LoRA merged;
-- the manager (config.eval.manager_path): a Hugging Face checkpoint directory, "add_all" (the heuristic that ADDs
-  every turn's facts; no model), or empty: the policy;
-- the fact extractor (config.memory.extraction): with "llm", the frozen model of config.memory.extractor (a
-  checkpoint directory of its own or an OpenAI-compatible endpoint, `memr1_jax.extractor`), never the manager, its
-  replies cached in config.memory.extractor_cache (a rerun asks it nothing);
-- the answer agent (config.eval.answer_path): a checkpoint directory, or empty: the policy;
-- the judge (config.eval.judge): "" (off), "local" (the answer agent's model through the rollout engine) or the
-  base URL of an OpenAI-compatible endpoint (config.eval.judge_model; the API key is read from the environment
-  variable NAMED by config.eval.judge_api_key_env, and only process 0 calls it). An endpoint gets one tiny request
-  before any model loads: a judge that does not answer stops the eval at once (JudgeError: endpoint, model, reason).
+  (config.eval.checkpoint: latest | best | none), the part played by an empty spec;
+- the manager (config.eval.manager_path): a spec, "add_all" (the heuristic that ADDs every turn's facts; no model),
+  or empty: the policy;
+- the fact extractor (config.memory.extraction): with "llm", the frozen model of config.memory.extractor (a spec or an
+  OpenAI-compatible endpoint, `memr1_jax.extractor`), never the manager, its replies cached in
+  config.memory.extractor_cache (a rerun asks it nothing);
+- the answer agent (config.eval.answer_path): a spec, or empty: the policy;
+- the judge (config.eval.judge): "" (off), the base URL of an OpenAI-compatible endpoint (config.eval.judge_model;
+  the API key is read from the environment variable NAMED by config.eval.judge_api_key_env; only process 0 calls
+  it, judge_concurrency requests at once, judge_retries retries after judge_backoff_s * 2**i seconds), or a local
+  spec, which may not be the weights of the manager or the answer agent under evaluation (SelfJudgingError). The
+  judge sees the question, the gold and the generated answer and replies with a short reason and CORRECT / WRONG in
+  JSON (`eval.judge`, the protocol of the paper's Appendix C.3). An endpoint gets one tiny request before any model
+  loads: a judge that does not answer stops the eval at once (JudgeError: endpoint, model, reason).
+
+The paper's rows in this harness: Memory-R1 (the manager run's workdir as manager, the answer run's as answer
+agent), BASE (manager_path=answer_path=base), Mem0-like (manager_path=base over the LLM extractor's facts),
+Memory-SFT (the workdirs of mode=sft on mode=distill's trajectories). LoCoMo is reported per category; LongMemEval per
+question type under the paper's Table 4 names (SSU, SSP, OD, MS, KU, TR), MSC as one group. eval.method names the row
+(`memr1_jax.table` renders Table 1 from the report.json files).
 
 Each report has its own directory, <workdir>/eval/<split>/<checkpoint>-step<N> ("base" when the policy's weights
-come from no checkpoint of the workdir), so the reports of latest, best and none sit side by side:
-- report.txt and report.json: per category count, EM, F1, BLEU-1, J and LoCoMo F1, with the provenance (the
-  checkpoint path and step of each model, the config with the API key redacted, the judge, timestamps), the
-  operation mix of bank building and timings;
+come from no checkpoint of the workdir; when the policy plays no part, eval.method or "pair-<hash>"), so the reports
+of latest, best and none sit side by side:
+- report.txt and report.json: per category (or question type) count, EM, F1, BLEU-1, J and LoCoMo F1, with the
+  dataset, the method, the provenance (the spec, checkpoint path and step of the manager and the answer agent, the
+  extractor), the config with the API key redacted, the judge model and its unparseable verdicts (work), timestamps,
+  the operation mix of bank building and timings;
 - predictions.jsonl: per question its question, gold, prediction, category, scores, judge label and the memories
   the answer agent was shown; appended and flushed as each batch of questions is answered;
 - verdicts.jsonl: the judge's verdicts, one flushed line each, keyed by a hash of (judge model, question, gold,
