@@ -3,8 +3,7 @@ r"""Entry point: `python -m memr1_jax.main --config=configs/<name>.py [--config.
 Modes (config.mode): train (RL of the manager or answer agent with GRPO / PPO), sft (supervised warm start),
 eval (per-category report), export (Hugging Face safetensors directory), prepare (the manager's training tuples,
 `memr1_jax.prepare`), distill (a teacher's trajectories for Memory-SFT, `memr1_jax.distill`), and those a task
-module adds
-(config.task, see `memr1_jax.tasks`; the CPU demo's "demo").
+module adds (config.task, see `memr1_jax.tasks`; the CPU demo's "demo").
 """
 
 from __future__ import annotations
