@@ -116,6 +116,8 @@ def plot(groups: Sequence[str], rows: Sequence[tuple[str, dict]], path: str) -> 
     ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(groups))], groups, rotation=30, ha="right")
     ax.set_title(label)
     ax.set_ylabel("%")
+    top = max((scores[group][key] or 0.0 for _, scores in rows for group in groups), default=0.0)
+    ax.set_ylim(0, max(1.0, 1.1 * top))
   axes[0][0].legend(fontsize="small")
   fig.tight_layout()
   tmp = path + ".tmp.png"
