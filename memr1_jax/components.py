@@ -358,8 +358,9 @@ def frozen_extractor(config) -> extractor_lib.FrozenExtractor:
     spec = m.extractor
     backend = extractor_lib.EngineBackend(functools.partial(_extractor_policy, config, spec), name=spec)
     kind, path, which = parse_model_spec(spec, "config.memory.extractor")
-    identity = extractor_lib.checkpoint_identity(path or config.model.path or f"preset {config.model.preset}",
-                                                 m.extractor_max_tokens)
+    identity = extractor_lib.checkpoint_identity(path or config.model.path, m.extractor_max_tokens)
+    if kind == "base" and not config.model.path:  # A random-init preset (tests): named by preset and seed.
+      identity.update(path="", preset=config.model.preset, seed=config.seed)
     if kind == "workdir":  # A run that trained on since is another extractor.
       steps = [int(n) for n in os.listdir(os.path.join(path, _CHECKPOINTS)) if n.isdigit()]
       identity.update(checkpoint=which, last_step=max(steps, default=None))

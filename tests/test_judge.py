@@ -156,8 +156,8 @@ def _save_run(workdir, config, params):
 
 
 def test_answer_agent_from_a_training_workdir_and_a_checkpoint_of_the_wrong_shape(tmp_path):
-  """A workdir's latest checkpoint loads with its step and its arrays; a checkpoint whose arrays have another shape
-  stops mode=eval with a ConfigError naming it."""
+  """A workdir's latest checkpoint loads with its step and its arrays (and can be the extractor, named by its last
+  step); a checkpoint whose arrays have another shape stops mode=eval with a ConfigError naming it."""
   config = locomo_fixture_config(tmp_path / "run")
   model, _ = components.load_policy(config, None)
   params = nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[1])
@@ -167,6 +167,9 @@ def test_answer_agent_from_a_training_workdir_and_a_checkpoint_of_the_wrong_shap
   assert answer["step"] == 3 and answer["checkpoint"] == os.path.join(str(tmp_path / "good"), "checkpoints", "3")
   got = jax_tree_float32(nnx.to_pure_dict(nnx.split(loaded, nnx.Param, ...)[1]))
   jax.tree.map(np.testing.assert_array_equal, got, params)
+  extractor = components.frozen_extractor(locomo_fixture_config(tmp_path / "run", **{
+      "memory.extraction": "llm", "memory.extractor": str(tmp_path / "good") + "@best"}))
+  assert extractor.identity["checkpoint"] == "best" and extractor.identity["last_step"] == 3  # The run, named.
   bad = dict(params)
   name = sorted(bad)[0]
   bad[name] = jax_tree_float32(_cut(bad[name]))

@@ -11,6 +11,7 @@ from memr1_jax.data import read_locomo
 from memr1_jax.data.splits import without_adversarial
 from memr1_jax.episodes.policy import ScriptedPolicy
 from memr1_jax.episodes.runner import RunnerConfig
+from memr1_jax.eval.judge import Judge
 from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.embedders import HashingEmbedder
 from memr1_jax.testing.smoke import LOCOMO_FIXTURE, REPO, locomo_fixture_config, smoke_config
@@ -24,8 +25,8 @@ def _scripted_report(out_dir):
   conv = without_adversarial(next(c for c in read_locomo(LOCOMO_FIXTURE) if c.sample_id == "conv-30"))
   right = {q.question: q.answer for q in conv.qa if q.category in (2, 4)}
   answerer = ScriptedPolicy(lambda p: f"Useful memories: none\n**Answer:** {right.get(p.view.question.question, 'no')}")
-  judge = evaluate.judge_lib.Judge(lambda chats: ['{"label": "WRONG"}' if "Generated answer: no\n" in c[-1]["content"]
-                                                  else '{"label": "CORRECT"}' for c in chats], name="stub")
+  judge = Judge(lambda chats: ['{"label": "WRONG"}' if "Generated answer: no\n" in c[-1]["content"]
+                               else '{"label": "CORRECT"}' for c in chats], name="stub")
   store = evaluate.EvalStore(str(out_dir), {"run": "scripted"})
   outcome = evaluate.evaluate_conversations(
       [conv], manager=None, answerer=answerer, judge=judge, store=store, rcfg=RunnerConfig(answer_k_per_speaker=2),
