@@ -557,7 +557,7 @@ def run(config) -> dict:
   extracted = ("; fact extractor: " + ", ".join(f"{k} {v}" for k, v in report["extractor"].items())
                if "extractor" in report else "")
   judged = (f"; judge {info['judge_model']}: {outcome.work['judge_unparseable']} unparseable verdicts"
-            if info["judge_model"] else "")
+            if info["judge_model"] else "; J off (no judge: --config.eval.judge=<endpoint URL or model spec>)")
   print(f"# eval {e.split} ({info['dataset']}, {info['method']}): {info['questions']} questions; manager "
         f"{info['manager']}, answer agent {info['answer']}; bank operations: {ops}; manager format errors "
         f"{mix['format_errors']}{extracted}{judged}\n"
