@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import logging
 import os
 
@@ -160,6 +161,68 @@ def load_trained_policy(config, mesh, checkpoint: str = "latest"):
   return model, tokenizer, step
 
 
+# A model spec naming config.model's own weights, untrained (the paper's BASE rows, the Mem0-like manager).
+BASE_MODEL = "base"
+# A training workdir's own checkpoints are under this subdirectory; its resolved config is workdir.CONFIG_FILE.
+_CHECKPOINTS, _WORKDIR_CONFIG = "checkpoints", "config.json"
+# The config.model fields a training workdir's saved config brings to a policy loaded from it.
+_SAVED_MODEL_FIELDS = ("path", "preset", "tokenizer", "lora_rank", "lora_alpha")
+
+
+def parse_model_spec(spec: str, field: str) -> tuple[str, str, str]:
+  """(kind, path, checkpoint) of a model spec: "base" (config.model's weights), a Hugging Face checkpoint directory
+  ("hf"), or a training workdir ("workdir", its latest checkpoint; "<workdir>@best" or "@latest" picks one). Checks
+  the files only (loads nothing); ConfigError naming `field` on bad input."""
+  if spec == BASE_MODEL:
+    return "base", "", "none"
+  path, _, which = spec.rpartition("@") if "@" in spec else (spec, "", "latest")
+  if which not in ("latest", "best"):
+    raise ConfigError(f"{field}={spec!r}: '@{which}' is not @latest or @best")
+  if os.path.isdir(os.path.join(path, _CHECKPOINTS)):
+    return "workdir", path, which
+  if os.path.isfile(os.path.join(path, "config.json")) and any(
+      name.endswith(".safetensors") for name in os.listdir(path)):
+    if "@" in spec:
+      raise ConfigError(f"{field}={spec!r}: a Hugging Face directory has no checkpoints to pick by '@{which}'")
+    return "hf", path, "none"
+  raise ConfigError(f"{field}={spec!r}: neither 'base', a Hugging Face checkpoint directory (config.json and "
+                    f"*.safetensors) nor a training workdir (with {_CHECKPOINTS}/)")
+
+
+def workdir_config(config, path: str):
+  """`config` with config.workdir = `path` and the config.model fields of the run saved there."""
+  saved_path = os.path.join(path, _WORKDIR_CONFIG)
+  try:
+    with open(saved_path, encoding="utf-8") as f:
+      saved = json.load(f)["model"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"{saved_path}: cannot read the model of the run in {path} ({type(e).__name__}: {e})") from None
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    out.workdir = path
+    for name in _SAVED_MODEL_FIELDS:
+      if name in saved:
+        out.model[name] = saved[name]
+  return out
+
+
+def load_model_spec(config, mesh, spec: str, field: str):
+  """(decoder, tokenizer, provenance) of the model spec `spec` (`parse_model_spec`) of config field `field`; the
+  provenance names the model, the checkpoint read and its step."""
+  kind, path, which = parse_model_spec(spec, field)
+  if kind == "hf":
+    model, tokenizer = load_policy(config, mesh, path)
+    return model, tokenizer, {"spec": spec, "model": path, "checkpoint": path, "step": None}
+  run_config = config if kind == "base" else workdir_config(config, path)
+  model, tokenizer, step = load_trained_policy(run_config, mesh, which)
+  if kind == "workdir" and step is None:
+    raise ConfigError(f"{field}={spec!r}: {os.path.join(path, _CHECKPOINTS)} holds no checkpoint")
+  m = run_config.model
+  return model, tokenizer, {
+      "spec": spec, "model": m.path or f"preset {m.preset}", "step": step,
+      "checkpoint": None if step is None else os.path.join(path, _CHECKPOINTS, str(step))}
+
+
 @functools.lru_cache(maxsize=4)
 def make_embedder(name: str):
   """The memory embedder `config.memory.encoder`: "" (bundled all-MiniLM-L6-v2), "hashing[:dim]", or a directory."""
@@ -259,9 +322,10 @@ def check_extractor(config) -> str:
       raise ConfigError(f"config.memory.extractor_api_key_env={key_env!r}: that environment variable is not set (it "
                         f"holds the API key of {target!r}; set the field to '' for an endpoint without one)")
     return "http"
-  if not os.path.isdir(target):
-    raise ConfigError(f"config.memory.extractor={target!r}: neither a directory (a Hugging Face checkpoint) nor an "
-                      "http(s) URL (an OpenAI-compatible endpoint)")
+  try:
+    parse_model_spec(target, "config.memory.extractor")
+  except ConfigError as e:
+    raise ConfigError(f"{e}, nor the http(s) URL of an OpenAI-compatible endpoint") from None
   return "local"
 
 
@@ -291,18 +355,24 @@ def frozen_extractor(config) -> extractor_lib.FrozenExtractor:
       raise ConfigError(f"{label}: {e}") from None
     identity = extractor_lib.endpoint_identity(endpoint)
   else:
-    path = m.extractor
-    backend = extractor_lib.EngineBackend(functools.partial(_extractor_policy, config, path), name=path)
-    identity = extractor_lib.checkpoint_identity(path, m.extractor_max_tokens)
+    spec = m.extractor
+    backend = extractor_lib.EngineBackend(functools.partial(_extractor_policy, config, spec), name=spec)
+    kind, path, which = parse_model_spec(spec, "config.memory.extractor")
+    identity = extractor_lib.checkpoint_identity(path or config.model.path, m.extractor_max_tokens)
+    if kind == "base" and not config.model.path:  # A random-init preset (tests): named by preset and seed.
+      identity.update(path="", preset=config.model.preset, seed=config.seed)
+    if kind == "workdir":  # A run that trained on since is another extractor.
+      steps = [int(n) for n in os.listdir(os.path.join(path, _CHECKPOINTS)) if n.isdigit()]
+      identity.update(checkpoint=which, last_step=max(steps, default=None))
   return extractor_lib.FrozenExtractor(backend, identity, extractor_lib.ExtractionCache(extractor_cache_path(config)),
                                        label=label, fallback_to_turn=bool(m.extractor_fallback))
 
 
-def _extractor_policy(config, path: str) -> EnginePolicy:
-  """The checkpoint at `path` as a greedy EnginePolicy with replies of config.memory.extractor_max_tokens: a model of
-  its own, on config.mesh."""
+def _extractor_policy(config, spec: str) -> EnginePolicy:
+  """The model of spec `spec` (`parse_model_spec`) as a greedy EnginePolicy with replies of
+  config.memory.extractor_max_tokens: a model of its own, on config.mesh."""
   mesh = setup_mesh(config)
-  model, tokenizer = load_policy(config, mesh, path)
+  model, tokenizer, _ = load_model_spec(config, mesh, spec, "config.memory.extractor")
   return make_engine_policy(model, tokenizer, config, mesh, seed=config.seed,
                             max_new_tokens=config.memory.extractor_max_tokens)
 

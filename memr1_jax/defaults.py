@@ -13,7 +13,7 @@ import ml_collections
 
 from memr1_jax import fileio
 
-MODES = ("train", "sft", "eval", "export", "prepare")
+MODES = ("train", "sft", "eval", "export", "prepare", "distill")
 AGENTS = ("manager", "answer")
 ALGORITHMS = ("grpo", "ppo")
 
@@ -21,7 +21,8 @@ ALGORITHMS = ("grpo", "ppo")
 def default_config() -> ml_collections.ConfigDict:
   """Memory-R1 on LoCoMo with GRPO on the answer agent, Qwen-2.5-7B-Instruct (paper settings)."""
   c = ml_collections.ConfigDict()
-  # What to run: train | sft | eval | export | prepare (the manager's training tuples).
+  # What to run: train | sft | eval | export | prepare (the manager's training tuples) | distill (a teacher's
+  # trajectories for Memory-SFT).
   c.mode = "train"
   # Which agent the policy plays: manager (memory operations) | answer (distil memories, answer).
   c.agent = "answer"
@@ -259,23 +260,55 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.answer_banks = ""
 
   c.eval = ml_collections.ConfigDict()
-  # Split to evaluate in mode=eval.
+  # Split to evaluate in mode=eval (LongMemEval and MSC: "test" is every item).
   c.eval.split = "test"
-  # Manager checkpoint (HF directory) that builds the banks; "add_all": ADD every turn's fact; empty: the policy.
+  # The row's name in reports and Table 1 (e.g. "Memory-R1-GRPO", "BASE", "Memory-SFT"); "": the workdir's name.
+  c.eval.method = ""
+  # Who builds the banks: "" (the policy), "add_all" (every extracted fact ADDed; no model), "base" (config.model's
+  # untrained weights), a Hugging Face directory, or a training workdir (its latest checkpoint; "<dir>@best").
   c.eval.manager_path = ""
-  # Answer-agent checkpoint (HF directory); empty: the policy itself.
+  # Who answers: "" (the policy), "base", a Hugging Face directory, or a training workdir ("<dir>@best" or "@latest").
   c.eval.answer_path = ""
-  # LLM judge: "" (off), "local" (the answer model) or an OpenAI-compatible base URL.
+  # LLM judge (J): "" (off), the base URL of an OpenAI-compatible endpoint, or a local model spec ("base", an HF
+  # directory, a training workdir) that is not one of the models under evaluation.
   c.eval.judge = ""
   # Judge model name at the endpoint, and the NAME of the environment variable holding its API key.
   c.eval.judge_model = ""
   c.eval.judge_api_key_env = "OPENAI_API_KEY"
-  # Longest judge reply in tokens (local judge and HTTP endpoint).
-  c.eval.judge_max_tokens = 64
-  # Retries of a failed judge request (HTTP 429 / 5xx, connection errors) after 1 s, 2 s, 4 s, ... of waiting.
+  # Longest judge reply in tokens (a short reason and the label).
+  c.eval.judge_max_tokens = 128
+  # Retries of a failed judge request (HTTP 429 / 5xx, connection errors, timeouts) after backoff_s * 2**i.
   c.eval.judge_retries = 3
+  # Seconds before the first retry of a judge request (doubled for each further one).
+  c.eval.judge_backoff_s = 1.0
+  # Seconds before a judge request times out (then it is retried).
+  c.eval.judge_timeout_s = 60.0
+  # Judge requests in flight at once.
+  c.eval.judge_concurrency = 8
   # Checkpoint of <workdir>/checkpoints the policy is read from: latest | best (by validation EM) | none (base).
   c.eval.checkpoint = "latest"
+
+  c.distill = ml_collections.ConfigDict()
+  # The teacher of mode=distill (Memory-SFT): the base URL of an OpenAI-compatible endpoint, or a local model spec
+  # ("base", a Hugging Face directory, a training workdir).
+  c.distill.teacher = ""
+  # Model name sent to the teacher endpoint (URL teachers only).
+  c.distill.teacher_model = ""
+  # NAME of the environment variable holding the teacher endpoint's API key ("": none); never the key itself.
+  c.distill.teacher_api_key_env = "OPENAI_API_KEY"
+  # Longest teacher reply in tokens.
+  c.distill.max_tokens = 1024
+  # Requests in flight at once, seconds before a request times out, retries after backoff_s * 2**i seconds.
+  c.distill.concurrency = 8
+  c.distill.timeout_s = 120.0
+  c.distill.retries = 3
+  c.distill.backoff_s = 1.0
+  # sqlite3 file of the teacher's replies ("": <workdir>/distill/teacher_cache.sqlite): a rerun asks nothing again.
+  c.distill.cache = ""
+  # Split whose conversations the teacher walks (the paper: LoCoMo's train split).
+  c.distill.split = "train"
+  # Keep only the answer trajectories whose answer matches the gold exactly (else every readable one).
+  c.distill.correct_answers_only = False
 
   c.prepare = ml_collections.ConfigDict()
   # Turns before a tuple's turn that its temporal memory bank is built over (the paper: 50).
@@ -295,7 +328,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # The fields naming the environment variables of API keys (the judge's, the fact extractor's endpoint's).
-API_KEY_ENV_FIELDS = ("eval.judge_api_key_env", "memory.extractor_api_key_env")
+API_KEY_ENV_FIELDS = ("eval.judge_api_key_env", "memory.extractor_api_key_env", "distill.teacher_api_key_env")
 
 
 def api_key_envs(config) -> dict[str, str]:

@@ -1,26 +1,41 @@
 r"""mode=eval: build memory banks with a manager, answer a split's questions, write the per-category report.
 
-  python -m memr1_jax.main --config=configs/grpo_qwen7b.py --config.mode=eval --config.workdir=runs/grpo_qwen7b
+  python -m memr1_jax.main --config=configs/grpo_qwen7b.py --config.mode=eval --config.workdir=$RUNS/grpo_qwen7b \
+      --config.eval.manager_path=$RUNS/manager_grpo_qwen7b --config.eval.answer_path=$RUNS/grpo_qwen7b@best
 
-Who plays which part (every model decodes greedily, the paper's evaluation setting):
+Who plays which part (every model decodes greedily, the paper's evaluation setting). The manager, the answer agent,
+the fact extractor and a local judge are each a model spec (`components.parse_model_spec`): "base" (config.model's
+untrained weights), a Hugging Face checkpoint directory, or a training workdir (its latest checkpoint, or
+"<workdir>@best" by validation EM; the model comes from the workdir's config.json, LoRA merged):
 - the policy: config.model with the trained parameters of a checkpoint in <workdir>/checkpoints
-  (config.eval.checkpoint: latest | best | none), LoRA merged;
-- the manager (config.eval.manager_path): a Hugging Face checkpoint directory, "add_all" (the heuristic that ADDs
-  every turn's facts; no model), or empty: the policy;
-- the fact extractor (config.memory.extraction): with "llm", the frozen model of config.memory.extractor (a
-  checkpoint directory of its own or an OpenAI-compatible endpoint, `memr1_jax.extractor`), never the manager, its
-  replies cached in config.memory.extractor_cache (a rerun asks it nothing);
-- the answer agent (config.eval.answer_path): a checkpoint directory, or empty: the policy;
-- the judge (config.eval.judge): "" (off), "local" (the answer agent's model through the rollout engine) or the
-  base URL of an OpenAI-compatible endpoint (config.eval.judge_model; the API key is read from the environment
-  variable NAMED by config.eval.judge_api_key_env, and only process 0 calls it). An endpoint gets one tiny request
-  before any model loads: a judge that does not answer stops the eval at once (JudgeError: endpoint, model, reason).
+  (config.eval.checkpoint: latest | best | none), the part played by an empty spec;
+- the manager (config.eval.manager_path): a spec, "add_all" (the heuristic that ADDs every turn's facts; no model),
+  or empty: the policy;
+- the fact extractor (config.memory.extraction): with "llm", the frozen model of config.memory.extractor (a spec or an
+  OpenAI-compatible endpoint, `memr1_jax.extractor`), never the manager, its replies cached in
+  config.memory.extractor_cache (a rerun asks it nothing);
+- the answer agent (config.eval.answer_path): a spec, or empty: the policy;
+- the judge (config.eval.judge): "" (off), the base URL of an OpenAI-compatible endpoint (config.eval.judge_model;
+  the API key is read from the environment variable NAMED by config.eval.judge_api_key_env; only process 0 calls
+  it, judge_concurrency requests at once, judge_retries retries after judge_backoff_s * 2**i seconds), or a local
+  spec, which may not be the weights of the manager or the answer agent under evaluation (SelfJudgingError). The
+  judge sees the question, the gold and the generated answer and replies with a short reason and CORRECT / WRONG in
+  JSON (`eval.judge`, the protocol of the paper's Appendix C.3). An endpoint gets one tiny request before any model
+  loads: a judge that does not answer stops the eval at once (JudgeError: endpoint, model, reason).
+
+The paper's rows in this harness: Memory-R1 (the manager run's workdir as manager, the answer run's as answer
+agent), BASE (manager_path=answer_path=base), Mem0-like (manager_path=base over the LLM extractor's facts),
+Memory-SFT (the workdirs of mode=sft on mode=distill's trajectories). LoCoMo is reported per category; LongMemEval per
+question type under the paper's Table 4 names (SSU, SSP, OD, MS, KU, TR), MSC as one group. eval.method names the row
+(`memr1_jax.table` renders Table 1 from the report.json files).
 
 Each report has its own directory, <workdir>/eval/<split>/<checkpoint>-step<N> ("base" when the policy's weights
-come from no checkpoint of the workdir), so the reports of latest, best and none sit side by side:
-- report.txt and report.json: per category count, EM, F1, BLEU-1, J and LoCoMo F1, with the provenance (the
-  checkpoint path and step of each model, the config with the API key redacted, the judge, timestamps), the
-  operation mix of bank building and timings;
+come from no checkpoint of the workdir; when the policy plays no part, eval.method or "pair-<hash>"), so the reports
+of latest, best and none sit side by side:
+- report.txt and report.json: per category (or question type) count, EM, F1, BLEU-1, J and LoCoMo F1, with the
+  dataset, the method, the provenance (the spec, checkpoint path and step of the manager and the answer agent, the
+  extractor), the config with the API key redacted, the judge model and its unparseable verdicts (work), timestamps,
+  the operation mix of bank building and timings;
 - predictions.jsonl: per question its question, gold, prediction, category, scores, judge label and the memories
   the answer agent was shown; appended and flushed as each batch of questions is answered;
 - verdicts.jsonl: the judge's verdicts, one flushed line each, keyed by a hash of (judge model, question, gold,
@@ -47,7 +62,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from memr1_jax import components, console, defaults, fileio, tasks
+from memr1_jax import components, console, defaults, fileio, openai_client, tasks
+from memr1_jax.data import longmemeval, msc
 from memr1_jax.data.schema import QA, Conversation
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import ChatPolicy, EnginePolicy
@@ -216,9 +232,20 @@ def _memory_json(bank: MemoryBank, memory_id: int) -> dict:
   return {"id": memory_id, "speaker": entry.speaker, "timestamp": entry.timestamp, "text": entry.text}
 
 
+# The reported group of each non-LoCoMo question type: LongMemEval's under the paper's Table 4 names, then MSC.
+QUESTION_GROUPS = {**longmemeval.QUESTION_TYPE_CODES, msc.QUESTION_TYPE: "MSC"}
+
+
+def question_group(qa: QA) -> str:
+  """The group `qa` is reported under: its QUESTION_GROUPS name, its own question type, or "" (LoCoMo: by
+  category)."""
+  return QUESTION_GROUPS.get(qa.question_type, qa.question_type)
+
+
 def _answer_record(conv: Conversation, qa: QA, exp, bank: MemoryBank) -> dict:
   """The predictions.jsonl record of `qa` answered by experience `exp` over `bank` (judge fields come later)."""
-  return {"sample_id": conv.sample_id, "qid": qa.qid, "category": qa.category, "question": qa.question,
+  return {"sample_id": conv.sample_id, "qid": qa.qid, "category": qa.category, "group": question_group(qa),
+          "question": qa.question,
           "gold": qa.answer, "prediction": exp.info["answer"], "response": exp.sample.text, "em": exp.info["em"],
           "f1": exp.info["f1"], "format_error": bool(exp.info["format_error"]),
           "memories": [_memory_json(bank, i) for i in exp.info["memory_ids"]]}
@@ -287,12 +314,19 @@ def evaluate_conversations(conversations: Sequence[Conversation], *, manager: Ch
   records, predictions = [], []
   for answer, verdict in zip(answered, verdicts):
     label = None if verdict is None else verdict.correct
-    records.append(report_lib.EvalRecord(answer["category"], answer["prediction"], answer["gold"], label))
+    records.append(report_lib.EvalRecord(answer["category"], answer["prediction"], answer["gold"], label,
+                                         answer.get("group", "")))
     predictions.append({**answer, "judge": label,
+                        "judge_reason": None if verdict is None else verdict.reason,
                         "judge_format_error": None if verdict is None else verdict.format_error})
-  rows = report_lib.category_report(records, with_locomo_f1=all(1 <= r.category <= 5 for r in records))
+  by_group = any(r.group for r in records)
+  rows = report_lib.category_report(records, with_locomo_f1=not by_group and all(1 <= r.category <= 5 for r in records),
+                                    group_order=list(QUESTION_GROUPS.values()))
+  graded = [v for v in verdicts if v is not None]
   work = {"answered": len(todo), "answers_resumed": len(items) - len(todo),
-          "verdicts_asked": len(store.verdicts) - cached, "banks_resumed": not rebuild}
+          "verdicts_asked": len(store.verdicts) - cached, "banks_resumed": not rebuild,
+          "judge_unparseable": sum(v.unparsed for v in graded),
+          "judge_format_errors": sum(v.format_error is not None for v in graded)}
   return EvalOutcome(rows, predictions, stats, {"banks": t1 - t0, "answers": t2 - t1, "judge": t3 - t2}, work)
 
 
@@ -327,7 +361,11 @@ def write_outcome(outcome: EvalOutcome, store: EvalStore, report: dict) -> None:
   store.finish(outcome.predictions)
 
 
-def local_judge(policy: EnginePolicy, max_new_tokens: int, name: str = "local") -> judge_lib.Judge:
+class SelfJudgingError(ConfigError):
+  """The configured judge is a model under evaluation: it would grade its own answers."""
+
+
+def local_judge(policy: EnginePolicy, max_new_tokens: int, name: str) -> judge_lib.Judge:
   """A judge that is `policy`'s model decoding greedily through its rollout engine (chat template applied); `name`
   identifies that model in the verdict cache."""
   engine = policy.engine
@@ -345,11 +383,11 @@ def http_judge(config) -> judge_lib.Judge:
   e = config.eval
   if not e.judge_model:
     raise ConfigError(f"config.eval.judge_model: empty; name the model served at {e.judge!r}")
-  if e.judge_retries < 0:
-    raise ConfigError(f"config.eval.judge_retries={e.judge_retries}: must be 0 or more")
   try:
-    http_config = judge_lib.HttpJudgeConfig(base_url=e.judge, model=e.judge_model, api_key_env=e.judge_api_key_env,
-                                            max_tokens=e.judge_max_tokens, max_retries=e.judge_retries)
+    http_config = judge_lib.HttpJudgeConfig(
+        base_url=e.judge, model=e.judge_model, api_key_env=e.judge_api_key_env, max_tokens=e.judge_max_tokens,
+        max_retries=e.judge_retries, timeout_s=float(e.judge_timeout_s), backoff_s=float(e.judge_backoff_s),
+        max_concurrency=int(e.judge_concurrency))
     return judge_lib.Judge(judge_lib.HttpChatBackend(http_config), name=e.judge_model)
   except ValueError as err:
     raise ConfigError(f"config.eval.judge={e.judge!r}: {err}") from None
@@ -369,15 +407,51 @@ def check_judge(judge: judge_lib.Judge) -> None:
     raise judge_lib.JudgeError(error)
 
 
+def _weights_id(config, spec: str, field: str) -> str:
+  """Which weights a model spec of mode=eval names, for the self-judging check: "base:<model>", "hf:<dir>" or
+  "workdir:<dir>" ("" for the policy: config.workdir's checkpoint, or the base model when there is none)."""
+  base = "base:" + (os.path.realpath(config.model.path) if config.model.path else f"preset {config.model.preset}")
+  if not spec:
+    has_checkpoints = os.path.isdir(os.path.join(config.workdir, "checkpoints"))
+    return (f"workdir:{os.path.realpath(config.workdir)}" if has_checkpoints and config.eval.checkpoint != "none"
+            else base)
+  kind, path, _ = components.parse_model_spec(spec, field)
+  if kind == "base" or (kind == "hf" and config.model.path and os.path.realpath(path) == base[5:]):
+    return base
+  return f"{kind}:{os.path.realpath(path)}"
+
+
+def check_not_self_judging(config) -> None:
+  """SelfJudgingError when config.eval.judge is a local checkpoint whose weights are those of the manager or the
+  answer agent under evaluation (or "local", the answer agent itself); other local checkpoints may judge."""
+  e = config.eval
+  parts = {"answer agent": ("config.eval.answer_path", e.answer_path)}
+  if e.manager_path != ADD_ALL:
+    parts["manager"] = ("config.eval.manager_path", e.manager_path)
+  if e.judge == "local":
+    raise SelfJudgingError("config.eval.judge='local' is the answer agent under evaluation grading its own answers; "
+                           "name an OpenAI-compatible endpoint or another model's checkpoint directory")
+  judge = _weights_id(config, e.judge, "config.eval.judge")
+  for part, (field, spec) in parts.items():
+    if _weights_id(config, spec, field) == judge:
+      raise SelfJudgingError(f"config.eval.judge={e.judge!r}: these are the weights of the {part} under evaluation "
+                             f"({field}={spec or 'the policy'!r}); it would grade its own answers. Use an "
+                             "OpenAI-compatible endpoint or another model's checkpoint")
+
+
 def _check_config(config) -> None:
   e = config.eval
   if e.checkpoint not in components.CHECKPOINT_CHOICES:
     raise ConfigError(
         f"config.eval.checkpoint={e.checkpoint!r} is not one of {components.CHECKPOINT_CHOICES}")
-  for field, path in (("manager_path", "" if e.manager_path == ADD_ALL else e.manager_path),
+  for field, spec in (("manager_path", "" if e.manager_path == ADD_ALL else e.manager_path),
                       ("answer_path", e.answer_path)):
-    if path and not os.path.isdir(path):
-      raise ConfigError(f"config.eval.{field}={path!r}: not a directory (a Hugging Face checkpoint)")
+    if spec:
+      components.parse_model_spec(spec, f"config.eval.{field}")
+  if e.judge_retries < 0:
+    raise ConfigError(f"config.eval.judge_retries={e.judge_retries}: must be 0 or more")
+  if e.judge and not openai_client.is_endpoint_url(e.judge):
+    check_not_self_judging(config)
 
 
 def eval_settings(config, conversations: Sequence[Conversation], policies: dict) -> dict:
@@ -391,6 +465,26 @@ def eval_settings(config, conversations: Sequence[Conversation], policies: dict)
           "model": saved["model"],
           "memory": {k: v for k, v in saved["memory"].items() if k not in EXTRACTOR_RUNTIME_FIELDS},
           "rollout": {k: saved["rollout"][k] for k in ("max_prompt_len", "max_new_tokens")}}
+
+
+def _extractor_provenance(config) -> dict:
+  """Which fact extractor built the banks: the extraction kind and, for "llm", the endpoint and model or the spec."""
+  m = config.memory
+  if m.extraction != "llm":
+    return {"extraction": m.extraction}
+  return {"extraction": "llm", "extractor": m.extractor, "model": m.extractor_model or m.extractor}
+
+
+def _out_name(config, step: int | None, policy_used: bool, provenance: dict) -> str:
+  """The report directory's name under <workdir>/eval/<split>: "<checkpoint>-step<N>" or "base" when the policy plays
+  a part; else eval.method as a slug, or "pair-<hash of who plays which part>"."""
+  e = config.eval
+  if policy_used:
+    return "base" if step is None else f"{e.checkpoint}-step{step}"
+  if e.method:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in e.method)
+  digest = hashlib.sha256(json.dumps(provenance, sort_keys=True).encode("utf-8")).hexdigest()[:8]
+  return f"pair-{digest}"
 
 
 def run(config) -> dict:
@@ -407,7 +501,7 @@ def run(config) -> dict:
                                  f"({config.data.path or config.data.data_dir})")
   rcfg = components.runner_config(config)  # Checks the fact extractor's fields; loads no model, sends no request.
   judge = None
-  if e.judge and e.judge != "local":
+  if e.judge and openai_client.is_endpoint_url(e.judge):
     judge = http_judge(config)  # Checked on every process; only process 0 sends requests.
     check_judge(judge)
     judge = judge if jax.process_index() == 0 else None
@@ -415,33 +509,37 @@ def run(config) -> dict:
   bank_factory = components.bank_factory(config)
   policies: dict[str, EnginePolicy] = {}
   sources: dict[str, dict] = {}
-  info = {"split": e.split, "questions": sum(len(c.qa) for c in conversations), "checkpoint": e.checkpoint}
+  info = {"split": e.split, "dataset": config.data.name, "questions": sum(len(c.qa) for c in conversations),
+          "checkpoint": e.checkpoint}
 
-  def policy_for(path: str) -> EnginePolicy:
-    """The engine of checkpoint directory `path` ("": the policy), loaded once; its provenance in `sources`."""
-    if path not in policies:
-      if path:
-        model, tokenizer = components.load_policy(config, mesh, path)
-        sources[path] = {"model": path, "checkpoint": path, "step": None}
+  def policy_for(spec: str, field: str) -> EnginePolicy:
+    """The engine of model spec `spec` ("": the policy), loaded once; its provenance in `sources`."""
+    if spec not in policies:
+      if spec:
+        model, tokenizer, sources[spec] = components.load_model_spec(config, mesh, spec, field)
       else:
         model, tokenizer, step = components.load_trained_policy(config, mesh, e.checkpoint)
         info["policy_step"] = step
-        sources[path] = {"model": config.model.path or f"preset {config.model.preset}", "step": step,
+        sources[spec] = {"spec": "policy", "model": config.model.path or f"preset {config.model.preset}", "step": step,
                          "checkpoint": None if step is None else os.path.join(config.workdir, "checkpoints", str(step))}
-      policies[path] = components.make_engine_policy(model, tokenizer, config, mesh, seed=config.seed)
-    return policies[path]
+      policies[spec] = components.make_engine_policy(model, tokenizer, config, mesh, seed=config.seed)
+    return policies[spec]
 
-  manager = None if e.manager_path == ADD_ALL else policy_for(e.manager_path)
-  answerer = policy_for(e.answer_path)
+  manager = None if e.manager_path == ADD_ALL else policy_for(e.manager_path, "config.eval.manager_path")
+  answerer = policy_for(e.answer_path, "config.eval.answer_path")
   provenance = {"manager": {"model": ADD_ALL} if manager is None else sources[e.manager_path],
-                "answer": sources[e.answer_path]}
-  if e.judge == "local":
-    judge = local_judge(answerer, e.judge_max_tokens, name="local " + json.dumps(provenance["answer"], sort_keys=True))
+                "answer": sources[e.answer_path], "extractor": _extractor_provenance(config)}
+  if e.judge and judge is None and not openai_client.is_endpoint_url(e.judge):  # A local checkpoint judges.
+    model, tokenizer, judged_by = components.load_model_spec(config, mesh, e.judge, "config.eval.judge")
+    judge_policy = components.make_engine_policy(model, tokenizer, config, mesh, seed=config.seed,
+                                                 max_new_tokens=e.judge_max_tokens)
+    judge = local_judge(judge_policy, e.judge_max_tokens, name="local " + json.dumps(judged_by, sort_keys=True))
   step = info.get("policy_step")
-  out_dir = os.path.join(config.workdir, "eval", e.split, "base" if step is None else f"{e.checkpoint}-step{step}")
-  info.update(manager=e.manager_path or "policy", answer=e.answer_path or "policy", policies=provenance,
-              judge=e.judge if judge is not None else "", judge_model=judge.name if judge is not None else "",
-              config=defaults.redacted(config), out_dir=out_dir)
+  out_dir = os.path.join(config.workdir, "eval", e.split, _out_name(config, step, "" in sources, provenance))
+  info.update(method=e.method or os.path.basename(os.path.normpath(config.workdir)),
+              manager=e.manager_path or "policy", answer=e.answer_path or "policy", policies=provenance,
+              judge=e.judge, judge_model=judge.name if judge is not None else e.judge_model if e.judge else "",
+              judge_prompt=judge_lib.PROMPT_ID, config=defaults.redacted(config), out_dir=out_dir)
   store = EvalStore(out_dir if jax.process_index() == 0 else None, eval_settings(config, conversations, provenance))
   if store.note:
     print(f"# {store.note}", flush=True)
@@ -458,7 +556,10 @@ def run(config) -> dict:
   ops = ", ".join(f"{k} {v}" for k, v in mix["counts"].items())
   extracted = ("; fact extractor: " + ", ".join(f"{k} {v}" for k, v in report["extractor"].items())
                if "extractor" in report else "")
-  print(f"# eval {e.split}: {info['questions']} questions; manager {info['manager']}, answer agent "
-        f"{info['answer']}; bank operations: {ops}; manager format errors {mix['format_errors']}{extracted}\n"
+  judged = (f"; judge {info['judge_model']}: {outcome.work['judge_unparseable']} unparseable verdicts"
+            if info["judge_model"] else "; J off (no judge: --config.eval.judge=<endpoint URL or model spec>)")
+  print(f"# eval {e.split} ({info['dataset']}, {info['method']}): {info['questions']} questions; manager "
+        f"{info['manager']}, answer agent {info['answer']}; bank operations: {ops}; manager format errors "
+        f"{mix['format_errors']}{extracted}{judged}\n"
         f"{report_lib.render_table(outcome.rows)}# written to {out_dir}", flush=True)
   return report

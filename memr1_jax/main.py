@@ -1,9 +1,9 @@
 r"""Entry point: `python -m memr1_jax.main --config=configs/<name>.py [--config.field=value ...]`.
 
 Modes (config.mode): train (RL of the manager or answer agent with GRPO / PPO), sft (supervised warm start),
-eval (per-category LoCoMo report), export (Hugging Face safetensors directory), prepare (the manager's
-training tuples, `memr1_jax.prepare`), and those a task module adds
-(config.task, see `memr1_jax.tasks`; the CPU demo's "demo").
+eval (per-category report), export (Hugging Face safetensors directory), prepare (the manager's training tuples,
+`memr1_jax.prepare`), distill (a teacher's trajectories for Memory-SFT, `memr1_jax.distill`), and those a task
+module adds (config.task, see `memr1_jax.tasks`; the CPU demo's "demo").
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ MODE_MODULES = {
     "eval": "memr1_jax.evaluate",
     "export": "memr1_jax.export",
     "prepare": "memr1_jax.prepare",
+    "distill": "memr1_jax.distill",
 }
 
 
@@ -82,6 +83,12 @@ RANGES = {
     "memory.extractor_backoff_s": (0.0, _INF, "0 or more seconds"),
     "memory.extractor_max_tokens": (1, _INF, "at least 1 token"),
     "prepare.window": (0, _INF, "0 (empty banks) or more turns"),
+    "eval.judge_max_tokens": (1, _INF, "at least 1 token"), "eval.judge_retries": (0, _INF, "0 (no retry) or more"),
+    "eval.judge_backoff_s": (0.0, _INF, "0 or more seconds"), "eval.judge_timeout_s": (1e-9, _INF, "more than 0 s"),
+    "eval.judge_concurrency": (1, _INF, "at least 1 request in flight"),
+    "distill.max_tokens": (1, _INF, "at least 1 token"), "distill.concurrency": (1, _INF, "at least 1 request"),
+    "distill.timeout_s": (1e-9, _INF, "more than 0 seconds"), "distill.retries": (0, _INF, "0 (no retry) or more"),
+    "distill.backoff_s": (0.0, _INF, "0 or more seconds"),
 }
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # Types only: main reads task modules before JAX (which the r
   from memr1_jax.episodes.runner import BankStats, Experience
 
 # The benchmark datasets of a run without a task module, and their default file under config.data.data_dir.
-DATASETS = {"locomo": "locomo10.json", "longmemeval": "longmemeval_s.json", "msc": "msc_self_instruct.jsonl"}
+DATASETS = {"locomo": "locomo10.json", "longmemeval": "longmemeval_oracle.json", "msc": "msc_self_instruct.jsonl"}
 
 
 class Task:
@@ -81,9 +81,12 @@ class DatasetTask(Task):
       convs = data.read_locomo(self.path)
       return {s: data.locomo_split(convs, s, include_adversarial=self.include_adversarial)
               for s in ("train", "validation", "test")}
-    convs = (data.read_longmemeval if self.name == "longmemeval" else data.read_msc)(self.path)
-    # No official RL split: the first conversation trains, the second validates, the rest are the test set.
-    return {"train": convs[:1], "validation": convs[1:2], "test": convs[2:]}
+    # LongMemEval's oracle sessions are not listed in time order: sorted by date, as the manager walks them.
+    convs = (data.read_longmemeval(self.path, chronological=True) if self.name == "longmemeval"
+             else data.read_msc(self.path))
+    # Zero-shot benchmarks (the paper evaluates a LoCoMo-trained pair on them): the test split is every item. They
+    # have no RL split; the first item (train) and the second (validation) serve smoke runs only, and are also in test.
+    return {"train": convs[:1], "validation": convs[1:2], "test": convs}
 
 
 def task_module(config) -> types.ModuleType | None:

@@ -1,7 +1,6 @@
 """mode=eval (memr1_jax/evaluate.py): banks, greedy answers, judges, per-category report files."""
 
 import collections
-import http.server
 import json
 import os
 import secrets
@@ -11,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from memr1_jax import components, evaluate
-from memr1_jax.data import read_locomo
+from memr1_jax import components, evaluate, tasks
+from memr1_jax.data import longmemeval, read_locomo
 from memr1_jax.data.splits import without_adversarial
 from memr1_jax.episodes.policy import ScriptedPolicy
 from memr1_jax.episodes.runner import RunnerConfig
@@ -20,6 +19,8 @@ from memr1_jax.errors import ConfigError
 from memr1_jax.eval.judge import Judge, JudgeError
 from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.embedders import HashingEmbedder
+from memr1_jax.testing.chat_server import ChatServer, last_user_message
+from memr1_jax.testing.smoke import locomo_fixture_config as fixture_config
 from memr1_jax.testing.smoke import smoke_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,11 +29,6 @@ DATA_DIR = os.environ.get("MEMR1_DATA_DIR", os.path.join(REPO, "..", "shared", "
 LOCOMO = os.path.join(DATA_DIR, "locomo", "locomo10.json")
 
 
-def fixture_config(workdir, **overrides):
-  """The smoke model on the LoCoMo fixture's validation conversation (conv-30: 6 turns, 4 scored questions)."""
-  return smoke_config(workdir, "locomo", **{"data.path": FIXTURE, "eval.split": "validation",
-                                  "eval.manager_path": "add_all", "rollout.max_new_tokens": 3,
-                                  "memory.answer_k_per_speaker": 2, **overrides})
 
 
 def raw_qa(path, sample_id):
@@ -80,11 +76,7 @@ def test_eval_on_real_locomo_validation_conversation(tmp_path):
 
 def test_eval_fixture_with_llm_manager_from_checkpoint_dir(tmp_path):
   """A tiny LLM manager (and answer agent) loaded from a Hugging Face directory runs every fixture turn."""
-  from memr1_jax.models.loading import export_pretrained  # pylint: disable=g-import-not-at-top
-  base = fixture_config(tmp_path / "base")
-  model, _ = components.load_policy(base, None)
-  manager_dir = str(tmp_path / "manager_hf")
-  export_pretrained(model, manager_dir, tokenizer_dir=components.tokenizer_dir(base))
+  manager_dir = _export_base(tmp_path, "manager_hf")
   c = fixture_config(tmp_path / "run", **{"eval.manager_path": manager_dir, "eval.answer_path": manager_dir})
   report = evaluate.run(c)
   turns = raw_turn_count(FIXTURE, "conv-30")
@@ -94,7 +86,9 @@ def test_eval_fixture_with_llm_manager_from_checkpoint_dir(tmp_path):
   assert report["banks"]["format_errors"] <= turns
   assert report_counts(report) == dict(collections.Counter(qa["category"] for qa in raw_qa(FIXTURE, "conv-30")))
   assert report["manager"] == report["answer"] == manager_dir and "policy_step" not in report
-  assert len(read_predictions(tmp_path / "run" / "eval" / "validation" / "base")) == 4
+  assert report["policies"]["manager"]["checkpoint"] == manager_dir == report["policies"]["answer"]["model"]
+  assert report["policies"]["extractor"] == {"extraction": "simple"}
+  assert os.path.basename(report["out_dir"]).startswith("pair-") and len(read_predictions(report["out_dir"])) == 4
 
 
 def _scripted_answerer(correct_questions):
@@ -134,63 +128,49 @@ def test_evaluate_conversations_scores_scripted_agents():
     assert [m["speaker"] for m in p["memories"]] == [conv.speaker_a] * 2 + [conv.speaker_b] * 2
 
 
-def test_eval_local_judge_grades_every_answer(tmp_path):
-  """judge="local": the answer model grades every prediction; J is the mean of the recorded labels."""
-  report = evaluate.run(fixture_config(tmp_path, **{"eval.judge": "local", "eval.judge_max_tokens": 4}))
+def _export_base(tmp_path, name):
+  """The fixture config's base model exported as a Hugging Face directory tmp_path/name; returns its path."""
+  from memr1_jax.models.loading import export_pretrained  # pylint: disable=g-import-not-at-top
+  base = fixture_config(tmp_path / "base")
+  model, _ = components.load_policy(base, None)
+  path = str(tmp_path / name)
+  export_pretrained(model, path, tokenizer_dir=components.tokenizer_dir(base))
+  return path
+
+
+def test_eval_local_checkpoint_judge_grades_every_answer(tmp_path):
+  """A local checkpoint that is not under evaluation judges every prediction; J is the mean of the labels."""
+  judge_dir = _export_base(tmp_path, "judge_hf")
+  report = evaluate.run(fixture_config(tmp_path, **{"eval.judge": judge_dir, "eval.judge_max_tokens": 4}))
   overall = report["groups"][-1]
   predictions = read_predictions(tmp_path / "eval" / "validation" / "base")
-  assert overall["j_count"] == overall["count"] == 4 and report["judge"] == "local"
+  assert overall["j_count"] == overall["count"] == 4 and report["judge"] == judge_dir
+  assert judge_dir in report["judge_model"]
   assert all(isinstance(p["judge"], bool) for p in predictions)
   assert overall["j"] == np.mean([p["judge"] for p in predictions])
+  assert report["work"]["judge_unparseable"] == sum(p["judge_format_error"] in ("no label found", "empty reply")
+                                                    for p in predictions)
 
 
-class _JudgeServer:
-  """A local chat-completions endpoint: CORRECT for the questions in `correct`, WRONG otherwise; once it has given
-  `down_after` verdicts it answers every request with HTTP 503 (down) until `down_after` is set to None."""
+def _judge_server(correct, down_after=None):
+  """A stub judge: CORRECT for the questions in `correct`, WRONG otherwise, with a reason; once it has given
+  `server.down_after` verdicts it answers HTTP 503 (down) until that is set to None."""
+  state = {"verdicts": 0}
+  lock = threading.Lock()
 
-  def __init__(self, correct, down_after=None):
-    self.requests = []
-    self.down_after, self.verdicts = down_after, 0
-    lock = threading.Lock()
-    server = self
+  def reply(body, attempt):
+    user = last_user_message(body)
+    with lock:
+      if server.down_after is not None and state["verdicts"] >= server.down_after:
+        return 503
+      if "Generated answer:" in user:
+        state["verdicts"] += 1
+    label = "CORRECT" if any(f"Question: {q}\n" in user for q in correct) else "WRONG"
+    return json.dumps({"reason": "compared with the gold answer", "label": label})
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-
-      def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        user = body["messages"][-1]["content"]
-        with lock:
-          server.requests.append((dict(self.headers), body))
-          down = server.down_after is not None and server.verdicts >= server.down_after
-          if not down and "Generated answer:" in user:
-            server.verdicts += 1
-        if down:
-          self.send_response(503)
-          self.send_header("Content-Length", "0")
-          self.end_headers()
-          return
-        label = "CORRECT" if any(f"Question: {q}\n" in user for q in correct) else "WRONG"
-        reply = json.dumps({"choices": [{"message": {"content": json.dumps({"label": label})}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-      def log_message(self, *args):
-        pass
-
-    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-    self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-  def __enter__(self):
-    self.thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self.httpd.shutdown()
-    self.httpd.server_close()
+  server = ChatServer(reply)
+  server.down_after = down_after
+  return server
 
 
 def judge_requests(server, start=0):
@@ -205,7 +185,7 @@ def test_eval_http_judge_scores_per_category(tmp_path, monkeypatch):
   monkeypatch.setenv("MEMR1_TEST_EVAL_JUDGE_KEY", key)
   qas = raw_qa(FIXTURE, "conv-30")
   correct = [qa["question"] for qa in qas if qa["category"] in (1, 4)]
-  with _JudgeServer(correct) as server:
+  with _judge_server(correct) as server:
     report = evaluate.run(fixture_config(tmp_path, **{
         "eval.judge": server.url, "eval.judge_model": "judge-model", "eval.judge_api_key_env":
         "MEMR1_TEST_EVAL_JUDGE_KEY"}))
@@ -259,7 +239,7 @@ def test_eval_resumes_after_judge_goes_down(tmp_path, monkeypatch):
   answered = _count_calls(monkeypatch, evaluate.runner, "answer_episodes", lambda policy, banks, items, *a, **k:
                           len(items))
   built = _count_calls(monkeypatch, evaluate, "build_eval_banks")
-  with _JudgeServer(correct, down_after=2) as server:
+  with _judge_server(correct, down_after=2) as server:
     c = fixture_config(tmp_path, **_http_judge_overrides(server.url))
     with pytest.raises(JudgeError, match="HTTP 503") as error:
       evaluate.run(c)
@@ -275,7 +255,8 @@ def test_eval_resumes_after_judge_goes_down(tmp_path, monkeypatch):
   assert sorted(again) == sorted(set(qa["question"] for qa in qas) - set(graded))
   assert len(read_predictions(out)) == 4 and len((out / "verdicts.jsonl").read_text().splitlines()) == 4
   assert {g["category"]: g["j"] for g in report["groups"]} == {1: 1.0, 2: 0.0, 3: 0.0, 4: 1.0, None: 0.5}
-  assert report["work"] == {"answered": 0, "answers_resumed": 4, "verdicts_asked": 2, "banks_resumed": True}
+  assert report["work"] == {"answered": 0, "answers_resumed": 4, "verdicts_asked": 2, "banks_resumed": True,
+                            "judge_unparseable": 0, "judge_format_errors": 0}
 
 
 def test_eval_unreachable_judge_fails_before_loading_models(tmp_path, monkeypatch):
@@ -378,3 +359,43 @@ def test_eval_store_of_other_settings_starts_afresh_and_keeps_old_files(tmp_path
   aside = [p for p in tmp_path.iterdir() if p.name.startswith("superseded-")]
   assert len(aside) == 1 and (aside[0] / "predictions.jsonl").read_text() == first
   assert len(read_predictions(tmp_path)) == len(conv.qa)
+
+
+LONGMEMEVAL_SAMPLE = os.path.join(DATA_DIR, "longmemeval", "longmemeval_oracle_sample_hydrabuild.json")
+
+
+def _scripted_split_eval(tmp_path, name, path, right_types=()):
+  """The test split of dataset `name` at `path` (as mode=eval reads it), ADD-all banks, an answerer right on the
+  question types `right_types`; returns (conversations, outcome)."""
+  conversations = tasks.load(smoke_config(tmp_path, "locomo", **{"data.name": name, "data.path": path})).splits()[
+      "test"]
+  right = {qa.question: qa.answer for c in conversations for qa in c.qa if qa.question_type in right_types}
+  answerer, embed = _scripted_answerer(right), HashingEmbedder(32)
+  return conversations, evaluate.evaluate_conversations(
+      conversations, manager=None, answerer=answerer,
+      bank_factory=lambda: MemoryBank(embed, 32, index="brute_force"),
+      rcfg=RunnerConfig(answer_k_per_speaker=2))
+
+
+def test_longmemeval_shared_sample_every_item_per_question_type(tmp_path):
+  """The shared oracle sample: all 16 items evaluated, reported as the paper's Table 4 (SSU SSP OD MS KU TR)."""
+  if not os.path.exists(LONGMEMEVAL_SAMPLE):
+    pytest.skip(f"LongMemEval sample not found at {LONGMEMEVAL_SAMPLE} (set MEMR1_DATA_DIR)")
+  raw = json.load(open(LONGMEMEVAL_SAMPLE))["data"]
+  conversations, outcome = _scripted_split_eval(tmp_path, "longmemeval", LONGMEMEVAL_SAMPLE, ("multi-session",))
+  assert len(conversations) == len(raw) == 16
+  expected = collections.Counter(longmemeval.QUESTION_TYPE_CODES[item["question_type"]] for item in raw)
+  names = [row.name for row in outcome.rows]
+  assert names == ["SSU", "SSP", "OD", "MS", "KU", "TR", "overall"]
+  assert {row.name: row.count for row in outcome.rows[:-1]} == dict(expected) and outcome.rows[-1].count == 16
+  assert {row.name: row.em for row in outcome.rows}["MS"] == 1.0 and outcome.rows[-1].em == expected["MS"] / 16
+
+
+def test_longmemeval_and_msc_fixtures_evaluate_every_item(tmp_path):
+  """The fixtures' test splits hold every item (none kept back for training); MSC is reported as one group."""
+  fixtures = os.path.join(REPO, "tests", "fixtures")
+  _, lme = _scripted_split_eval(tmp_path, "longmemeval", os.path.join(fixtures, "longmemeval_hydrabuild_small.json"),
+                                ("knowledge-update",))
+  assert [(row.name, row.count, row.em) for row in lme.rows] == [("OD", 1, 0.0), ("KU", 1, 1.0), ("overall", 2, 0.5)]
+  _, msc_outcome = _scripted_split_eval(tmp_path, "msc", os.path.join(fixtures, "msc_self_instruct_small.jsonl"))
+  assert [(row.name, row.count) for row in msc_outcome.rows] == [("MSC", 2), ("overall", 2)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import http.server
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from memr1_jax.errors import ConfigError
 from memr1_jax.memory.bank import MemoryBank
 from memr1_jax.memory.embedders import HashingEmbedder
 from memr1_jax.models.loading import export_pretrained
+from memr1_jax.testing.chat_server import ChatServer, last_user_message
 from memr1_jax.testing.smoke import smoke_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,66 +39,34 @@ def canned_fact(speaker: str, text: str) -> str:
   return f"{speaker} stated: {text}"
 
 
-class _ExtractorServer:
-  """A local chat-completions endpoint that extracts `canned_fact` from the turn of each request.
+def _extractor_server(ok_first: int | None = None, slow_s: float = 0.0) -> ChatServer:
+  """A stub endpoint that extracts `canned_fact` from the turn of each request.
 
   The first attempt at a turn whose text holds RATE / FAIL / GARBAGE / SLOW gets HTTP 429 / HTTP 500 / a body that
   is not JSON / its reply after `slow_s` seconds; a turn holding MALFORMED gets "[1, 2]" (no usable fact), EMPTY gets
-  "[]". With `ok_first` set, every request after that many answers HTTP 503 (the endpoint is down).
+  "[]". With `server.ok_first` set, every request after that many answers HTTP 503 (the endpoint is down).
+  `server.turn_attempts` counts the requests per turn text.
   """
+  attempts: collections.Counter = collections.Counter()
+  lock = threading.Lock()
 
-  def __init__(self, ok_first: int | None = None, slow_s: float = 0.0):
-    self.requests: list[tuple[dict, dict]] = []
-    self.attempts: collections.Counter = collections.Counter()
-    self.ok_first = ok_first
-    lock = threading.Lock()
-    server = self
+  def reply(body, attempt):
+    speaker, text = _TURN_RE.search(last_user_message(body)).groups()
+    with lock:
+      attempts[text] += 1
+      first = attempts[text] == 1
+    down = server.ok_first is not None and len(server.requests) > server.ok_first
+    if down or (first and ("RATE" in text or "FAIL" in text)):
+      return 503 if down else 429 if "RATE" in text else 500
+    if first and "SLOW" in text:
+      time.sleep(slow_s)
+    if first and "GARBAGE" in text:
+      return b"<html>not json</html>"
+    return "[1, 2]" if "MALFORMED" in text else "[]" if "EMPTY" in text else json.dumps([canned_fact(speaker, text)])
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-
-      def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        speaker, text = _TURN_RE.search(body["messages"][-1]["content"]).groups()
-        with lock:
-          server.requests.append((dict(self.headers), body))
-          server.attempts[text] += 1
-          first = server.attempts[text] == 1
-          down = server.ok_first is not None and len(server.requests) > server.ok_first
-        if down or (first and ("RATE" in text or "FAIL" in text)):
-          self.send_response(503 if down else 429 if "RATE" in text else 500)
-          self.end_headers()
-          return
-        if first and "SLOW" in text:
-          time.sleep(slow_s)
-        content = ("[1, 2]" if "MALFORMED" in text else "[]" if "EMPTY" in text
-                   else json.dumps([canned_fact(speaker, text)]))
-        reply = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
-        if first and "GARBAGE" in text:
-          reply = b"<html>not json</html>"
-        try:
-          self.send_response(200)
-          self.send_header("Content-Type", "application/json")
-          self.end_headers()
-          self.wfile.write(reply)
-        except OSError:  # The client gave up on a slow reply.
-          pass
-
-      def log_message(self, *args):
-        pass
-
-    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.httpd.daemon_threads = True
-    self.httpd.block_on_close = False
-    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-    self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-  def __enter__(self):
-    self.thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self.httpd.shutdown()
-    self.httpd.server_close()
+  server = ChatServer(reply)
+  server.ok_first, server.turn_attempts = ok_first, attempts
+  return server
 
 
 @pytest.fixture
@@ -132,7 +100,7 @@ def test_http_extractor_retries_caches_and_a_rerun_makes_no_call(tmp_path, api_k
   caplog.set_level(logging.DEBUG)
   session = session_of("I drink tea.", "RATE I swim.", "FAIL I sing.", "GARBAGE I cook.", "SLOW I run.",
                        "MALFORMED hm.", "EMPTY hi.")
-  with _ExtractorServer(slow_s=1.5) as server:
+  with _extractor_server(slow_s=1.5) as server:
     config = extractor_config(tmp_path, server.url)
     extract = components.runner_config(config).extract
     assert isinstance(extract, extractor_lib.FrozenExtractor)
@@ -146,7 +114,7 @@ def test_http_extractor_retries_caches_and_a_rerun_makes_no_call(tmp_path, api_k
   assert facts == plain + [[], []]
   assert first[0].facts[0].source_turn_ids == ("D1:1",) and first[0].facts[0].timestamp == "1 May 2023"
   assert first[5].format_error is not None and first[6].format_error is None  # "[]" is well formed: nothing to store.
-  assert dict(server.attempts) == {t.text: 2 if t.text.split()[0] in ("RATE", "FAIL", "GARBAGE", "SLOW") else 1
+  assert dict(server.turn_attempts) == {t.text: 2 if t.text.split()[0] in ("RATE", "FAIL", "GARBAGE", "SLOW") else 1
                                    for t in session.turns}
   assert dataclasses.asdict(extract.counters) == {"calls": 7, "cache_hits": 0, "malformed": 1, "format_errors": 0,
                                                 "failures": 0}
@@ -169,7 +137,7 @@ def test_endpoint_down_names_the_extractor_and_the_cache_keeps_earlier_replies(t
   """An endpoint that goes down after 2 replies: ExtractorError naming config.memory.extractor and the cache; the 2
   replies are in the cache file, and the rerun asks only for the 2 others."""
   session = session_of("I drink tea.", "I swim.", "I sing.", "I cook.")
-  with _ExtractorServer(ok_first=2) as server:
+  with _extractor_server(ok_first=2) as server:
     config = extractor_config(tmp_path, server.url, **{"memory.extractor_concurrency": 1})
     extract = components.fact_extractor(config)
     with pytest.raises(extractor_lib.ExtractorError) as error:
@@ -202,7 +170,7 @@ def test_runner_walks_over_the_extractors_facts_each_turn_asked_once(tmp_path, a
 
   embed = HashingEmbedder(32)
   bank = lambda: MemoryBank(embed, 32, index="brute_force")  # pylint: disable=unnecessary-lambda-assignment
-  with _ExtractorServer() as server:
+  with _extractor_server() as server:
     cfg = components.runner_config(extractor_config(tmp_path, server.url))
     banks, stats = runner.greedy_banks([conv_a, conv_b], ScriptedPolicy(manage), bank, cfg)
     added = runner.add_all_banks([conv_a, conv_b], bank, cfg)
@@ -247,7 +215,7 @@ def test_eval_builds_banks_from_the_frozen_extractor_not_the_manager(tmp_path, a
       lambda prompt: "Useful memories: none\n**Answer:** none"))
   overrides = {"task": "", "data.name": "locomo", "data.path": FIXTURE, "eval.split": "validation",
                "eval.manager_path": "add_all", "rollout.max_new_tokens": 2, "memory.answer_k_per_speaker": 2}
-  with _ExtractorServer() as server:
+  with _extractor_server() as server:
     report = evaluate.run(extractor_config(tmp_path / "one", server.url, **overrides,
                                            **{"memory.extractor_cache": str(tmp_path / "facts.sqlite")}))
     sent = len(server.requests)

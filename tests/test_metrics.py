@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import json
 import logging
 import math
 import secrets
 import socket
-import threading
 
 import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
@@ -17,6 +15,7 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from memr1_jax.eval import judge as judge_lib
 from memr1_jax.eval import metrics
 from memr1_jax.eval import report as report_lib
+from memr1_jax.testing.chat_server import ChatServer, last_user_message
 
 
 def _f1_from_counts(common: int, n_pred: int, n_gold: int) -> float:
@@ -186,34 +185,35 @@ def test_locomo_f1_rejects_unknown_category():
 # ----------------------------------------------------------------------------- judge parser
 
 
-@pytest.mark.parametrize("reply, correct, has_error", [
-    ('{"label": "CORRECT"}', True, False),
-    ('The answers agree.\n```json\n{"label": "correct"}\n```', True, False),
-    ('{"label": "WRONG"}', False, False),
-    ("Same date in another format, so CORRECT", True, True),
-    ("Not the same person. WRONG", False, True),
-    ("I cannot tell.", False, True),
-    ("", False, True),
-    ('{"label": "MAYBE"}', False, True),
+@pytest.mark.parametrize("reply, correct, has_error, unparsed, reason", [
+    ('{"reason": "same city", "label": "CORRECT"}', True, False, False, "same city"),
+    ('The answers agree.\n```json\n{"reason": "same", "label": "correct"}\n```', True, False, False, "same"),
+    ('{"label": "WRONG"}', False, False, False, ""),
+    ("Same date in another format, so CORRECT", True, True, False, ""),
+    ("Not the same person. WRONG", False, True, False, ""),
+    ("I cannot tell.", False, True, True, ""),
+    ("", False, True, True, ""),
+    ('{"reason": "unsure", "label": "MAYBE"}', False, True, True, ""),
 ])
-def test_parse_judge_output(reply, correct, has_error):
-  """The JSON label wins; a bare label is used with an error; else WRONG plus an error."""
+def test_parse_judge_output(reply, correct, has_error, unparsed, reason):
+  """The JSON label (and reason) wins; a bare label is used with an error; else WRONG, an error and unparsed."""
   verdict = judge_lib.parse_judge_output(reply)
-  assert verdict.correct is correct
+  assert verdict.correct is correct and verdict.unparsed is unparsed
   assert (verdict.format_error is not None) is has_error
+  assert verdict.reason == (reason if not unparsed else "")
 
 
 def test_parse_judge_output_non_string():
   """A non-string reply is WRONG with an error, not an exception."""
   verdict = judge_lib.parse_judge_output(None)
-  assert verdict == judge_lib.JudgeVerdict(False, "reply is NoneType, not str")
+  assert verdict == judge_lib.JudgeVerdict(False, "reply is NoneType, not str", unparsed=True)
 
 
 def test_judge_prompt_carries_question_gold_and_prediction():
   """The judge prompt holds the three inputs and asks for the JSON label."""
   user = judge_lib.judge_messages("When?", "7 May 2023", "May 7th")[-1]["content"]
   assert "Question: When?" in user and "Gold answer: 7 May 2023" in user
-  assert "Generated answer: May 7th" in user and '{"label": "CORRECT"}' in user
+  assert "Generated answer: May 7th" in user and '"label": "CORRECT"}' in user and '"reason"' in user
 
 
 def test_judge_with_generate_fn_backend():
@@ -247,47 +247,18 @@ def test_judge_rejects_unequal_inputs():
 # ----------------------------------------------------------------------------- judge over HTTP
 
 
-class _ChatServer:
-  """A local chat-completions endpoint: records requests, answers CORRECT when pred says Paris."""
+def _chat_server(fail_first: int = 0, fail_status: int = 500, ok_first: int | None = None) -> ChatServer:
+  """A stub judge answering CORRECT when the prediction says Paris; fails the first `fail_first` requests with
+  `fail_status` and, with `ok_first`, every request after that many."""
+  def reply(body, attempt):
+    count = len(server.requests)
+    if count <= fail_first or (ok_first is not None and count > ok_first):
+      return fail_status
+    label = "CORRECT" if "Generated answer: Paris" in last_user_message(body) else "WRONG"
+    return json.dumps({"reason": "r", "label": label})
 
-  def __init__(self, fail_first: int = 0, fail_status: int = 500, ok_first: int | None = None):
-    """Fails the first `fail_first` requests with `fail_status`; with `ok_first`, every request after that many."""
-    self.requests: list[tuple[dict, dict]] = []
-    self.fail_left = fail_first
-    server = self
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-
-      def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        server.requests.append((dict(self.headers), body))
-        if server.fail_left > 0 or (ok_first is not None and len(server.requests) > ok_first):
-          server.fail_left -= 1
-          self.send_response(fail_status)
-          self.end_headers()
-          return
-        user = body["messages"][-1]["content"]
-        label = "CORRECT" if "Generated answer: Paris" in user else "WRONG"
-        reply = json.dumps({"choices": [{"message": {"content": json.dumps({"label": label})}}]})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(reply.encode())
-
-      def log_message(self, *args):
-        pass
-
-    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-    self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-  def __enter__(self):
-    self.thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self.httpd.shutdown()
-    self.httpd.server_close()
+  server = ChatServer(reply)
+  return server
 
 
 @pytest.fixture
@@ -300,7 +271,7 @@ def api_key(monkeypatch):
 def test_http_judge_sends_key_and_grades(api_key, caplog, capsys):
   """The HTTP judge sends the key as a Bearer header, grades right, and never logs or shows it."""
   caplog.set_level(logging.DEBUG)
-  with _ChatServer(fail_first=1) as server:
+  with _chat_server(fail_first=1) as server:
     config = judge_lib.HttpJudgeConfig(base_url=server.url, model="judge-model",
                                        api_key_env="MEMR1_TEST_JUDGE_KEY", backoff_s=0.0,
                                        max_concurrency=2)
@@ -320,7 +291,7 @@ def test_http_judge_sends_key_and_grades(api_key, caplog, capsys):
 def test_http_judge_error_does_not_leak_key(api_key, caplog):
   """A non-retryable HTTP error raises JudgeHTTPError whose message and logs hold no key."""
   caplog.set_level(logging.DEBUG)
-  with _ChatServer(fail_first=10, fail_status=401) as server:
+  with _chat_server(fail_first=10, fail_status=401) as server:
     config = judge_lib.HttpJudgeConfig(base_url=server.url, model="m",
                                        api_key_env="MEMR1_TEST_JUDGE_KEY", backoff_s=0.0)
     with pytest.raises(judge_lib.JudgeHTTPError, match="HTTP 401") as error:
@@ -392,7 +363,7 @@ def test_cached_verdicts_ask_each_missing_triple_once(tmp_path):
 
 def test_cached_verdicts_keep_what_came_before_the_endpoint_failed(tmp_path):
   """An endpoint that fails after 2 replies: JudgeHTTPError, and those 2 verdicts are in the cache on disk."""
-  with _ChatServer(ok_first=2) as server:
+  with _chat_server(ok_first=2) as server:
     config = judge_lib.HttpJudgeConfig(base_url=server.url, model="m", api_key_env="", max_retries=0,
                                        max_concurrency=1)
     judge = judge_lib.Judge(judge_lib.HttpChatBackend(config), name="m")
@@ -401,8 +372,8 @@ def test_cached_verdicts_keep_what_came_before_the_endpoint_failed(tmp_path):
       judge.cached_verdicts(["q1", "q2", "q3", "q4"], ["Paris"] * 4, ["Paris", "Rome", "Paris", "Rome"], cache)
   saved = judge_lib.VerdictCache(cache.path)
   assert len(saved) == 2
-  assert saved.get(judge_lib.verdict_key("m", "q1", "Paris", "Paris")) == judge_lib.JudgeVerdict(True)
-  assert saved.get(judge_lib.verdict_key("m", "q2", "Paris", "Rome")) == judge_lib.JudgeVerdict(False)
+  assert saved.get(judge_lib.verdict_key("m", "q1", "Paris", "Paris")) == judge_lib.JudgeVerdict(True, reason="r")
+  assert saved.get(judge_lib.verdict_key("m", "q2", "Paris", "Rome")) == judge_lib.JudgeVerdict(False, reason="r")
 
 
 # ----------------------------------------------------------------------------- report

@@ -13,10 +13,10 @@ import pytest
 
 from memr1_jax import main as main_lib
 from memr1_jax.models.random_checkpoint import write_random_checkpoint
-from memr1_jax.testing.smoke import shipped_config
+from memr1_jax.testing.smoke import LOCOMO_FIXTURE, shipped_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURE = os.path.join(REPO, "tests", "fixtures", "locomo_small.json")
+FIXTURE = LOCOMO_FIXTURE
 DATA_DIR = os.environ.get("MEMR1_DATA_DIR", os.path.join(REPO, "..", "shared", "data"))
 REAL_LOCOMO = os.path.join(DATA_DIR, "locomo", "locomo10.json")
 # Reduced counts: 4 tuples or questions per step, groups of 2, replies of 4 tokens (random weights never stop early).

@@ -15,10 +15,11 @@ Both become one `Conversation` per item with speakers "user" and "assistant", on
 haystack session (its date as `date_time`, `index` from 1, turn `dia_id` "D<session>:<turn>"
 counted from 1) and its question(s) as `QA`, keeping the original type in `question_type`.
 
-Question types map onto LoCoMo categories (`QUESTION_TYPE_CATEGORY`): multi-session -> 1
-(multi-hop), temporal-reasoning -> 2 (temporal), knowledge-update and the three single-session
-types -> 4 (single-hop). Abstention questions (id ending in "_abs", whose gold answer says the
-information is not available) -> 5, the unanswerable category, whatever their type.
+Each question keeps its LongMemEval type (`question_type`); reports group by it, under the column names of the
+Memory-R1 paper's Table 4 (`QUESTION_TYPE_CODES`: SSU, SSP, OD, MS, KU, TR; OD is the single-session-assistant
+type, the one left for that column). `category` is only a coarse LoCoMo-style tag for code that needs an int
+(`QUESTION_TYPE_CATEGORY`): multi-session -> 1, temporal-reasoning -> 2, knowledge-update and the three
+single-session types -> 4; abstention questions (id ending in "_abs") -> 5, whatever their type.
 
 Official layout details: `evidence` is the dia_ids of turns marked `has_answer`; `qid` and
 `sample_id` are the `question_id`; numeric answers become strings. Sessions keep file order
@@ -44,6 +45,15 @@ QUESTION_TYPE_CATEGORY = {
     "single-session-user": 4,
     "single-session-assistant": 4,
     "single-session-preference": 4,
+}
+# LongMemEval question type -> its column in the paper's Table 4, in the table's order.
+QUESTION_TYPE_CODES = {
+    "single-session-user": "SSU",
+    "single-session-preference": "SSP",
+    "single-session-assistant": "OD",
+    "multi-session": "MS",
+    "knowledge-update": "KU",
+    "temporal-reasoning": "TR",
 }
 ABSTENTION_SUFFIX = "_abs"
 ABSTENTION_CATEGORY = 5

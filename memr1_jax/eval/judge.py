@@ -31,41 +31,51 @@ from memr1_jax.eval import report as report_lib
 
 Backend = Callable[[list[list[ChatMessage]]], list[str]]
 
+# The grading protocol of the paper's LLM-as-a-Judge (Appendix C.3), in our own words: the judge sees the question,
+# the gold answer and the generated answer, is generous about date formats and about answers on the gold's topic,
+# and replies in JSON with a short reason and the label CORRECT or WRONG.
 JUDGE_SYSTEM_PROMPT = (
     "You grade answers to questions about a long conversation between two people. You are "
     "fair and generous: meaning matters, wording does not.")
 
 JUDGE_USER_TEMPLATE = """\
-Decide whether the generated answer below is CORRECT or WRONG, using the gold answer as the truth.
+Label the generated answer below CORRECT or WRONG, taking the gold answer as the truth.
 
 How to grade:
-- The gold answer is usually short. The generated answer may be longer or phrased differently; it is
-  CORRECT when it refers to the same thing as the gold answer (a paraphrase, a synonym, a more or
-  less detailed version of the same fact).
-- For questions about time, it is CORRECT when it points to the same date or period, whatever the
-  format ("7 May 2023", "May 7th", "2023-05-07") and even when it uses a relative expression that
-  resolves to the same time.
-- It is WRONG when it names a different thing, a different time, contradicts the gold answer, or
-  does not answer.
+- The gold answer is usually short; the generated answer may be longer or worded differently. It is
+  CORRECT when it is about the same thing as the gold answer and does not contradict it: a
+  paraphrase, a synonym, a more or less detailed version of the same fact all count.
+- For a question about time, it is CORRECT when it names the same date or period in any format
+  ("7 May 2023", "May 7th", "2023-05-07"), or a relative expression ("the week before") that comes to
+  the same time.
+- It is WRONG when it is about something else, names another time, contradicts the gold answer, or
+  gives no answer.
 
 Question: {question}
 Gold answer: {gold}
 Generated answer: {pred}
 
-Reply with a JSON object and nothing else: {{"label": "CORRECT"}} or {{"label": "WRONG"}}."""
+First think in one short sentence, then reply with one JSON object and nothing else:
+{{"reason": "<one short sentence>", "label": "CORRECT"}} or {{"reason": "<one short sentence>", "label": "WRONG"}}."""
 
 # Work on at most this many characters of a judge's reply.
 _MAX_REPLY_CHARS = 20_000
 _JSON_LABEL_RE = re.compile(r'"label"\s*:\s*"\s*([A-Za-z]{1,16})\s*"', re.IGNORECASE)
 _BARE_LABEL_RE = re.compile(r"\b(CORRECT|WRONG)\b")
+_JSON_OBJECT_RE = re.compile(r"\{[^{}]*\}")
+# Kept of a judge's reason, in characters.
+_MAX_REASON_CHARS = 500
 
 
 @dataclasses.dataclass(frozen=True)
 class JudgeVerdict:
-  """A parsed judge reply: `correct`, and `format_error` (None when the format was followed)."""
+  """A parsed judge reply: `correct`; `format_error` (None when the format was followed); `unparsed`: no label could
+  be read at all (then `correct` is False); `reason`: the judge's short reason ("" when it gave none)."""
 
   correct: bool
   format_error: str | None = None
+  unparsed: bool = False
+  reason: str = ""
 
 
 def judge_messages(question: str, gold: str, pred: str) -> list[ChatMessage]:
@@ -74,24 +84,38 @@ def judge_messages(question: str, gold: str, pred: str) -> list[ChatMessage]:
   return [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
+def _reason(text: str) -> str:
+  """The "reason" of the last JSON object in `text` that has one ("" when none)."""
+  for match in reversed(_JSON_OBJECT_RE.findall(text)):
+    try:
+      obj = json.loads(match)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(obj, dict) and isinstance(obj.get("reason"), str):
+      return obj["reason"].strip()[:_MAX_REASON_CHARS]
+  return ""
+
+
 def parse_judge_output(text: object) -> JudgeVerdict:
   """Reads a judge reply; never raises.
 
-  `{"label": "CORRECT"|"WRONG"}` (case-insensitive) is the format. Without it, the last bare
-  upper-case CORRECT / WRONG is used and a format error recorded; with neither, WRONG plus an error.
+  `{"reason": "...", "label": "CORRECT"|"WRONG"}` (label case-insensitive) is the format. Without a JSON label, the
+  last bare upper-case CORRECT / WRONG is used and a format error recorded; with neither, WRONG, an error and
+  `unparsed`.
   """
   if not isinstance(text, str):
-    return JudgeVerdict(False, f"reply is {type(text).__name__}, not str")
+    return JudgeVerdict(False, f"reply is {type(text).__name__}, not str", unparsed=True)
   text = text[:_MAX_REPLY_CHARS]
+  reason = _reason(text)
   labels = [m.group(1).upper() for m in _JSON_LABEL_RE.finditer(text)]
   labels = [label for label in labels if label in ("CORRECT", "WRONG")]
   if labels:
     error = None if len(set(labels)) == 1 else "several different JSON labels; used the last"
-    return JudgeVerdict(labels[-1] == "CORRECT", error)
+    return JudgeVerdict(labels[-1] == "CORRECT", error, reason=reason)
   bare = _BARE_LABEL_RE.findall(text)
   if bare:
-    return JudgeVerdict(bare[-1] == "CORRECT", "no JSON label; used the last bare label")
-  return JudgeVerdict(False, "no label found" if text.strip() else "empty reply")
+    return JudgeVerdict(bare[-1] == "CORRECT", "no JSON label; used the last bare label", reason=reason)
+  return JudgeVerdict(False, "no label found" if text.strip() else "empty reply", unparsed=True)
 
 
 def generate_fn_backend(
@@ -125,20 +149,25 @@ class HttpChatBackend(openai_client.ChatClient):
 
   role = "judge"
   error_type = JudgeHTTPError
-  check_messages = [{"role": "user", "content": 'Reply with {"label": "CORRECT"}.'}]
+  check_messages = [{"role": "user", "content": 'Reply with {"reason": "check", "label": "CORRECT"}.'}]
+
+
+# Part of every verdict key: a verdict given under other grading instructions is not reused.
+PROMPT_ID = hashlib.sha256((JUDGE_SYSTEM_PROMPT + JUDGE_USER_TEMPLATE).encode("utf-8")).hexdigest()[:12]
 
 
 def verdict_key(judge_name: str, question: str, gold: str, pred: str) -> str:
-  """The verdict cache's key of a triple graded by the judge named `judge_name`: a SHA-256 hex digest."""
-  text = json.dumps([judge_name, question, gold, pred], ensure_ascii=False)
+  """The verdict cache's key of a triple graded by the judge named `judge_name` under this module's prompt: a SHA-256
+  hex digest."""
+  text = json.dumps([judge_name, PROMPT_ID, question, gold, pred], ensure_ascii=False)
   return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class VerdictCache:
   """Verdicts by `verdict_key`, read from and appended to a JSONL file (None: in memory only).
 
-  Each line is {"key", "correct", "format_error"}, written and flushed as soon as the verdict is known; a torn last
-  line (a killed process) is skipped on reading.
+  Each line is {"key", "correct", "format_error", "unparsed", "reason"}, written and flushed as soon as the verdict
+  is known; a torn last line (a killed process) is skipped on reading.
   """
 
   def __init__(self, path: str | None = None):
@@ -147,7 +176,8 @@ class VerdictCache:
     self._verdicts = {}
     for row in report_lib.read_jsonl(path) if path else ():
       if isinstance(row.get("key"), str) and isinstance(row.get("correct"), bool):
-        self._verdicts[row["key"]] = JudgeVerdict(row["correct"], row.get("format_error"))
+        self._verdicts[row["key"]] = JudgeVerdict(row["correct"], row.get("format_error"),
+                                                  bool(row.get("unparsed", False)), str(row.get("reason", "")))
 
   def __len__(self) -> int:
     return len(self._verdicts)
@@ -163,8 +193,7 @@ class VerdictCache:
     """Stores `verdict` under `key`, on disk at once when the cache has a file."""
     self._verdicts[key] = verdict
     if self.path:
-      report_lib.append_jsonl(self.path, [{"key": key, "correct": verdict.correct,
-                                           "format_error": verdict.format_error}])
+      report_lib.append_jsonl(self.path, [{"key": key, **dataclasses.asdict(verdict)}])
 
 
 class Judge:
@@ -197,7 +226,7 @@ class Judge:
       batch = conversations[start:start + size]
       replies = self.backend(batch)
       if len(replies) != len(batch):
-        error = JudgeVerdict(False, f"backend returned {len(replies)} replies for {len(batch)} prompts")
+        error = JudgeVerdict(False, f"backend returned {len(replies)} replies for {len(batch)} prompts", unparsed=True)
         yield from ((start + j, error) for j in range(len(batch)))
       else:
         yield from ((start + j, parse_judge_output(reply)) for j, reply in enumerate(replies))

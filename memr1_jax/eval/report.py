@@ -1,5 +1,8 @@
 """Per-category evaluation report: count, EM, F1, BLEU-1, J (and optionally LoCoMo F1).
 
+Records are grouped by LoCoMo category, or, when they carry a `group` (LongMemEval's question types under the
+paper's Table 4 names, MSC), by that group.
+
 Scores are means over the records of a group, stored as fractions in [0, 1]; the text table shows
 them as percentages. J is the share of CORRECT judge labels among the records that have one.
 Also the file helpers of report directories: JSONL read (torn last line skipped) and flushed append,
@@ -21,17 +24,19 @@ from memr1_jax.eval import metrics
 
 @dataclasses.dataclass(frozen=True)
 class EvalRecord:
-  """One answered question: its QA category, the prediction, the gold answer, the judge label."""
+  """One answered question: its QA category, the prediction, the gold answer, the judge label, and the group it is
+  reported under ("" : its category)."""
 
   category: int
   pred: str
   gold: str
   judge: bool | None = None
+  group: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class GroupScores:
-  """Scores of one category (`category` None for the overall row).
+  """Scores of one category or group (`category` None for a named group and for the overall row).
 
   `j` is None when no record of the group has a judge label; `j_count` counts those that do.
   `locomo_f1` is None unless the report was asked for it.
@@ -72,13 +77,14 @@ def category_name(category: int) -> str:
   return CATEGORY_NAMES.get(category, f"category {category}")
 
 
-def category_report(records: Iterable[EvalRecord | tuple], with_locomo_f1: bool = False
-                    ) -> list[GroupScores]:
-  """Scores per category (in category order), then the overall row.
+def category_report(records: Iterable[EvalRecord | tuple], with_locomo_f1: bool = False,
+                    group_order: Sequence[str] = ()) -> list[GroupScores]:
+  """Scores per category (in category order), or per group when every record has one, then the overall row.
 
   Args:
-    records: `EvalRecord`s, or (category, pred, gold[, judge]) tuples.
+    records: `EvalRecord`s, or (category, pred, gold[, judge[, group]]) tuples.
     with_locomo_f1: also compute LoCoMo's stemmed F1 (`metrics.locomo_f1`).
+    group_order: the order of named groups (groups not in it follow, sorted).
 
   Raises:
     ValueError: when `records` is empty.
@@ -86,11 +92,18 @@ def category_report(records: Iterable[EvalRecord | tuple], with_locomo_f1: bool 
   records = [r if isinstance(r, EvalRecord) else EvalRecord(*r) for r in records]
   if not records:
     raise ValueError("category_report: no records to score")
-  by_category: dict[int, list[EvalRecord]] = {}
-  for record in records:
-    by_category.setdefault(record.category, []).append(record)
-  rows = [_group_scores(c, category_name(c), by_category[c], with_locomo_f1)
-          for c in sorted(by_category)]
+  if all(r.group for r in records):
+    by_group: dict[str, list[EvalRecord]] = {}
+    for record in records:
+      by_group.setdefault(record.group, []).append(record)
+    rank = {name: i for i, name in enumerate(group_order)}
+    names = sorted(by_group, key=lambda name: (rank.get(name, len(rank)), name))
+    rows = [_group_scores(None, name, by_group[name], with_locomo_f1) for name in names]
+  else:
+    by_category: dict[int, list[EvalRecord]] = {}
+    for record in records:
+      by_category.setdefault(record.category, []).append(record)
+    rows = [_group_scores(c, category_name(c), by_category[c], with_locomo_f1) for c in sorted(by_category)]
   return rows + [_group_scores(None, "overall", records, with_locomo_f1)]
 
 

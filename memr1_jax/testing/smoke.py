@@ -25,3 +25,15 @@ def smoke_config(workdir, variant: str = "", **overrides):
   """configs/smoke.py's config (of `variant`: "" the synthetic task, "locomo" config.data) with `workdir` and
   dotted-key overrides; returns it."""
   return shipped_config("smoke", workdir, variant, **overrides)
+
+
+# The LoCoMo fixture of the tests (two short conversations; conv-30 has 6 turns and 4 scored questions).
+LOCOMO_FIXTURE = os.path.join(REPO, "tests", "fixtures", "locomo_small.json")
+
+
+def locomo_fixture_config(workdir, **overrides):
+  """The smoke model evaluating the LoCoMo fixture's validation conversation (conv-30) with ADD-all banks and replies
+  of 3 tokens, with dotted-key `overrides`."""
+  return smoke_config(workdir, "locomo", **{"data.path": LOCOMO_FIXTURE, "eval.split": "validation",
+                                            "eval.manager_path": "add_all", "rollout.max_new_tokens": 3,
+                                            "memory.answer_k_per_speaker": 2, **overrides})
