@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from memr1_jax.models.decoder import cached_attention  # pylint: disable=g-import-not-at-top
+from memr1_jax.models.attention import cached_attention  # pylint: disable=g-import-not-at-top
 
 _ROWS = flags.DEFINE_list("rows", ["8", "32", "64"], "Batch rows (prompts x samples).")
 _SLOTS = flags.DEFINE_integer("slots", 256, "Cache slots (prompt bucket + new-token bucket).")
