@@ -20,6 +20,7 @@ the vocabulary loss alone (gradient of sum(log-probs) + 0.1 sum(entropy)): its t
 --fit_search: for each preset (largest first) compiles the full GRPO step (policy fwd/bwd + reference forward
 inside the step + AdamW) on abstract arrays and reads XLA's memory analysis (arguments + outputs - donated + temp);
 reports the largest preset that fits in the device's memory (--device_memory_gib overrides it, e.g. on CPU).
+--reference_outside: the same with reference log-probs in the batch and no reference weights in the step.
 
 CPU:   python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --dtype float32 --torch
        python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --fit_search --device_memory_gib 1
@@ -209,8 +210,10 @@ def step_memory_bytes(cfg: ModelConfig, args) -> dict[str, int]:
 
   state, frozen = jax.eval_shape(build)
   step = up.make_update_step(captured["spec"], update_config(args))
+  if args.reference_outside:  # Reference log-probs come with the batch; the reference weights stay off the device.
+    frozen = frozen.replace(reference=None)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                       random_batch(args, cfg.vocab_size, with_reference_logprobs=False))
+                       random_batch(args, cfg.vocab_size, with_reference_logprobs=args.reference_outside))
   key = jax.eval_shape(lambda: jax.random.key(0))
   analysis = step.lower(state, frozen, batch, key).compile().memory_analysis()
   sizes = {name: int(getattr(analysis, f"{name}_size_in_bytes")) for name in ("argument", "output", "alias", "temp")}
@@ -336,6 +339,9 @@ def main(argv=None):
   parser.add_argument("--skip_jax", "--skip-jax", action="store_true")
   parser.add_argument("--fit_search", "--fit-search", action="store_true")
   parser.add_argument("--fit_presets", "--fit-presets", default="", help="comma-separated, tried in this order")
+  parser.add_argument("--reference_outside", "--reference-outside", action="store_true",
+                      help="--fit_search / --memory_compare: the batch carries reference log-probs (scored during "
+                      "rollout) and the step gets no reference weights")
   parser.add_argument("--device_memory_gib", "--device-memory-gib", type=float, default=0.0)
   args = parser.parse_args(argv)
   log(f"jax {jax.__version__} on {jax.local_devices()[0].device_kind}; args {vars(args)}")
