@@ -12,12 +12,20 @@ time / --peak_flops (params = every weight, embeddings counted once when tied; a
 With --with_reference the JAX step also scores the batch with the frozen reference inside the program
 (MFU then counts 8 * params * tokens).
 
+--memory_compare: compiles the step (on abstract arrays, nothing runs) for each vocabulary-loss path (plain chunks
+with rematerialised logits, plain with stored logits, the fused custom-VJP op) with float32 and bfloat16 AdamW
+moments, and prints XLA's memory analysis of each side by side (arguments, outputs, temporaries, peak); beside it,
+the vocabulary loss alone (gradient of sum(log-probs) + 0.1 sum(entropy)): its temporaries and its time.
+
 --fit_search: for each preset (largest first) compiles the full GRPO step (policy fwd/bwd + reference forward
 inside the step + AdamW) on abstract arrays and reads XLA's memory analysis (arguments + outputs - donated + temp);
 reports the largest preset that fits in the device's memory (--device_memory_gib overrides it, e.g. on CPU).
+--reference_outside: the same with reference log-probs in the batch and no reference weights in the step.
 
 CPU:   python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --dtype float32 --torch
        python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --fit_search --device_memory_gib 1
+       python benchmarks/train_step.py --preset small --vocab 32768 --batch 8 --seq_len 512 --logprob_chunk 128 \
+           --memory_compare
 GPU:   python benchmarks/train_step.py --preset qwen2.5-1.5b --batch 8 --seq_len 1024 --dtype bfloat16 \
            --attention_impl cudnn --peak_flops 989e12 --torch
        python benchmarks/train_step.py --preset qwen2.5-1.5b --batch 8 --seq_len 1024 --fit_search \
@@ -46,6 +54,7 @@ from memr1_jax.models import lora  # pylint: disable=wrong-import-position
 from memr1_jax.models.config import (  # pylint: disable=wrong-import-position
     PRESETS, ModelConfig, config_to_hf, get_preset)
 from memr1_jax.models.decoder import Decoder  # pylint: disable=wrong-import-position
+from memr1_jax.rl import logprobs as logprobs_lib  # pylint: disable=wrong-import-position
 from memr1_jax.rl import train_state as ts  # pylint: disable=wrong-import-position
 from memr1_jax.rl import update as up  # pylint: disable=wrong-import-position
 
@@ -55,8 +64,9 @@ def log(msg: str) -> None:
 
 
 def model_config(args, preset: str | None = None) -> ModelConfig:
+  vocab = {"vocab_size": args.vocab} if args.vocab else {}
   return get_preset(preset or args.preset, dtype=args.dtype, param_dtype=args.dtype, remat=args.remat,
-                    attention_impl=args.attention_impl or None)
+                    attention_impl=args.attention_impl or None, **vocab)
 
 
 def update_config(args) -> up.UpdateConfig:
@@ -65,7 +75,8 @@ def update_config(args) -> up.UpdateConfig:
     raise SystemExit(f"--batch {batch} does not divide into --micro_batches {args.micro_batches}")
   return up.UpdateConfig(algorithm="grpo", micro_batch_size=batch // args.micro_batches, group_size=batch,
                          kl_coef=1e-3, shuffle=False, logprob_chunk=args.logprob_chunk or None,
-                         remat_logits=not args.store_logits, aggregation="token_mean")
+                         remat_logits=not args.store_logits, fused_logprobs=args.fused_logprobs,
+                         aggregation="token_mean")
 
 
 def random_batch(args, vocab: int, seed: int = 0, with_reference_logprobs: bool = True) -> up.RolloutBatch:
@@ -90,8 +101,8 @@ def build_learner(cfg: ModelConfig, args):
   if args.lora_rank:
     policy = lora.add_lora(policy, args.lora_rank)
   schedule = ts.learning_rate_schedule(1e-6)
-  return ts.init_train_state(policy, ts.make_optimizer(schedule), actor_lr=schedule, reference=True,
-                             master_dtype=args.master_dtype)
+  tx = ts.make_optimizer(schedule, mu_dtype=args.moments_dtype, nu_dtype=args.moments_dtype, b2=args.adam_b2)
+  return ts.init_train_state(policy, tx, actor_lr=schedule, reference=True, master_dtype=args.master_dtype)
 
 
 def time_jax(args) -> dict:
@@ -187,8 +198,9 @@ def summarize(side: str, args, cfg: ModelConfig, times: list[float], flops_per_p
           "device": jax.local_devices()[0].device_kind}
 
 
-def step_memory_bytes(cfg: ModelConfig, args) -> tuple[int, int]:
-  """(estimated peak bytes, bytes of state + frozen weights) of the full GRPO step of `cfg`, from XLA's analysis."""
+def step_memory_bytes(cfg: ModelConfig, args) -> dict[str, int]:
+  """XLA's memory analysis of the full GRPO step of `cfg` (bytes): argument, output, alias (donated), temp, the
+  estimated peak (arguments + outputs - donated + temporaries) and the state + frozen weights."""
   captured = {}
 
   def build():
@@ -198,14 +210,71 @@ def step_memory_bytes(cfg: ModelConfig, args) -> tuple[int, int]:
 
   state, frozen = jax.eval_shape(build)
   step = up.make_update_step(captured["spec"], update_config(args))
+  if args.reference_outside:  # Reference log-probs come with the batch; the reference weights stay off the device.
+    frozen = frozen.replace(reference=None)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                       random_batch(args, cfg.vocab_size, with_reference_logprobs=False))
+                       random_batch(args, cfg.vocab_size, with_reference_logprobs=args.reference_outside))
   key = jax.eval_shape(lambda: jax.random.key(0))
   analysis = step.lower(state, frozen, batch, key).compile().memory_analysis()
-  peak = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
-          + analysis.temp_size_in_bytes)
-  weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state, frozen)))
-  return int(peak), int(weights)
+  sizes = {name: int(getattr(analysis, f"{name}_size_in_bytes")) for name in ("argument", "output", "alias", "temp")}
+  sizes["peak"] = sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"]
+  sizes["weights"] = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state, frozen))))
+  return sizes
+
+
+def vocab_loss_cost(cfg: ModelConfig, args, fused: bool, remat: bool) -> tuple[int, float]:
+  """(XLA's temporaries in bytes, best of 3 ms) of the vocabulary loss alone: d/d(hidden, unembedding) of
+  sum(log-probs) + 0.1 sum(entropy) over random [batch, response, hidden] states, chunked by --logprob_chunk."""
+  t = args.seq_len - args.prompt_len
+  chunk = args.logprob_chunk or None
+  hidden = jax.ShapeDtypeStruct((args.batch, t, cfg.hidden_size), cfg.jnp_dtype)
+  w_dv = jax.ShapeDtypeStruct((cfg.hidden_size, cfg.vocab_size), cfg.jnp_dtype)
+  targets = jax.ShapeDtypeStruct((args.batch, t), np.int32)
+
+  def objective(hidden_btd, w_dv, targets_bt):
+    if fused:
+      logprobs_bt, entropy_bt = logprobs_lib.fused_token_logprobs(hidden_btd, w_dv, targets_bt, chunk_size=chunk)
+    else:
+      logprobs_bt, entropy_bt = logprobs_lib.token_logprobs(hidden_btd, w_dv, targets_bt, chunk_size=chunk,
+                                                            remat_chunks=remat)
+    return logprobs_bt.sum() + 0.1 * entropy_bt.sum()
+
+  compiled = jax.jit(jax.grad(objective, argnums=(0, 1))).lower(hidden, w_dv, targets).compile()
+  rng = np.random.default_rng(0)
+  inputs = (rng.normal(size=hidden.shape), 0.05 * rng.normal(size=w_dv.shape))
+  inputs = [jax.device_put(x.astype(s.dtype)) for x, s in zip(inputs, (hidden, w_dv))]
+  inputs.append(jax.device_put(rng.integers(0, cfg.vocab_size, targets.shape).astype(np.int32)))
+  jax.block_until_ready(compiled(*inputs))
+  best = float("inf")
+  for _ in range(3):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*inputs))
+    best = min(best, time.perf_counter() - start)
+  return int(compiled.memory_analysis().temp_size_in_bytes), 1e3 * best
+
+
+def memory_compare(args) -> list[dict]:
+  """The step's memory analysis for each vocabulary-loss path x AdamW moment dtype, as rows (MiB), with the
+  temporaries of the vocabulary loss alone."""
+  cfg = model_config(args)
+  rows = []
+  for loss_path, overrides in (("plain, remat logits", dict(store_logits=False, fused_logprobs=False)),
+                               ("plain, stored logits", dict(store_logits=True, fused_logprobs=False)),
+                               ("fused custom VJP", dict(store_logits=False, fused_logprobs=True))):
+    loss_temp, loss_ms = vocab_loss_cost(cfg, args, overrides["fused_logprobs"], not overrides["store_logits"])
+    for moments in ("float32", "bfloat16"):
+      variant = argparse.Namespace(**{**vars(args), **overrides, "moments_dtype": moments})
+      sizes = step_memory_bytes(cfg, variant)
+      rows.append({"logprobs": loss_path, "moments": moments, "loss_temp_mib": round(loss_temp / 2**20, 1),
+                   "loss_ms": round(loss_ms, 1),
+                   **{f"{k}_mib": round(v / 2**20, 1) for k, v in sizes.items()}})
+      log(json.dumps(rows[-1]))
+  print("| vocabulary loss | alone: temporaries (MiB) / fwd + bwd (ms) | AdamW moments | step arguments | "
+        "step temporaries | step peak (MiB) |\n|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['logprobs']} | {r['loss_temp_mib']} / {r['loss_ms']} | {r['moments']} | {r['argument_mib']} | "
+          f"{r['temp_mib']} | {r['peak_mib']} |")
+  return rows
 
 
 def fit_search(args) -> dict:
@@ -220,7 +289,8 @@ def fit_search(args) -> dict:
   for name in names:
     cfg = model_config(args, name)
     start = time.perf_counter()
-    peak, weights = step_memory_bytes(cfg, args)
+    sizes = step_memory_bytes(cfg, args)
+    peak, weights = sizes["peak"], sizes["weights"]
     fits = peak <= capacity
     rows.append({"preset": name, "params": cfg.num_params(), "weights_gib": round(weights / 2**30, 2),
                  "peak_gib": round(peak / 2**30, 2), "fits": fits,
@@ -250,6 +320,14 @@ def main(argv=None):
                       help="response tokens per vocabulary chunk (0: one chunk)")
   parser.add_argument("--store_logits", "--store-logits", action="store_true",
                       help="keep each chunk's logits for the backward pass instead of recomputing them")
+  parser.add_argument("--fused_logprobs", "--fused-logprobs", action="store_true",
+                      help="log-softmax / gather / entropy as one custom-VJP op (logprobs.fused_token_logprobs)")
+  parser.add_argument("--moments_dtype", "--moments-dtype", default="",
+                      help="AdamW moment storage dtype ('': the master dtype; bfloat16 halves them)")
+  parser.add_argument("--adam_b2", "--adam-b2", type=float, default=0.999, help="AdamW second-moment decay")
+  parser.add_argument("--vocab", type=int, default=0, help="> 0: override the preset's vocabulary size")
+  parser.add_argument("--memory_compare", "--memory-compare", action="store_true",
+                      help="print the compiled step's memory analysis per loss path and moment dtype")
   parser.add_argument("--lora_rank", "--lora-rank", type=int, default=0)
   parser.add_argument("--with_reference", "--with-reference", action="store_true",
                       help="score the reference inside the timed JAX step")
@@ -261,11 +339,17 @@ def main(argv=None):
   parser.add_argument("--skip_jax", "--skip-jax", action="store_true")
   parser.add_argument("--fit_search", "--fit-search", action="store_true")
   parser.add_argument("--fit_presets", "--fit-presets", default="", help="comma-separated, tried in this order")
+  parser.add_argument("--reference_outside", "--reference-outside", action="store_true",
+                      help="--fit_search / --memory_compare: the batch carries reference log-probs (scored during "
+                      "rollout) and the step gets no reference weights")
   parser.add_argument("--device_memory_gib", "--device-memory-gib", type=float, default=0.0)
   args = parser.parse_args(argv)
   log(f"jax {jax.__version__} on {jax.local_devices()[0].device_kind}; args {vars(args)}")
   if args.fit_search:
     print(json.dumps(fit_search(args)), flush=True)
+    return
+  if args.memory_compare:
+    print(json.dumps(memory_compare(args)), flush=True)
     return
   results = []
   if args.torch:

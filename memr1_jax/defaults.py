@@ -47,7 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.tokenizer = ""
   # Compute dtype of matmuls.
   c.model.dtype = "bfloat16"
-  # Storage dtype of the policy parameters (the optimizer keeps float32 moments regardless).
+  # Storage dtype of the policy parameters (the learner trains a copy in rl.master_dtype).
   c.model.param_dtype = "bfloat16"
   # Rematerialise each decoder layer in the backward pass.
   c.model.remat = True
@@ -165,6 +165,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.critic_warmup_steps = 0
   # AdamW weight decay.
   c.rl.weight_decay = 0.0
+  # Dtype of the trained weights the optimizer updates (float32 keeps a 1e-6 update that bfloat16 rounds away).
+  c.rl.master_dtype = "float32"
+  # Storage dtype of AdamW's first moment ("": the master dtype); bfloat16 halves its memory.
+  c.rl.adam_mu_dtype = ""
+  # Storage dtype of AdamW's second moment ("": the master dtype); bfloat16 needs adam_b2 <= 0.995 to decay.
+  c.rl.adam_nu_dtype = ""
+  # AdamW second-moment decay.
+  c.rl.adam_b2 = 0.999
   # Global-norm gradient clipping.
   c.rl.max_grad_norm = 1.0
   # Clipped-surrogate epsilon (low / high; DAPO-style asymmetric when they differ).
@@ -201,6 +209,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.logprob_chunk = 256
   # Recompute each chunk's logits in the backward pass (less memory) instead of storing them.
   c.rl.remat_logits = True
+  # Log-softmax, gather and entropy of each chunk as one custom-VJP op (same values; one recompute in the backward).
+  c.rl.fused_logprobs = False
   # Reward for a response the parser could not read (format error).
   c.rl.format_penalty = 0.0
   # Questions that score a manager response: turn (those its turn completes, the paper) | answerable (every

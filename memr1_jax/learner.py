@@ -53,6 +53,11 @@ def sft_micro_batch_size(config) -> int:
   return min(s.get("micro_batch_size", s.batch_size), s.batch_size)
 
 
+def _adam_options(rl) -> dict:
+  """make_optimizer's moment dtypes and b2 from config.rl (adam_mu_dtype, adam_nu_dtype, adam_b2)."""
+  return dict(mu_dtype=rl.adam_mu_dtype, nu_dtype=rl.adam_nu_dtype, b2=rl.adam_b2)
+
+
 @dataclasses.dataclass
 class Learner:
   """A training run's learner: train state, frozen weights, static spec and the jitted step (`update`)."""
@@ -81,21 +86,25 @@ class Learner:
       s = config.sft
       lr = ts.learning_rate_schedule(s.lr, s.get("warmup_steps", 0),
                                      decay_steps=num_steps if s.get("schedule", "constant") == "cosine" else 0)
-      tx = ts.make_optimizer(lr, weight_decay=s.get("weight_decay", 0.0), max_grad_norm=config.rl.max_grad_norm)
-      state, frozen, spec = ts.init_train_state(policy, tx, actor_lr=lr, reference=False, mesh=mesh)
+      tx = ts.make_optimizer(lr, weight_decay=s.get("weight_decay", 0.0), max_grad_norm=config.rl.max_grad_norm,
+                             **_adam_options(config.rl))
+      state, frozen, spec = ts.init_train_state(policy, tx, actor_lr=lr, reference=False, mesh=mesh,
+                                                master_dtype=config.rl.master_dtype)
       return cls(state, frozen, spec, make_sft_step(spec, sft_micro_batch_size(config)), kind)
     rl = config.rl
     actor_lr = ts.learning_rate_schedule(rl.actor_lr, rl.warmup_steps,
                                          rl.critic_warmup_steps if config.algorithm == "ppo" else 0)
-    actor_tx = ts.make_optimizer(actor_lr, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm)
+    actor_tx = ts.make_optimizer(actor_lr, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm,
+                                 **_adam_options(rl))
     value_model = critic_tx = critic_lr = None
     if config.algorithm == "ppo":
       value_model = value_lib.value_model_from_decoder(policy, copy=not config.model.lora_rank)
       critic_lr = ts.learning_rate_schedule(rl.critic_lr, rl.warmup_steps)
-      critic_tx = ts.make_optimizer(critic_lr, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm)
+      critic_tx = ts.make_optimizer(critic_lr, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm,
+                                    **_adam_options(rl))
     state, frozen, spec = ts.init_train_state(
         policy, actor_tx, actor_lr=actor_lr, value_model=value_model, critic_tx=critic_tx, critic_lr=critic_lr,
-        reference=True, mesh=mesh)
+        reference=True, mesh=mesh, master_dtype=rl.master_dtype)
     return cls(state, frozen, spec, make_update_step(spec, UpdateConfig.from_config(config)), kind)
 
   def policy(self):

@@ -20,7 +20,8 @@ from flax import nnx
 
 from memr1_jax.models import CheckpointError, KVCache, PRESETS, export_pretrained, load_pretrained, positions_from_mask
 from memr1_jax.models.config import config_from_hf, config_to_hf
-from memr1_jax.models.decoder import cached_attention, rope_inv_freq
+from memr1_jax.models.attention import cached_attention, cascade_attention, decode_kv_bytes
+from memr1_jax.models.decoder import rope_inv_freq
 from memr1_jax.testing import LLAMA3_SCALING, hf_logits, left_padded_batch, load_hf_model, make_hf_checkpoint
 
 VOCAB = 384
@@ -172,6 +173,33 @@ def test_cached_attention_matches_dot_product_attention():
   want = jax.nn.dot_product_attention(q, k_bskh, v_bskh, mask=mask_bts[:, None], scale=0.3)
   got = cached_attention(q, k_bskh.transpose(0, 2, 1, 3), v_bskh.transpose(0, 2, 1, 3), mask_bts, 0.3)
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_cascade_attention_equals_attention_over_the_repeated_cache():
+  """Prompt KV once per prompt + per-row suffix KV, merged by log-sum-exp, equals attention over both concatenated."""
+  rng = np.random.default_rng(1)
+  b, n, t, k, g, h, p, m = 3, 4, 2, 2, 3, 8, 7, 5
+  r = b * n
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  q = normal(r, t, k * g, h)
+  prefix_k, prefix_v = normal(b, k, p, h), normal(b, k, p, h)
+  k_rksh, v_rksh = normal(r, k, m, h), normal(r, k, m, h)
+  prefix_valid_bs = jnp.asarray(rng.random((b, p)) < 0.7).at[:, -1].set(True)
+  mask_rts = jnp.asarray(rng.random((r, t, m)) < 0.6).at[:, :, 0].set(True)
+  got = cascade_attention(q, prefix_k, prefix_v, prefix_valid_bs, k_rksh, v_rksh, mask_rts, 0.3)
+  full_mask_rts = jnp.concatenate([jnp.broadcast_to(jnp.repeat(prefix_valid_bs, n, 0)[:, None], (r, t, p)),
+                                   mask_rts], axis=2)
+  want = cached_attention(q, jnp.concatenate([jnp.repeat(prefix_k, n, 0), k_rksh], 2),
+                          jnp.concatenate([jnp.repeat(prefix_v, n, 0), v_rksh], 2), full_mask_rts, 0.3)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_kv_bytes_counts_the_prompt_once_per_prompt():
+  """Shared prefix reads P slots per prompt plus M per row; the repeated cache P + M per row (by hand)."""
+  shape = dict(num_layers=2, kv_heads=3, head_dim=4, itemsize=2, prompts=5, n=8, prompt_slots=100, new_slots=10)
+  slot = 2 * 2 * 3 * 4 * 2  # K and V, layers, heads, head dim, bytes
+  assert decode_kv_bytes(**shape, shared_prefix=False) == slot * 40 * 110
+  assert decode_kv_bytes(**shape, shared_prefix=True) == slot * (5 * 100 + 40 * 10)
 
 
 # ----------------------------------------------------------------------------------------------------- config

@@ -132,6 +132,65 @@ def test_chunked_logprob_gradient_matches_unchunked():
   _assert_trees_close(chunked, whole, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [3, None])
+def test_fused_logprobs_values_and_gradients_equal_the_plain_path(chunk):
+  """The custom-VJP fused log-softmax / gather / entropy gives the plain path's values and parameter gradients."""
+  model = Decoder(CFG, rngs=nnx.Rngs(2))
+  graphdef, params = nnx.split(model)
+  batch = _batch(2)
+  rng = np.random.default_rng(1)
+  a_bt, b_bt = (rng.normal(size=(B, T)).astype(np.float32) * batch.response_mask_bt for _ in range(2))
+
+  def objective(params, fused):
+    logprobs_bt, entropy_bt = logprobs_lib.response_logprobs(
+        nnx.merge(graphdef, params), batch.prompt_ids_bp, batch.prompt_mask_bp, batch.response_ids_bt,
+        batch.response_mask_bt, chunk_size=chunk, fused=fused)
+    return jnp.sum(a_bt * logprobs_bt + b_bt * entropy_bt), (logprobs_bt, entropy_bt)
+
+  (_, fused_out), fused_grad = jax.jit(jax.value_and_grad(lambda p: objective(p, True), has_aux=True))(params)
+  (_, plain_out), plain_grad = jax.jit(jax.value_and_grad(lambda p: objective(p, False), has_aux=True))(params)
+  _assert_trees_close(fused_out, plain_out, rtol=1e-5, atol=1e-5)
+  _assert_trees_close(fused_grad, plain_grad, rtol=1e-4, atol=1e-6)
+  assert np.abs(np.asarray(fused_grad["embed_vd"])).max() > 1e-3  # the tied unembedding does get a gradient
+
+
+@pytest.mark.parametrize("master_dtype", ["float32", "bfloat16"])
+def test_a_1e6_update_is_kept_by_float32_master_weights_and_rounded_away_in_bfloat16(master_dtype):
+  """One GRPO step at lr 1e-6 moves float32 master weights of size >= 1e-3 by ~1e-6; bfloat16 ones stay put."""
+  policy = Decoder(CFG, rngs=nnx.Rngs(3))
+  schedule = ts.learning_rate_schedule(1e-6)
+  state, frozen, spec = ts.init_train_state(policy, ts.make_optimizer(schedule), actor_lr=schedule,
+                                            reference=False, master_dtype=master_dtype)
+  before = _host(state.policy)
+  step = up.make_update_step(spec, up.UpdateConfig(kl_coef=0.0, group_size=G, shuffle=False))
+  state, _ = step(state, frozen, _batch(), jax.random.key(0))
+  moved, large = [], []
+  for w0, w1 in zip(jax.tree.leaves(before), jax.tree.leaves(_host(state.policy))):
+    w0, w1 = np.asarray(w0, np.float64), np.asarray(w1, np.float64)
+    moved.append(np.abs(w1 - w0)[np.abs(w0) >= 1e-3])
+  moved = np.concatenate(moved)
+  if master_dtype == "float32":
+    assert np.mean(moved > 5e-7) > 0.5 and moved.max() < 1.1e-6
+  else:
+    assert moved.max() == 0.0
+
+
+def test_bfloat16_adam_moments_are_stored_in_bfloat16_and_track_float32_ones():
+  """make_optimizer(mu_dtype, nu_dtype=bfloat16) keeps bf16 moments whose updates stay within 2% of float32 ones."""
+  params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(8, 16)), jnp.float32)}
+  grads = [jax.tree.map(lambda x, i=i: jnp.sin(x * (i + 1)), params) for i in range(5)]
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    tx = ts.make_optimizer(1e-3, max_grad_norm=None, mu_dtype=dtype, nu_dtype=dtype, b2=0.99)
+    opt = tx.init(params)
+    for g in grads:
+      updates, opt = tx.update(g, opt, params)
+    results[dtype] = (updates["w"], [x.dtype for x in jax.tree.leaves(opt) if x.ndim == 2])
+  assert results["bfloat16"][1] == [jnp.bfloat16, jnp.bfloat16]
+  assert results["float32"][1] == [jnp.float32, jnp.float32]
+  np.testing.assert_allclose(results["bfloat16"][0], results["float32"][0], rtol=2e-2, atol=1e-5)
+
+
 def test_surrogate_gradient_matches_finite_differences():
   """d(loss)/d(params) of the update's micro-batch loss (clip, k3 KL, entropy) equals central differences."""
   with jax.enable_x64(True):

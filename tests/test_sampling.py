@@ -116,6 +116,49 @@ def test_samples_of_a_prompt_differ_and_are_prompt_major(qwen, sampled):
   np.testing.assert_array_equal(three.tokens, np.repeat(one.tokens, 3, axis=0))
 
 
+def _decode_logits(model, prompts, n, steps, shared_prefix):
+  """Next-token logits [steps + 1, R, V] of prefill, then `steps` teacher-forced decode steps of fixed tokens."""
+  graphdef, state = nnx.split(model)
+  ids_bt, mask_bt = generation.pad_prompts(prompts, len(prompts), 16, 0)
+  cache, logits_bv, prompt_len_b = prefill(graphdef, state, ids_bt, mask_bt, n=n, cache_len=16 + steps,
+                                           shared_prefix=shared_prefix)
+  tokens_sr = np.random.default_rng(1).integers(0, VOCAB, (steps, len(prompts) * n)).astype(np.int32)
+
+  @jax.jit
+  def step(state, cache, token_r, position_r):
+    merged = nnx.merge(graphdef, state)
+    hidden_r1d, cache = merged.forward_hidden(token_r[:, None], jnp.ones((len(token_r), 1), bool), position_r[:, None],
+                                              cache)
+    return merged.logits(hidden_r1d[:, 0]), cache
+
+  out = [np.repeat(np.asarray(logits_bv), n, axis=0)]
+  position_r = np.repeat(np.asarray(prompt_len_b), n)
+  for i in range(steps):
+    logits_rv, cache = step(state, cache, tokens_sr[i], position_r + i)
+    out.append(np.asarray(logits_rv))
+  return np.stack(out)
+
+
+def test_shared_prefix_decode_logits_equal_the_repeated_cache(qwen):
+  """Every decode step's logits over a CascadeCache equal those over the n-times repeated cache (float32)."""
+  prompts = _prompts()
+  cascade = _decode_logits(qwen, prompts, 3, 6, shared_prefix=True)
+  repeated = _decode_logits(qwen, prompts, 3, 6, shared_prefix=False)
+  assert np.abs(repeated[1:] - repeated[1:, :1]).max() > 1e-3  # the rows do differ after their own tokens
+  np.testing.assert_allclose(cascade, repeated, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("params", [None, SamplingParams.make(temperature=1.0)], ids=["greedy", "sampled"])
+def test_shared_prefix_generate_equals_the_repeated_cache(qwen, params):
+  """generate with n = 3 gives the same tokens (greedy, and sampled with a fixed key) and log-probs on both paths."""
+  kwargs = dict(key=jax.random.key(9), max_new_tokens=MAX_NEW, n=3, params=params)
+  cascade = generate(qwen, _prompts(), shared_prefix=True, **kwargs)
+  repeated = generate(qwen, _prompts(), shared_prefix=False, **kwargs)
+  np.testing.assert_array_equal(cascade.tokens, repeated.tokens)
+  np.testing.assert_allclose(cascade.logprobs, repeated.logprobs, atol=2e-5)
+  np.testing.assert_allclose(cascade.sampling_logprobs, repeated.sampling_logprobs, atol=2e-5)
+
+
 def test_top_k_one_equals_greedy(qwen):
   """Sampling at temperature 1.3 with top_k=1 gives the greedy tokens."""
   greedy = generate(qwen, _prompts(), key=0, max_new_tokens=MAX_NEW)

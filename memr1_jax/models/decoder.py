@@ -1,7 +1,8 @@
 """Flax NNX decoder for the Qwen2 / Qwen2.5 and LLaMA-3.x families.
 
 RMSNorm, RoPE (default or llama3 scaling), grouped-query attention through `jax.nn.dot_product_attention`
-(decode steps over the [B, K, S, H] KV cache: `cached_attention`), SwiGLU MLP, tied or untied embeddings.
+(decode steps over the [B, K, S, H] KV cache: `attention.cached_attention`; over a `CascadeCache`, the n samples of
+a prompt sharing its KV: `attention.cascade_attention`), SwiGLU MLP, tied or untied embeddings.
 Parameters carry `logical_axes` metadata that `memr1_jax.sharding` maps to mesh axes. Norms, softmax and RoPE run in
 float32; matmuls in `cfg.dtype`.
 
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memr1_jax.models.attention import cached_attention, cascade_attention
 from memr1_jax.models.config import ModelConfig, RopeScaling
 from memr1_jax.models.lora import LoRA
 
@@ -50,6 +52,17 @@ class KVCache:
     return self.valid_bs.shape[1]
 
 
+@flax.struct.dataclass
+class CascadeCache:
+  """KV cache of n samples per prompt: the prompts' KV once per prompt, each sample's generated tokens apart.
+
+  Rows are prompt-major (row i * n + j is sample j of prompt i). Every prefix slot precedes every suffix slot.
+  """
+
+  prefix: KVCache  # B = prompts rows, P slots: the prefilled prompts (read-only while decoding).
+  suffix: KVCache  # B * n rows, M slots: the generated tokens; `suffix.end` counts them.
+
+
 def positions_from_mask(attention_mask_bt: jax.Array) -> jax.Array:
   """Position ids for a left-padded batch: cumsum(mask) - 1, clipped at 0 (HF convention). [B, T] int32."""
   return jnp.clip(jnp.cumsum(attention_mask_bt.astype(jnp.int32), axis=-1) - 1, 0).astype(jnp.int32)
@@ -80,24 +93,6 @@ def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, inv_freq_h: jax.Array
   x1, x2 = jnp.split(x, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
   return (x * cos + rotated * sin).astype(x_btnh.dtype)
-
-
-def cached_attention(q_btnh: jax.Array, k_bksh: jax.Array, v_bksh: jax.Array, mask_bts: jax.Array,
-                     scale: float) -> jax.Array:
-  """Grouped-query attention of a few query tokens (a decode step) over a [B, K, S, H] KV cache.
-
-  q_btnh: queries (N = K * G heads); mask_bts: bool, True where a query may attend. Returns out_btnh, what
-  `jax.nn.dot_product_attention` gives on the same mask, as two matmuls batched over (b, k) that read the cache in
-  place. Logits and softmax in float32; a row with no allowed slot gets uniform weights (finite; left padding).
-  """
-  b, t, n, h = q_btnh.shape
-  kv = k_bksh.shape[1]
-  q_bkgth = q_btnh.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4)
-  logits_bkgts = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh, preferred_element_type=jnp.float32) * scale
-  logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, jnp.finfo(jnp.float32).min)
-  probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bksh.dtype)
-  out_bkgth = jnp.einsum("bkgts,bksh->bkgth", probs_bkgts, v_bksh)
-  return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float = 0.02) -> nnx.Param:
@@ -135,8 +130,12 @@ class Attention(nnx.Module):
       self.q_lora, self.k_lora = LoRA(self.q_dnh, 1, cfg, rngs=rngs), LoRA(self.k_dkh, 1, cfg, rngs=rngs)
       self.v_lora, self.o_lora = LoRA(self.v_dkh, 1, cfg, rngs=rngs), LoRA(self.o_nhd, 2, cfg, rngs=rngs)
 
-  def __call__(self, x_btd, positions_bt, inv_freq_h, mask_bts, kv_cache=None, cache_end=None):
-    """Returns (out_btd, (k_bskh, v_bskh)): the attention output and this layer's updated cache (or None)."""
+  def __call__(self, x_btd, positions_bt, inv_freq_h, mask_bts, kv_cache=None, cache_end=None, prefix=None):
+    """Returns (out_btd, (k_bksh, v_bksh)): the attention output and this layer's updated cache (or None).
+
+    prefix: None, or (k_bksh, v_bksh, valid_bs) of a `CascadeCache`'s shared prompt KV for this layer; kv_cache is
+    then the rows' suffix cache and the queries attend to both (`cascade_attention`).
+    """
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     q = jnp.einsum("btd,dnh->btnh", x_btd, self.q_dnh[...].astype(dt))
     k = jnp.einsum("btd,dkh->btkh", x_btd, self.k_dkh[...].astype(dt))
@@ -154,7 +153,10 @@ class Attention(nnx.Module):
       k_cache, v_cache = kv_cache
       new_cache = tuple(jax.lax.dynamic_update_slice(c, x.transpose(0, 2, 1, 3).astype(c.dtype), (0, 0, cache_end, 0))
                         for c, x in ((k_cache, k), (v_cache, v)))
-    if new_cache is not None and q.shape[1] == 1:
+    if prefix is not None:
+      out = cascade_attention(q, prefix[0].astype(dt), prefix[1].astype(dt), prefix[2], new_cache[0].astype(dt),
+                              new_cache[1].astype(dt), mask_bts, cfg.head_dim ** -0.5)
+    elif new_cache is not None and q.shape[1] == 1:
       out = cached_attention(q, new_cache[0].astype(dt), new_cache[1].astype(dt), mask_bts, cfg.head_dim ** -0.5)
     else:
       if new_cache is not None:  # Prefill into the cache: attend over all of it in [B, S, K, H] order.
@@ -202,8 +204,8 @@ class DecoderLayer(nnx.Module):
     self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_param_dtype)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_btd, positions_bt, inv_freq_h, mask_bts, kv_cache=None, cache_end=None):
-    h, new_cache = self.attn(self.input_norm(x_btd), positions_bt, inv_freq_h, mask_bts, kv_cache, cache_end)
+  def __call__(self, x_btd, positions_bt, inv_freq_h, mask_bts, kv_cache=None, cache_end=None, prefix=None):
+    h, new_cache = self.attn(self.input_norm(x_btd), positions_bt, inv_freq_h, mask_bts, kv_cache, cache_end, prefix)
     x_btd = x_btd + h
     return x_btd + self.mlp(self.post_attn_norm(x_btd)), new_cache
 
@@ -235,16 +237,21 @@ class Decoder(nnx.Module):
     return jnp.einsum("...d,dv->...v", hidden_btd.astype(dt), w_dv.astype(dt),
                       preferred_element_type=jnp.float32)
 
-  def forward_hidden(self, input_ids_bt, attention_mask_bt=None, positions_bt=None, cache: KVCache | None = None):
+  def forward_hidden(self, input_ids_bt, attention_mask_bt=None, positions_bt=None,
+                     cache: KVCache | CascadeCache | None = None):
     """Runs the layers and the final norm. Returns (hidden_btd, updated cache or None).
 
     Without a cache the attention is causal over this chunk; with no attention_mask_bt either, it is plain causal
     attention with no mask array (right padding is harmless then: no real token attends to a later position).
     With a cache, the chunk's keys / values are written at slots [cache.end, cache.end + T) and each query attends
-    every valid slot at or before its own.
+    every valid slot at or before its own. With a `CascadeCache` the chunk goes into the suffix and each query also
+    attends every valid slot of its prompt's shared prefix.
     """
     cfg = self.cfg
     b, t = input_ids_bt.shape
+    prefix = None
+    if isinstance(cache, CascadeCache):
+      prefix, cache = cache.prefix, cache.suffix
     causal_only = attention_mask_bt is None and cache is None
     if attention_mask_bt is None:
       attention_mask_bt = jnp.ones((b, t), bool)
@@ -273,11 +280,13 @@ class Decoder(nnx.Module):
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       kv = None if cache is None else (cache.k[i], cache.v[i])
-      x, layer_cache = layer_fn(layer, x, positions_bt, inv_freq_h, mask_bts, kv, cache_end)
+      prefix_kv = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid_bs)
+      x, layer_cache = layer_fn(layer, x, positions_bt, inv_freq_h, mask_bts, kv, cache_end, prefix_kv)
       if layer_cache is not None:
         new_k.append(layer_cache[0])
         new_v.append(layer_cache[1])
     hidden = self.final_norm(x)
     if cache is None:
       return hidden, None
-    return hidden, KVCache(k=tuple(new_k), v=tuple(new_v), valid_bs=valid_bs, end=cache_end + t)
+    cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid_bs=valid_bs, end=cache_end + t)
+    return hidden, cache if prefix is None else CascadeCache(prefix=prefix, suffix=cache)

@@ -10,10 +10,11 @@ Parameters are split (`nnx.split`) into what is trained and what is frozen:
                      policy's base arrays).
 
 Precision: trained parameters are kept in `master_dtype` (float32 by default) and cast to the compute dtype
-(`cfg.dtype`, bfloat16 on accelerators) inside each matmul; AdamW moments are float32 (first moment optionally
-bfloat16). A bfloat16 master copy would silently drop updates: with lr 1e-6 an Adam step changes a weight of size
-0.02 by 5e-5 of its value, below bfloat16's resolution of 2^-8. Memory per trained parameter: 4 (master) + 8
-(moments) + 4 (gradient) bytes, plus 2 bytes per parameter for a bfloat16 reference.
+(`cfg.dtype`, bfloat16 on accelerators) inside each matmul; AdamW moments are stored in the master dtype unless
+`make_optimizer(mu_dtype=..., nu_dtype=...)` says otherwise (their update is computed in float32 and stored back).
+A bfloat16 master copy would silently drop updates: with lr 1e-6 an Adam step changes a weight of size 0.02 by 5e-5
+of its value, below bfloat16's resolution of 2^-8. Memory per trained parameter: 4 (master) + 8 (moments; 4 in
+bfloat16) + 4 (gradient) bytes, plus 2 bytes per parameter for a bfloat16 reference.
 
 `TrainState` (donated to and returned by the update step) holds the trained part; `FrozenParams` (read-only
 arguments) the rest; `StateSpec` the static part (graph definitions, optimizers, shardings).
@@ -92,9 +93,22 @@ def learning_rate_schedule(lr: float, warmup_steps: int = 0, delay_steps: int = 
   return optax.join_schedules([optax.constant_schedule(0.0), schedule], [delay_steps])
 
 
+def _scale_by_adam(b1: float, b2: float, eps: float, mu_dtype: Any, nu_dtype: Any) -> optax.GradientTransformation:
+  """`optax.scale_by_adam` whose second moment is stored in `nu_dtype` (None: the parameters' dtype).
+
+  optax computes each moment update in the promoted (float32) dtype and casts it back like the stored state, so only
+  the initial state's dtype needs setting.
+  """
+  adam = optax.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype)
+  if nu_dtype is None:
+    return adam
+  init = lambda params: adam.init(params)._replace(nu=optax.tree.zeros_like(params, dtype=nu_dtype))  # noqa: E731
+  return optax.GradientTransformation(init, adam.update)
+
+
 def make_optimizer(schedule: Callable[[jax.Array], jax.Array] | float, *, weight_decay: float = 0.0,
                    max_grad_norm: float | None = 1.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   mu_dtype: Any = None) -> optax.GradientTransformation:
+                   mu_dtype: Any = None, nu_dtype: Any = None) -> optax.GradientTransformation:
   """Global-norm clipping then AdamW; weight decay only on matrices (not on norms, biases, the value head).
 
   Args:
@@ -102,14 +116,17 @@ def make_optimizer(schedule: Callable[[jax.Array], jax.Array] | float, *, weight
     weight_decay: decoupled weight decay.
     max_grad_norm: clip the global gradient norm to this (None or 0: no clipping).
     b1, b2, eps: Adam constants.
-    mu_dtype: dtype of the first moment (None: the parameters' dtype).
+    mu_dtype, nu_dtype: storage dtypes of the first / second moment (None or "": the parameters' dtype). bfloat16
+      halves their memory. A bfloat16 second moment with b2 = 0.999 never decays (b2 * nu rounds back to nu at
+      bfloat16's 8-bit precision; with 0.995 or lower it does), so it follows a rising gradient scale, not a falling
+      one: pair it with b2 <= 0.995.
 
   Returns:
-    the optax transformation.
+    the optax transformation (the same state structure as `optax.adamw`, behind the optional clipping).
   """
   decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
-  adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, weight_decay=weight_decay,
-                      mask=decay_mask)
+  adamw = optax.chain(_scale_by_adam(b1, b2, eps, mu_dtype or None, nu_dtype or None),
+                      optax.add_decayed_weights(weight_decay, decay_mask), optax.scale_by_learning_rate(schedule))
   if not max_grad_norm:
     return adamw
   return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
@@ -151,7 +168,8 @@ def _colocate(tree, like: jax.Array):
   of them replicated on the mesh, and a second compilation would follow at the second step; placed that way from
   the start, the first compilation serves every step.
   """
-  if not isinstance(like.sharding, NamedSharding) or like.sharding.mesh.size != 1:
+  sharding = getattr(like, "sharding", None)  # None under tracing (`jax.eval_shape` of a learner).
+  if not isinstance(sharding, NamedSharding) or sharding.mesh.size != 1:
     return tree
   return jax.device_put(tree, NamedSharding(like.sharding.mesh, P()))
 

@@ -63,6 +63,7 @@ class UpdateConfig:
   whiten_advantages: bool = True  # PPO: whiten advantages over the batch's valid tokens.
   logprob_chunk: int | None = 256  # response time steps per vocabulary-projection chunk (None: one chunk).
   remat_logits: bool = True  # recompute each chunk's logits in the backward pass (memory) or store them (speed).
+  fused_logprobs: bool = False  # logprobs.fused_token_logprobs: one custom-VJP op per chunk (remat_logits moot).
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
@@ -86,7 +87,8 @@ class UpdateConfig:
         entropy_coef=rl.entropy_coef, aggregation=rl.loss_aggregation,
         group_size=c.rollout.group_size if c.algorithm == "grpo" else 1, normalize_std=rl.normalize_std,
         gamma=rl.gamma, lam=rl.lam, value_clip=rl.value_clip,
-        whiten_advantages=rl.whiten_advantages, logprob_chunk=rl.logprob_chunk, remat_logits=rl.remat_logits)
+        whiten_advantages=rl.whiten_advantages, logprob_chunk=rl.logprob_chunk, remat_logits=rl.remat_logits,
+        fused_logprobs=rl.fused_logprobs)
 
 
 @flax.struct.dataclass
@@ -160,13 +162,14 @@ def policy_logprobs(spec: StateSpec, config: UpdateConfig, params, frozen_policy
   model = nnx.merge(spec.policy_graphdef, params, frozen_policy)
   return logprobs_lib.response_logprobs(
       model, rows["prompt_ids_bp"], rows["prompt_mask_bp"], rows["response_ids_bt"], rows["response_mask_bt"],
-      chunk_size=config.logprob_chunk, remat_chunks=config.remat_logits)
+      chunk_size=config.logprob_chunk, remat_chunks=config.remat_logits, fused=config.fused_logprobs)
 
 
 def _reference_logprobs(spec: StateSpec, config: UpdateConfig, frozen: FrozenParams, rows) -> jax.Array:
   logprobs_bt, _ = logprobs_lib.response_logprobs(
       reference_model(spec, frozen), rows["prompt_ids_bp"], rows["prompt_mask_bp"], rows["response_ids_bt"],
-      rows["response_mask_bt"], chunk_size=config.logprob_chunk, remat_chunks=config.remat_logits)
+      rows["response_mask_bt"], chunk_size=config.logprob_chunk, remat_chunks=config.remat_logits,
+      fused=config.fused_logprobs)
   return logprobs_bt
 
 

@@ -1,8 +1,12 @@
 """Jitted prefill and `lax.while_loop` decode over a preallocated KV cache, for left-padded batches.
 
 Layout. Prompts are left-padded to a common length P, so every row's prompt ends at slot P - 1 and decode step i
-writes slot P + i for all rows (one scalar `cache.end`). `n` samples per prompt share one prefill: the prefilled
-cache rows are repeated, prompt-major (row i * n + j is sample j of prompt i), before decoding.
+writes slot P + i for all rows (one scalar `cache.end`). `n` samples per prompt share one prefill; rows are
+prompt-major (row i * n + j is sample j of prompt i). With `shared_prefix` (the default for n > 1) the prompts' KV
+stays stored once per prompt and each row's generated tokens go into a suffix cache of their own (`CascadeCache`), so
+a decode step reads every prompt's KV once (`models.attention.cascade_attention`); without it the prefilled cache rows
+are repeated n times before decoding and each step reads each prompt's KV n times (`attention.decode_kv_bytes`
+counts both).
 
 Shapes are bucketed (`bucket_size`: powers of two with a minimum) for the batch, the prompt length and the number
 of new tokens, so a run compiles a bounded number of programs; the padded rows are dropped on return. The cache holds
@@ -31,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from memr1_jax import multihost
 from memr1_jax import sharding as sharding_lib
-from memr1_jax.models.decoder import KVCache, positions_from_mask
+from memr1_jax.models.decoder import CascadeCache, KVCache, positions_from_mask
 from memr1_jax.sampling.samplers import SamplingParams, sample, token_logprobs
 
 MIN_STOP_IDS = 4  # Stop-id arrays are padded (with -1) to a power of two >= this, so new stop ids rarely recompile.
@@ -84,32 +88,39 @@ def _cache_shardings(cache: KVCache, mesh: Mesh) -> KVCache:
                  valid_bs=spec(cache.valid_bs, ("batch", None)), end=NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def _constrain(cache: KVCache, mesh: Mesh | None) -> KVCache:
+def _constrain(cache: KVCache | CascadeCache, mesh: Mesh | None) -> KVCache | CascadeCache:
   if mesh is None:
     return cache
+  if isinstance(cache, CascadeCache):
+    return CascadeCache(prefix=_constrain(cache.prefix, mesh), suffix=_constrain(cache.suffix, mesh))
   return jax.lax.with_sharding_constraint(cache, _cache_shardings(cache, mesh))
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("n", "cache_len", "mesh"))
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("n", "cache_len", "mesh", "shared_prefix"))
 def prefill(graphdef: nnx.GraphDef, state: nnx.State, input_ids_bt: jax.Array, attention_mask_bt: jax.Array, *,
-            n: int, cache_len: int, mesh: Mesh | None = None) -> tuple[KVCache, jax.Array, jax.Array]:
+            n: int, cache_len: int, mesh: Mesh | None = None, shared_prefix: bool = False
+            ) -> tuple[KVCache | CascadeCache, jax.Array, jax.Array]:
   """Runs the left-padded prompts through the model into a fresh cache of `cache_len` slots.
 
   Args:
     graphdef, state: `nnx.split(model)` of a `Decoder` (or any module with `cfg`, `forward_hidden`, `logits`).
     input_ids_bt: [B, P] int32 left-padded prompts; attention_mask_bt: [B, P] (1 = token, 0 = pad).
     n: samples per prompt: the returned cache has B * n rows, prompt-major.
-    cache_len: cache slots (P + room for the new tokens). mesh: shard the cache over it (batch, kv heads).
+    cache_len: slots per row (P + room for the new tokens). mesh: shard the cache over it (batch, kv heads).
+    shared_prefix: return a `CascadeCache` (the prompts' P slots once per prompt, B * n suffix rows of
+      cache_len - P empty slots) instead of a `KVCache` whose B * n rows repeat each prompt's slots.
   Returns:
     (cache [B * n rows, end = P], last_logits_bv [B, V] float32 at each prompt's last token, prompt_len_b [B] int32).
   """
   model = nnx.merge(graphdef, state)
-  b, _ = input_ids_bt.shape
+  b, p = input_ids_bt.shape
   mask_bt = attention_mask_bt.astype(bool)
-  cache = _constrain(KVCache.init(model.cfg, b, cache_len), mesh)
+  cache = _constrain(KVCache.init(model.cfg, b, p if shared_prefix else cache_len), mesh)
   hidden_btd, cache = model.forward_hidden(input_ids_bt, mask_bt, positions_from_mask(mask_bt), cache)
   last_logits_bv = model.logits(hidden_btd[:, -1])
-  if n > 1:
+  if shared_prefix:
+    cache = CascadeCache(prefix=cache, suffix=KVCache.init(model.cfg, b * n, cache_len - p))
+  elif n > 1:
     cache = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, cache)
   return _constrain(cache, mesh), last_logits_bv, jnp.sum(mask_bt, axis=-1, dtype=jnp.int32)
 
@@ -121,7 +132,8 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, last_logits
   """Samples up to `max_new` tokens per row with a `lax.while_loop` that exits once every row has stopped.
 
   Args:
-    graphdef, state: the model, as for `prefill`. cache: `prefill`'s cache (R = B * n rows), donated.
+    graphdef, state: the model, as for `prefill`. cache: `prefill`'s cache (R = B * n rows; a `KVCache` or a
+      `CascadeCache`), donated.
     last_logits_bv [B, V], prompt_len_b [B]: from `prefill`; repeated n times here.
     row_ids_r: [R] int32 ids folded into `key` for each row's draws (global row numbers make results independent
       of batching). key: a typed PRNG key. params: `SamplingParams`.
@@ -202,7 +214,8 @@ def stop_id_array(stop_token_ids: Sequence[int]) -> np.ndarray:
 def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, key, max_new_tokens: int, n: int = 1,
              params: SamplingParams | None = None, stop_token_ids: Sequence[int] = (), pad_id: int = 0,
              prompt_index: Sequence[int] | None = None, mesh: Mesh | None = None, min_prompt_bucket: int = 16,
-             prompt_bucket_multiple: int = 0, min_batch_bucket: int = 1) -> GenerateOutput:
+             prompt_bucket_multiple: int = 0, min_batch_bucket: int = 1,
+             shared_prefix: bool | None = None) -> GenerateOutput:
   """Generates `n` completions for every prompt (token-id lists) in one prefill + one decode call.
 
   Args:
@@ -216,6 +229,7 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, key, max_ne
       the prompt-length bucket (`length_bucket`). min_batch_bucket: smallest batch bucket in rows (prompts * n):
       prompts are bucketed to at least ceil(min_batch_bucket / n), so one prompt with n = 8 decodes 8 rows, not
       8 * min_batch_bucket.
+    shared_prefix: decode over the prompts' KV stored once per prompt (`CascadeCache`); None: when n > 1.
   Returns:
     `GenerateOutput` with len(prompts) * n rows and max_new_tokens columns.
   """
@@ -237,7 +251,9 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, key, max_ne
   if mesh is not None:
     ids_bt, mask_bt, row_ids = multihost.shard_batch((ids_bt, mask_bt, row_ids), mesh)
   graphdef, state = nnx.split(model)
-  cache, last_logits_bv, prompt_len_b = prefill(graphdef, state, ids_bt, mask_bt, n=n, cache_len=p_len + m, mesh=mesh)
+  shared_prefix = n > 1 if shared_prefix is None else shared_prefix
+  cache, last_logits_bv, prompt_len_b = prefill(graphdef, state, ids_bt, mask_bt, n=n, cache_len=p_len + m, mesh=mesh,
+                                                shared_prefix=shared_prefix)
   tokens, logprobs, slogprobs, lengths, stopped, _ = decode(
       graphdef, state, cache, last_logits_bv, prompt_len_b, row_ids, as_key(key), params,
       stop_id_array(stop_token_ids), jnp.int32(pad_id), jnp.int32(max_new_tokens), n=n, max_new_bucket=m)
