@@ -164,7 +164,7 @@ def test_a_1e6_update_is_kept_by_float32_master_weights_and_rounded_away_in_bflo
   before = _host(state.policy)
   step = up.make_update_step(spec, up.UpdateConfig(kl_coef=0.0, group_size=G, shuffle=False))
   state, _ = step(state, frozen, _batch(), jax.random.key(0))
-  moved, large = [], []
+  moved = []
   for w0, w1 in zip(jax.tree.leaves(before), jax.tree.leaves(_host(state.policy))):
     w0, w1 = np.asarray(w0, np.float64), np.asarray(w1, np.float64)
     moved.append(np.abs(w1 - w0)[np.abs(w0) >= 1e-3])
