@@ -336,6 +336,21 @@ def extractor_cache_path(config) -> str:
   return path if jax.process_count() == 1 else f"{path}.process{jax.process_index()}"
 
 
+def endpoint_backend(label: str, role: str, *, base_url: str, model: str, api_key_env: str, timeout_s: float,
+                     retries: int, backoff_s: float, concurrency: int, max_tokens: int):
+  """(`openai_client.ChatClient`, its cache identity) of an OpenAI-compatible endpoint from a config section's fields
+  (the fact extractor's, the distill teacher's); ConfigError prefixed by `label` when a field is bad."""
+  try:
+    endpoint = openai_client.EndpointConfig(
+        base_url=base_url, model=model, api_key_env=api_key_env, timeout_s=float(timeout_s),
+        max_retries=int(retries), backoff_s=float(backoff_s), max_concurrency=int(concurrency),
+        max_tokens=int(max_tokens))
+    backend = openai_client.ChatClient(endpoint, role=role)
+  except ValueError as e:
+    raise ConfigError(f"{label}: {e}") from None
+  return backend, extractor_lib.endpoint_identity(endpoint)
+
+
 def frozen_extractor(config) -> extractor_lib.FrozenExtractor:
   """The frozen LLM fact extractor of config.memory.extractor* (`memr1_jax.extractor`): an OpenAI-compatible endpoint,
   or a checkpoint directory of its own loaded (beside, never instead of, the policy) at the first turn its cache
@@ -344,16 +359,10 @@ def frozen_extractor(config) -> extractor_lib.FrozenExtractor:
   kind = check_extractor(config)
   label = f"config.memory.extractor={m.extractor!r}"
   if kind == "http":
-    try:
-      endpoint = openai_client.EndpointConfig(
-          base_url=m.extractor, model=m.extractor_model, api_key_env=m.extractor_api_key_env,
-          timeout_s=float(m.extractor_timeout_s), max_retries=int(m.extractor_retries),
-          backoff_s=float(m.extractor_backoff_s), max_concurrency=int(m.extractor_concurrency),
-          max_tokens=int(m.extractor_max_tokens))
-      backend = openai_client.ChatClient(endpoint, role="fact extractor")
-    except ValueError as e:
-      raise ConfigError(f"{label}: {e}") from None
-    identity = extractor_lib.endpoint_identity(endpoint)
+    backend, identity = endpoint_backend(
+        label, "fact extractor", base_url=m.extractor, model=m.extractor_model, api_key_env=m.extractor_api_key_env,
+        timeout_s=m.extractor_timeout_s, retries=m.extractor_retries, backoff_s=m.extractor_backoff_s,
+        concurrency=m.extractor_concurrency, max_tokens=m.extractor_max_tokens)
   else:
     spec = m.extractor
     backend = extractor_lib.EngineBackend(functools.partial(_extractor_policy, config, spec), name=spec)

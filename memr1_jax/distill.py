@@ -105,15 +105,10 @@ def _teacher(config) -> TeacherPolicy:
   if openai_client.is_endpoint_url(d.teacher):
     if not d.teacher_model:
       raise ConfigError(f"config.distill.teacher_model: empty; name the model served at {d.teacher!r}")
-    try:
-      endpoint = openai_client.EndpointConfig(
-          base_url=d.teacher, model=d.teacher_model, api_key_env=d.teacher_api_key_env, timeout_s=float(d.timeout_s),
-          max_retries=int(d.retries), backoff_s=float(d.backoff_s), max_concurrency=int(d.concurrency),
-          max_tokens=int(d.max_tokens))
-      backend = openai_client.ChatClient(endpoint, role="teacher")
-    except ValueError as e:
-      raise ConfigError(f"config.distill.teacher={d.teacher!r}: {e}") from None
-    identity = extractor_lib.endpoint_identity(endpoint)
+    backend, identity = components.endpoint_backend(
+        f"config.distill.teacher={d.teacher!r}", "teacher", base_url=d.teacher, model=d.teacher_model,
+        api_key_env=d.teacher_api_key_env, timeout_s=d.timeout_s, retries=d.retries, backoff_s=d.backoff_s,
+        concurrency=d.concurrency, max_tokens=d.max_tokens)
   else:
     components.parse_model_spec(d.teacher, "config.distill.teacher")
     backend = extractor_lib.EngineBackend(functools.partial(_teacher_engine, config), name=d.teacher)
