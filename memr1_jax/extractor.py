@@ -17,8 +17,9 @@ turn of a dataset is extracted once, a rerun makes no call, and what was extract
 A reply is read with `agents.extraction.facts_from_reply`: an unusable reply (a format error and no fact) is counted as
 malformed and gives no fact; the frozen extractor's word is final, no simple fact stands in for it, unless
 `fallback_to_turn` (config.memory.extractor_fallback) says otherwise: then the turn's own text is its one fact. That is
-for rehearsals, whose random-weight extractor never writes JSON (configs/locomo_rehearsal.py). A reply read despite a format problem (one fact per line instead of a JSON list, facts cut) keeps its facts
-and is counted under format_errors. A backend that fails for good raises ExtractorError, naming the extractor and
+for rehearsals, whose random-weight extractor never writes JSON (configs/locomo_rehearsal.py). A reply read despite a
+format problem (one fact per line instead of a JSON list, facts cut) keeps its facts and is counted under
+format_errors. A backend that fails for good raises ExtractorError, naming the extractor and
 saying that the cache keeps what was extracted so far.
 """
 
