@@ -277,3 +277,15 @@ def test_cache_key_depends_on_extractor_and_exact_messages():
   assert key != extractor_lib.cache_key({**ident, "model": "n"}, messages)
   assert key != extractor_lib.cache_key({**ident, "max_tokens": 9}, messages)
   assert key != extractor_lib.cache_key(ident, [{"role": "user", "content": "Turn by A: hi!"}])
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_malformed_reply_gives_no_fact_or_with_fallback_the_turn_itself(tmp_path, fallback):
+  """An empty reply is counted malformed; it yields no fact, or with fallback_to_turn the turn's own text."""
+  session = session_of("I moved to Oslo.")
+  extract = extractor_lib.FrozenExtractor(lambda chats: [""] * len(chats), {"backend": "stub"},
+                                          extractor_lib.ExtractionCache(str(tmp_path / "cache.sqlite")),
+                                          fallback_to_turn=fallback)
+  (ext,) = extract(items_of(session))
+  assert [f.text for f in ext.facts] == (["Alice: I moved to Oslo."] if fallback else [])
+  assert (extract.counters.malformed, extract.counters.format_errors) == (1, 0)
