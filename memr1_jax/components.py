@@ -391,7 +391,8 @@ def runner_config(config) -> runner.RunnerConfig:
   return runner.RunnerConfig(
       related_k=config.memory.related_k, related_min_score=config.memory.related_min_score,
       answer_k_per_speaker=config.memory.answer_k_per_speaker,
-      format_penalty=config.rl.format_penalty, max_ops_per_output=config.memory.max_ops_per_output,
+      format_penalty=config.rl.format_penalty, f1_reward_weight=config.rl.f1_reward_weight,
+      max_ops_per_output=config.memory.max_ops_per_output,
       extract=fact_extractor(config), manager_reward_questions=config.rl.manager_reward_questions,
       prompt_set=prompts.PROMPT_SETS[config.memory.prompts])
 

@@ -213,6 +213,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.fused_logprobs = False
   # Reward for a response the parser could not read (format error).
   c.rl.format_penalty = 0.0
+  # Share of token F1 in the outcome reward (answer agent; the manager's through its frozen answerer):
+  # (1 - w) x exact match + w x token F1. 0: exact match alone, the paper's reward.
+  c.rl.f1_reward_weight = 0.0
   # Questions that score a manager response: turn (those its turn completes, the paper) | answerable (every
   # question whose evidence is complete by its turn: an UPDATE / DELETE of a memory still needed costs reward).
   c.rl.manager_reward_questions = "turn"

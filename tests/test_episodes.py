@@ -65,6 +65,23 @@ def test_answerable_scope_charges_an_update_that_overwrites_a_needed_memory(scop
   assert [e.info["questions"] for e in experiences][2:] == ([1, 1] if scope == "turn" else [2, 2])
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_f1_reward_weight_mixes_token_f1_into_answer_and_manager_rewards(weight):
+  """"coffee" against gold "black coffee" is EM 0, token F1 2/3 (P 1, R 1/2): reward = weight x 2/3 for the answer
+  episode, and for a manager branch whose frozen answerer says it; info["em"] stays the exact match."""
+  conv = _conversation()
+  qa = QA("What does Bob drink?", "black coffee", 1, evidence=("D1:2",), qid="c0:1")
+  conv = Conversation("c0", "Alice", "Bob", conv.sessions, (qa,))
+  bank = lambda: MemoryBank(HashingEmbedder(DIM), DIM, index="brute_force")  # pylint: disable=unnecessary-lambda-assignment
+  cfg = runner.RunnerConfig(related_k=5, answer_k_per_speaker=5, f1_reward_weight=weight)
+  answerer = ScriptedPolicy(lambda prompt: "**Answer:** coffee")
+  [answer] = runner.answer_episodes(answerer, {"c0": bank()}, [(conv, qa)], cfg, n=1)
+  manager = _GroupPolicy([[ops_reply([{"op": "NOOP"}])], [ops_reply([{"op": "NOOP"}])]])
+  branches, _ = runner.manager_episodes(manager, answerer, [conv], {"c0": conv.qa}, bank, cfg, n=1)
+  assert [answer.reward, branches[0].reward] == pytest.approx([weight * 2 / 3] * 2)
+  assert answer.info["em"] == branches[0].info["em"] == 0.0
+
+
 class _CountingManager:
   """The ADD-only heuristic manager that records every chat it is shown."""
 

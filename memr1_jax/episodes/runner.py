@@ -7,12 +7,14 @@ Episodes and credit assignment:
   call per turn index for the whole batch); per turn: facts (`RunnerConfig.extract`: simple, a task's, or a frozen
   LLM's), related memories, manager prompt, parsed operations applied to that conversation's bank.
 - **Answer episodes** (`answer_episodes`): per question, 30 memories per speaker from its conversation's bank, the
-  answer prompt, `n` sampled responses; reward = exact match of the parsed answer with the gold answer, minus
-  `format_penalty` when the reply could not be parsed cleanly. The `n` responses to one question form a GRPO group.
+  answer prompt, `n` sampled responses; reward = exact match of the parsed answer with the gold answer (with
+  `f1_reward_weight` w: (1 - w) x exact match + w x token F1), minus `format_penalty` when the reply could not be
+  parsed cleanly. The `n` responses to one question form a GRPO group.
 - **Manager episodes** (`manager_episodes`): walk a conversation with the *policy* as the manager. At each turn
   that is the last evidence turn of some training questions, sample `n` manager responses to the same prompt;
   each is applied to its own fork of the bank and a frozen answer agent answers those questions from the fork:
-  the response's reward is the mean exact match (minus the format penalty). So credit goes to exactly the
+  the response's reward is the mean of the answers' scores (exact match, or its mix with F1; minus the format
+  penalty). So credit goes to exactly the
   operation that completed the evidence, and the `n` responses share a prompt (a proper GRPO group). With
   `manager_reward_questions="answerable"` the fork answers every question whose evidence is complete by then,
   so an UPDATE or DELETE that destroys a memory still needed is paid for at the turn that made it. The bank
@@ -72,6 +74,8 @@ class RunnerConfig:
   related_min_score: float = float("-inf")  # Only related memories scoring at least this are shown.
   answer_k_per_speaker: int = 30  # Memories per speaker shown to the answer agent.
   format_penalty: float = 0.0  # Subtracted from the reward of a response with a format error.
+  # Share of token F1 in the outcome reward of an answer: (1 - w) x exact match + w x token F1 (0: exact match).
+  f1_reward_weight: float = 0.0
   max_ops_per_output: int = 64  # Operations read from one manager reply.
   # The fact extractor, (session, turn) pairs -> one Extraction each: any callable (the simple facts, a task's own, or
   # the frozen LLM extractor `memr1_jax.extractor.FrozenExtractor`, never the policy under training).
@@ -283,19 +287,21 @@ def _answer_prompts_many(banks: Sequence[MemoryBank], convs: Sequence[Conversati
           for conv, qs, per_question in zip(convs, questions, memories)]
 
 
-def score_answer(text: str, qa: QA, format_penalty: float) -> tuple[float, dict]:
-  """(reward, info) of one answer reply: exact match minus the penalty for a format error."""
+def score_answer(text: str, qa: QA, format_penalty: float, f1_weight: float = 0.0) -> tuple[float, dict]:
+  """(reward, info) of one answer reply: (1 - f1_weight) x exact match + f1_weight x token F1 (info["score"]),
+  minus `format_penalty` for a format error."""
   parsed = parsers.parse_answer_output(text)
   em = float(metrics.exact_match(parsed.answer, qa.answer))
-  info = {"em": em, "f1": metrics.token_f1(parsed.answer, qa.answer), "format_error": float(
-      parsed.format_error is not None), "answer": parsed.answer}
-  return em - format_penalty * info["format_error"], info
+  f1 = metrics.token_f1(parsed.answer, qa.answer)
+  info = {"em": em, "f1": f1, "score": (1.0 - f1_weight) * em + f1_weight * f1,
+          "format_error": float(parsed.format_error is not None), "answer": parsed.answer}
+  return info["score"] - format_penalty * info["format_error"], info
 
 
 def answer_episodes(policy: ChatPolicy, banks: dict[str, MemoryBank], items: Sequence[tuple[Conversation, QA]],
                     cfg: RunnerConfig, *, n: int, greedy: bool = False, group_offset: int = 0
                     ) -> list[Experience]:
-  """Answer-agent episodes: `n` responses per (conversation, question), rewarded by exact match.
+  """Answer-agent episodes: `n` responses per (conversation, question), rewarded by `score_answer`.
 
   `banks` maps sample_id to that conversation's bank. Groups are numbered from `group_offset` in item order.
   Each experience's info holds `memory_ids`: the ids of the memories its prompt showed, in prompt order.
@@ -315,7 +321,7 @@ def answer_episodes(policy: ChatPolicy, banks: dict[str, MemoryBank], items: Seq
   out = []
   for i, ((conv, qa), group) in enumerate(zip(items, samples)):
     for s in group:
-      reward, info = score_answer(s.text, qa, cfg.format_penalty)
+      reward, info = score_answer(s.text, qa, cfg.format_penalty, cfg.f1_reward_weight)
       info.update(category=qa.category, gold=qa.answer, memory_ids=shown_ids[i])
       out.append(Experience(s, reward, group_offset + i, "answer", info))
   return out
@@ -339,8 +345,8 @@ class _Branch:
 def _score_branches(branches: Sequence[_Branch], answerer: ChatPolicy, cfg: RunnerConfig,
                     fork: Callable[[MemoryBank], MemoryBank]) -> tuple[list[Experience], list]:
   """Applies each branch's reply to its own fork of its bank, has `answerer` answer the branch's questions from the
-  fork (one greedy call for all), and returns (one Experience per branch: reward = mean exact match minus
-  `cfg.format_penalty` for a format error; the `apply_to_banks` results per branch)."""
+  fork (one greedy call for all), and returns (one Experience per branch: reward = the mean `score_answer`
+  score of its answers minus `cfg.format_penalty` for a format error; the `apply_to_banks` results per branch)."""
   banks = [fork(b.bank) for b in branches]
   results = apply_to_banks(banks, [b.parsed.ops for b in branches], timestamps=[b.session.date_time for b in branches],
                            source_turn_ids=[(b.turn.dia_id,) for b in branches])
@@ -349,11 +355,12 @@ def _score_branches(branches: Sequence[_Branch], answerer: ChatPolicy, cfg: Runn
   answers = iter(answerer.generate(answer_prompts_, n=1, greedy=True) if answer_prompts_ else [])
   experiences = []
   for b in branches:
-    ems = [score_answer(next(answers)[0].text, qa, 0.0)[1]["em"] for qa in b.questions]
-    em = sum(ems) / max(len(ems), 1)
+    infos = [score_answer(next(answers)[0].text, qa, 0.0, cfg.f1_reward_weight)[1] for qa in b.questions]
+    em = sum(i["em"] for i in infos) / max(len(infos), 1)
+    score = sum(i["score"] for i in infos) / max(len(infos), 1)
     fmt = float(b.parsed.format_error is not None)
-    experiences.append(Experience(b.sample, em - cfg.format_penalty * fmt, b.group, "manager", {
-        "em": em, "format_error": fmt, "questions": len(ems), **op_counts(b.parsed.ops),
+    experiences.append(Experience(b.sample, score - cfg.format_penalty * fmt, b.group, "manager", {
+        "em": em, "format_error": fmt, "questions": len(infos), **op_counts(b.parsed.ops),
         "turn": (b.conversation.sample_id, b.turn.dia_id)}))
   return experiences, results
 
@@ -445,7 +452,8 @@ def tuple_episodes(policy: ChatPolicy, answerer: ChatPolicy, tuples: Sequence[Ma
   turn is the runner's own (facts by `cfg.extract`, related memories shown by position; one search call), and `n`
   responses are sampled (one policy call for the batch). Each response is applied to its own fork of the bank, and the
   frozen `answerer` answers the tuple's linked questions from that fork (top `cfg.answer_k_per_speaker` memories per
-  speaker; one greedy call for every fork). Reward = mean exact match minus `cfg.format_penalty` for a format error.
+  speaker; one greedy call for every fork). Reward = the answers' mean `score_answer` score minus `cfg.format_penalty`
+  for a format error.
   The linked questions are the only ones asked (`cfg.manager_reward_questions` is not used: a tuple carries no other).
 
   Args:
