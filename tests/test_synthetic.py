@@ -289,16 +289,19 @@ def test_add_only_replay_keeps_stale_values_for_changed_facts(conversations):
 def test_ops_where_needed_scores_each_turn_against_its_implied_operation(conversations):
   """A manager replying with each turn's implied operation scores 1 for every operation; an ADD-only one scores 1
   for ADD and 0 for UPDATE / DELETE; a turn missing from turn_ops counts as a NOOP; UPDATE|DELETE counts either
-  operation at the change and retraction turns."""
+  operation at the change and retraction turns and UPDATE|DELETE_elsewhere at the others."""
   events = {(c.sample_id, e.dia_id): e.op.value for c in conversations for e in synthetic.fact_events(c)}
   ideal = demo_task.ops_where_needed(conversations, {k: (op,) for k, op in events.items()})
-  assert set(ideal) == {"ADD", "UPDATE", "DELETE", "NOOP", "UPDATE|DELETE"} and set(ideal.values()) == {1.0}
+  assert ideal == {"ADD": 1.0, "UPDATE": 1.0, "DELETE": 1.0, "NOOP": 1.0, "UPDATE|DELETE": 1.0,
+                   "UPDATE|DELETE_elsewhere": 0.0}
   add_only = demo_task.ops_where_needed(conversations, {k: ("ADD",) for k in events})
-  assert add_only == {"ADD": 1.0, "UPDATE": 0.0, "DELETE": 0.0, "NOOP": 0.0, "UPDATE|DELETE": 0.0}
+  assert add_only == {"ADD": 1.0, "UPDATE": 0.0, "DELETE": 0.0, "NOOP": 0.0, "UPDATE|DELETE": 0.0,
+                      "UPDATE|DELETE_elsewhere": 0.0}
   silent = demo_task.ops_where_needed(conversations, {})
   assert silent["NOOP"] == 1.0 and silent["ADD"] == 0.0
   updates_only = demo_task.ops_where_needed(conversations, {k: ("UPDATE",) for k in events})
-  assert updates_only["UPDATE|DELETE"] == 1.0 and updates_only["DELETE"] == 0.0
+  assert updates_only["UPDATE|DELETE"] == updates_only["UPDATE|DELETE_elsewhere"] == 1.0
+  assert updates_only["DELETE"] == 0.0
 
 
 # --------------------------------------------------------------------------------- LoCoMo JSON

@@ -39,14 +39,16 @@ def ops_where_needed(conversations: Sequence[Conversation], turn_ops: dict) -> d
     operations that occur; e.g. "DELETE" is the share of retraction turns at which the manager DELETEd. And
     "UPDATE|DELETE": the share of the change and retraction turns at which the reply UPDATEd or DELETEd, i.e. did
     not leave the stale memory beside the new statement (an UPDATE to "Anna: I sold my bike." retracts as a DELETE
-    does: the answerer reads "no" from either).
+    does: the answerer reads "no" from either); "UPDATE|DELETE_elsewhere": the share of the other fact turns (new
+    facts, restatements) at which it did either, overwriting or removing a memory that still holds.
   """
   hits: dict[str, list[bool]] = {}
   for turn, needed in needed_ops(conversations).items():
     used = turn_ops.get(turn, ())
     hits.setdefault(needed, []).append(needed in used or (needed == "NOOP" and not used))
-    if needed in ("UPDATE", "DELETE"):
-      hits.setdefault("UPDATE|DELETE", []).append(bool({"UPDATE", "DELETE"} & set(used)))
+    replaced = bool({"UPDATE", "DELETE"} & set(used))
+    hits.setdefault("UPDATE|DELETE" if needed in ("UPDATE", "DELETE") else "UPDATE|DELETE_elsewhere", []).append(
+        replaced)
   return {op: sum(h) / len(h) for op, h in hits.items()}
 
 
