@@ -276,31 +276,36 @@ def test_agents_trained_at_once_in_processes_match_one_after_the_other(tmp_path)
     assert any(rec.get("train/grad_norm", 0) > 0 for rec in logs[True, agent][2]), agent
 
 
-def test_demo_grpo_raises_the_answer_agents_em_and_teaches_the_manager_to_replace_stale_memories(tmp_path):
-  """The demo's RL stages from one SFT start (configs/demo.py, seed 0: 40 GRPO steps of the answer agent, 12 of the
-  manager, the two at once): the answer agent's held-out EM rises at least 0.02 above the SFT start, and the manager
-  UPDATEs or DELETEs at more of the held-out turns that change or retract a fact (+0.25 of them); with lr 0 both stay
-  exactly at the SFT start. The manager's held-out EM is not asserted: on seed 0 it rises on EPYC Genoa and falls on
-  EPYC Milan (docs/demo.md), so no direction holds on every machine yet (issue 28)."""
-  config = demo_config(tmp_path)
-  init = pipeline.warm_start(config)
+# Held-out gains of the demo's GRPO that the test asserts, below the smallest over seeds 0-4 in docs/demo.md (EPYC
+# Milan: answer agent EM +0.000 to +0.055, +0.055 / +0.036 on seeds 0 / 1; manager EM +0.036 to +0.077; manager's
+# "replaced where needed" +0.70 to +0.82): the answer agent's EM must not fall.
+MIN_GAINS = {"answer": 0.0, "manager": 0.02, "replaced": 0.4}
+
+
+def test_demo_grpo_raises_both_agents_held_out_em_on_two_seeds(tmp_path):
+  """The demo's RL stages (configs/demo.py, GRPO, both agents at once) from the SFT starts of seeds 0 and 1: the
+  manager's held-out EM rises by MIN_GAINS["manager"] and it UPDATEs or DELETEs at MIN_GAINS["replaced"] more of the
+  turns that change or retract a fact, the answer agent's EM does not fall; with lr 0 (seed 0) both stay exactly at
+  the SFT start."""
   agents = ("answer", "manager")
-  # The control: the same runs at lr 0 (2 steps: the weights cannot move, whatever the step count).
-  lr0 = pipeline.stage_config(config, **{"rl.actor_lr": 0.0, "demo.answer_actor_lr": 0.0, "demo.answer_steps": 2,
-                                     "demo.manager_steps": 2})
-  results = pipeline.train_agents(config, [(config, agent, None) for agent in agents] +
-                              [(lr0, agent, str(tmp_path / f"{agent}_lr0")) for agent in agents], init)
-  for agent, grpo, control in zip(agents, results[:2], results[2:]):
-    needed = {op: (grpo.before.get(f"eval/needed/{op}"), grpo.after.get(f"eval/needed/{op}"))
-              for op in ("UPDATE", "DELETE", "UPDATE|DELETE")}
-    print(f"{agent}: held-out EM SFT start {grpo.before['eval/em']:.3f}, after GRPO {grpo.after['eval/em']:.3f}; "
-          f"share of the turns needing UPDATE / DELETE (either) where used, SFT start -> after: {needed}")
-    if agent == "answer":
-      assert grpo.after["eval/em"] >= grpo.before["eval/em"] + 0.02
-    else:
-      before, after = needed["UPDATE|DELETE"]
-      assert after >= before + 0.25, needed
-    assert control.before == grpo.before and control.after == control.before, agent
+  for seed in (0, 1):
+    config = demo_config(tmp_path / f"seed{seed}", seed=seed)
+    init = pipeline.warm_start(config)
+    runs = [(config, agent, None) for agent in agents]
+    if seed == 0:  # The control: lr 0 (2 steps: the weights cannot move, whatever the step count).
+      lr0 = pipeline.stage_config(config, **{"rl.actor_lr": 0.0, "demo.answer_actor_lr": 0.0, "demo.answer_steps": 2,
+                                             "demo.manager_steps": 2})
+      runs += [(lr0, agent, str(tmp_path / f"{agent}_lr0")) for agent in agents]
+    results = pipeline.train_agents(config, runs, init)
+    for agent, grpo in zip(agents, results):
+      replaced = (grpo.before.get("eval/needed/UPDATE|DELETE"), grpo.after.get("eval/needed/UPDATE|DELETE"))
+      print(f"seed {seed} {agent}: held-out EM SFT start {grpo.before['eval/em']:.3f}, after GRPO "
+            f"{grpo.after['eval/em']:.3f}; replaced where needed {replaced}")
+      assert grpo.after["eval/em"] >= grpo.before["eval/em"] + MIN_GAINS[agent], (seed, agent)
+      if agent == "manager":
+        assert replaced[1] >= replaced[0] + MIN_GAINS["replaced"], (seed, replaced)
+    for grpo, control in zip(results[:2], results[2:]):
+      assert control.before == grpo.before and control.after == control.before, control.agent
 
 
 def test_copy_exercises_repeat_their_random_spans_in_another_order():
