@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from configs import demo as demo_config  # noqa: E402  pylint: disable=g-import-not-at-top
 from memr1_jax import components, tasks, train  # noqa: E402  pylint: disable=g-import-not-at-top
+from memr1_jax.agents import parsers  # noqa: E402  pylint: disable=g-import-not-at-top
 from memr1_jax.demo import pipeline, policies  # noqa: E402  pylint: disable=g-import-not-at-top
 from memr1_jax.episodes import runner  # noqa: E402  pylint: disable=g-import-not-at-top
 from memr1_jax.episodes.policy import ScriptedPolicy  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -52,12 +53,14 @@ def swapped_reply(swap: dict):
   return reply
 
 
-def reply_kind(reply: str, right: list) -> str:
-  """How a manager reply differs from the right operations `right`."""
-  try:
-    ops = json.loads(reply)["operations"]
-  except (ValueError, KeyError, TypeError):
+def reply_kind(reply: str, right: list, shown_ids) -> str:
+  """How a manager reply, as the runner reads it (`parsers.parse_manager_output`: the first JSON object; text after it
+  is ignored), differs from the right operations `right`; `shown_ids`: the positions the prompt showed."""
+  parsed = parsers.parse_manager_output(reply, shown_ids)
+  if parsed.format_error is not None and parsed.ops == [parsers.NOOP]:
     return "malformed"
+  ops = [{"op": op.kind.value, **({"id": op.memory_id} if op.memory_id is not None else {}),
+          **({"text": op.text} if op.text else {})} for op in parsed.ops]
   if ops == right:
     return "exact"
   if [op.get("op") for op in ops] == [op["op"] for op in right]:
@@ -97,7 +100,7 @@ def main(argv):
   counts, examples = collections.Counter(), collections.defaultdict(list)
   for prompt, reply in replies:
     right = json.loads(policies.informed_manager_reply(prompt))["operations"]
-    key = (right[0]["op"], reply_kind(reply, right))
+    key = (right[0]["op"], reply_kind(reply, right, range(len(policies.manager_view(prompt)[1]))))
     counts[key] += 1
     if key[1] != "exact" and len(examples[key]) < 2:
       examples[key].append((policies.manager_view(prompt), reply))

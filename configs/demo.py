@@ -1,10 +1,10 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (153 s on 2 Zen 4 cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (200 s)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (180 s on 2 Zen 3 cores)
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (203 s)
 
-(First runs on the 2-core EPYC sandboxes README.md names, both agents' RL at once; reruns load compiled programs
-from jax_cache_dir.)
+(First runs on the 2-core EPYC Milan sandbox README.md names, both agents' RL at once; reruns load compiled programs
+from jax_cache_dir. docs/demo.md has the seed tables: GRPO teaches the manager on every seed, PPO does not.)
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.demo`, plugged in as config.task), the shipped tiny
 base model with its tokenizer (memr1_jax/demo/assets/demo_base, built by `python -m memr1_jax.demo.base`), and the
