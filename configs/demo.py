@@ -77,8 +77,9 @@ def get_config():
   c.rollout.min_response_bucket = 64
   c.rollout.max_batch = 64
 
-  # The manager's GRPO lr (the answer agent's: demo.answer_actor_lr). At 1e-3 it also learned to UPDATE at the
-  # restatements and new facts, below its SFT start on seed 0 (EPYC Milan; docs/demo.md).
+  # The manager's GRPO lr (the answer agent's: demo.answer_actor_lr). Seed 0 from one SFT start (EPYC Milan, related
+  # memories from 0.6): 0.752 -> 0.636 held-out EM at 1e-3, UPDATEs spreading to new facts and restatements; 0.733 at
+  # 3e-4 (docs/demo.md).
   c.rl.actor_lr = 3e-4
   c.rl.critic_lr = 1e-3
   c.rl.kl_coef = 0.0
@@ -96,8 +97,8 @@ def get_config():
   c.sft.micro_batch_size = 16
   c.sft.num_steps = 300
   # The lr decays to 0 at the last step: a sharper SFT start that copies facts more faithfully (each garbled memory
-  # costs the manager about 2.5 questions) and answers better (EPYC Milan, seeds 0 / 1: manager 0.721 / 0.716 ->
-  # 0.776 / 0.751, answer agent 0.327 / 0.402 -> 0.412 / 0.408 held-out EM with a constant lr before).
+  # costs the manager 2-3 questions). SFT start's held-out EM, constant -> decayed lr (EPYC Milan, seeds 0 / 1):
+  # manager 0.721 / 0.716 -> 0.776 / 0.751, answer agent 0.327 / 0.402 -> 0.412 / 0.408.
   c.sft.schedule = "cosine"
 
   c.train.keep_checkpoints = 1
