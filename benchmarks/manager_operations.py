@@ -100,10 +100,11 @@ def main(argv):
   counts, examples = collections.Counter(), collections.defaultdict(list)
   for prompt, reply in replies:
     right = json.loads(policies.informed_manager_reply(prompt))["operations"]
-    key = (right[0]["op"], reply_kind(reply, right, range(len(policies.manager_view(prompt)[1]))))
+    view = policies.manager_view(prompt)
+    key = (right[0]["op"], reply_kind(reply, right, range(len(view[1]))))
     counts[key] += 1
     if key[1] != "exact" and len(examples[key]) < 2:
-      examples[key].append((policies.manager_view(prompt), reply))
+      examples[key].append((view, reply))
   for (needed, kind), n in sorted(counts.items()):
     print(f"turn needs {needed:6s} reply {kind:34s} {n}")
   for key, cases in examples.items():
