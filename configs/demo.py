@@ -128,11 +128,11 @@ def get_config():
   c.demo.sft_manager_conversations = 48
   # PPO: 4 prompts (one response each) per GRPO group of 8, half GRPO's responses per step, to stay within 5 minutes.
   c.demo.ppo_prompts_per_group = 4
-  # The manager's PPO (manager alone from one SFT start, EPYC Milan): with the GRPO settings above (actor and critic lr
-  # 1e-3, lambda 1) held-out EM fell 0.806 -> 0.733 while the critic never explained any variance (its mean value
-  # overshot to 1.19, rewards <= 1); critic warmup 3 steps: 0.745; critic lr 1e-4: 0.709; + 2 epochs, lambda 0.95:
-  # collapsed to NOOP; actor 3e-4, critic 1e-4: 0.770; these: 0.848, DELETE at 85% of the retractions (one seed).
+  # The manager's PPO: actor and critic lr 3e-4 (manager alone from one SFT start, EPYC Milan, at related memories from
+  # 0.6 and a constant-lr SFT: at 1e-3 held-out EM fell 0.806 -> 0.733; critic lr 1e-4: 0.709; these: 0.848). GAE
+  # lambda stays rl.lam = 1 (Monte-Carlo returns): its critic never explains the returns (explained variance <= 0), and
+  # at lambda 0.95 the actor followed the critic's bootstrapped values instead of the rewards, learning DELETE at the
+  # turns that change a fact: 0.776 -> 0.618 / 0.751 -> 0.615 (seeds 0 / 1), at lambda 1 0.776 -> 0.824 / 0.751 -> 0.840.
   c.demo.ppo_manager.actor_lr = 3e-4
   c.demo.ppo_manager.critic_lr = 3e-4
-  c.demo.ppo_manager.lam = 0.95
   return c
