@@ -1,10 +1,11 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
   python -m memr1_jax.main --config=configs/demo.py                      # GRPO (180 s on 2 Zen 3 cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (203 s)
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (195-223 s)
 
-(First runs on the 2-core EPYC Milan sandbox README.md names, both agents' RL at once; reruns load compiled programs
-from jax_cache_dir. docs/demo.md has the seed tables: GRPO teaches the manager on every seed, PPO does not.)
+(On the 2-core EPYC Milan sandbox README.md names, both agents' RL at once; GRPO from an empty XLA cache, PPO over
+seeds 1-4 with one: reruns load compiled programs from jax_cache_dir. docs/demo.md has the seed tables: GRPO and
+PPO both teach the manager on every seed.)
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.demo`, plugged in as config.task), the shipped tiny
 base model with its tokenizer (memr1_jax/demo/assets/demo_base, built by `python -m memr1_jax.demo.base`), and the
@@ -132,7 +133,8 @@ def get_config():
   # 0.6 and a constant-lr SFT: at 1e-3 held-out EM fell 0.806 -> 0.733; critic lr 1e-4: 0.709; these: 0.848). GAE
   # lambda stays rl.lam = 1 (Monte-Carlo returns): its critic never explains the returns (explained variance <= 0), and
   # at lambda 0.95 the actor followed the critic's bootstrapped values instead of the rewards, learning DELETE at the
-  # turns that change a fact: 0.776 -> 0.618 / 0.751 -> 0.615 (seeds 0 / 1), at lambda 1 0.776 -> 0.824 / 0.751 -> 0.840.
+  # turns that change a fact: 0.776 -> 0.618 / 0.751 -> 0.615 (seeds 0 / 1); at lambda 1 0.776 -> 0.824 /
+  # 0.751 -> 0.840, and above the SFT start and ADD-only on seeds 0-4 (docs/demo.md).
   c.demo.ppo_manager.actor_lr = 3e-4
   c.demo.ppo_manager.critic_lr = 3e-4
   return c
