@@ -328,6 +328,30 @@ def test_copy_exercises_repeat_their_random_spans_in_another_order():
   assert reordered > 10
 
 
+def test_reading_corpus_shows_only_statements_and_answers_from_a_named_one():
+  """Each reading exercise is an answer prompt whose memories are the task's statements (no chit-chat) and a reply
+  in the answer format whose answer is a yes / no, "none" (no memory states the asked attribute) or the value or date
+  of a memory it names, ending with EOS."""
+  from memr1_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  tokenizer = Tokenizer.from_pretrained(base.DEMO_BASE_DIR)
+  examples = base.reading_corpus(tokenizer, 4, runner.RunnerConfig(related_k=2, answer_k_per_speaker=3))
+  assert len(examples) >= 20
+  read_from_memory = 0
+  for prompt_ids, reply_ids in examples:
+    prompt, reply = tokenizer.decode(prompt_ids), tokenizer.decode(reply_ids[:-1])
+    assert reply_ids[-1] in tokenizer.eos_token_ids and "Question:" in prompt
+    assert not any(text in prompt for text in synthetic.BRIDGES + synthetic.REPLIES), prompt
+    parsed = parsers.parse_answer_output(reply)
+    assert parsed.format_error is None, reply
+    lines = {line.split("] ", 1)[0] + "]": line.replace(",", "") for line in prompt.splitlines()
+             if line.startswith("[")}
+    if parsed.answer not in ("yes", "no", policies.UNKNOWN_ANSWER):
+      assert parsed.selected_ids and all(f"[{i}]" in lines for i in parsed.selected_ids), reply
+      assert any(parsed.answer in lines[f"[{i}]"] for i in parsed.selected_ids), (prompt, reply)
+      read_from_memory += 1
+  assert read_from_memory >= len(examples) // 3
+
+
 def test_shipped_base_copies_repeated_random_spans():
   """The shipped base predicts the repeat of random-token spans (mean loss < 1.5 nats) that it cannot predict on
   their first showing (> 5 nats): it copies from its context (the copy phase of `build_base`)."""
