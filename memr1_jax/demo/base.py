@@ -188,6 +188,8 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
               (steps, examples, batch_size, 1, 256, "the task's text"),
               (reading_steps, reading, batch_size, 256, 32, "reading exercises"))
     for num_steps, items, rows_per_step, prompt_bucket, bucket, what in phases:
+      if not num_steps:
+        continue
       step_fn = learner.make_sft_step(spec, rows_per_step)
       bar = console.bar(num_steps, desc=f"pretraining the demo base: {what}")
       for step in range(num_steps):
