@@ -38,7 +38,7 @@ def answer_probabilities(model, tokenizer, prompts) -> dict[str, list[float]]:
   eos = list(tokenizer.eos_token_ids[:1])
   items = []
   for prompt in prompts:
-    read = policies._read_answer_prompt(prompt)  # pylint: disable=protected-access
+    read = policies.read_question(policies.answer_view(prompt)[1])
     if read is None:
       continue
     reply = policies.heuristic_answer_reply(prompt)

@@ -42,9 +42,14 @@ BASE_CORPUS_SEED = 1000
 INSTRUCTIONS = (prompts.MANAGER_SYSTEM_PROMPT, prompts.ANSWER_SYSTEM_PROMPT, prompts.EXTRACTION_SYSTEM_PROMPT)
 
 
-# The short, change-heavy task of configs/demo.py (synthetic.generate_conversations' knobs).
-_SHORT_TASK = dict(num_sessions=2, facts_per_speaker=2, update_prob=0.35, retract_prob=0.35, filler_ratio=0.0,
-                   restate_prob=0.0)
+# The short, change-heavy task of configs/demo.py (synthetic.generate_conversations' knobs; restate_prob apart).
+_SHORT_TASK = dict(num_sessions=2, facts_per_speaker=2, update_prob=0.35, retract_prob=0.35, filler_ratio=0.0)
+
+
+def _hashing_bank_factory():
+  """An empty-MemoryBank factory over a 256-dim hashing embedder: the pretraining text needs only the texts."""
+  embed = HashingEmbedder(256)
+  return lambda: MemoryBank(embed, embed.dim, index="brute_force")
 
 
 def instruction_tokenizer(out_dir: str) -> str:
@@ -77,11 +82,9 @@ def base_corpus(tokenizer, num_conversations: int, rcfg: runner.RunnerConfig, se
   change-heavy like configs/demo.py's, half with the task's default knobs), each followed by an uninformed reply
   (`policies.random_manager_reply`: random operations; `random_answer_reply`: a random statement of the asked
   attribute, random yes / no) and the EOS token. Retrieval uses a hashing embedder (only the text matters here)."""
-  embed = HashingEmbedder(256)
-  factory = lambda: MemoryBank(embed, embed.dim, index="brute_force")  # noqa: E731
+  factory = _hashing_bank_factory()
   half = num_conversations // 2
-  short = {k: v for k, v in _SHORT_TASK.items() if k != "restate_prob"}
-  convs = (synthetic.generate_conversations(half, BASE_CORPUS_SEED, **short)
+  convs = (synthetic.generate_conversations(half, BASE_CORPUS_SEED, **_SHORT_TASK)
            + synthetic.generate_conversations(num_conversations - half, BASE_CORPUS_SEED + 1))
   manager, _ = policies.walk_manager(convs, factory, rcfg)
   answer = policies.walk_answerer(convs, runner.add_all_banks(convs, factory, rcfg), rcfg)
@@ -98,11 +101,9 @@ def statement_answer_prompts(num_conversations: int, conversation_seed: int, rcf
   """The answer prompts (`Prompt`s, one per question) of `num_conversations` short, change-heavy synthetic
   conversations of `conversation_seed` over ADD-all banks of the task's statements (`task.extract_statements`: the
   memories the demo's answer agent reads; retrieval by a hashing embedder, `rcfg.answer_k_per_speaker` per speaker)."""
-  embed = HashingEmbedder(256)
-  factory = lambda: MemoryBank(embed, embed.dim, index="brute_force")  # noqa: E731
   rcfg = dataclasses.replace(rcfg, extract=task.extract_statements)
-  convs = synthetic.generate_conversations(num_conversations, conversation_seed, **_SHORT_TASK)
-  return policies.walk_answerer(convs, runner.add_all_banks(convs, factory, rcfg), rcfg).prompts
+  convs = synthetic.generate_conversations(num_conversations, conversation_seed, restate_prob=0.0, **_SHORT_TASK)
+  return policies.walk_answerer(convs, runner.add_all_banks(convs, _hashing_bank_factory(), rcfg), rcfg).prompts
 
 
 def reading_corpus(tokenizer, num_conversations: int, rcfg: runner.RunnerConfig, seed: int = 0
@@ -161,8 +162,8 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
   with tempfile.TemporaryDirectory() as tmp:
     tokenizer_dir = instruction_tokenizer(os.path.join(tmp, "tokenizer"))
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
-    corpus = [ids[:max_len] for ids in base_corpus(tokenizer, num_conversations, runner.RunnerConfig(
-        related_k=2, answer_k_per_speaker=3), seed)]
+    rcfg = runner.RunnerConfig(related_k=2, answer_k_per_speaker=3)
+    corpus = [ids[:max_len] for ids in base_corpus(tokenizer, num_conversations, rcfg, seed)]
     rng = random.Random(seed)
     copying = copy_exercises(tokenizer, 12_800, rng, copy_len)  # The pool the copy phase cycles through.
     corpus += copy_exercises(tokenizer, int(len(corpus) * copy_share / (1 - copy_share)), rng, 128)
@@ -180,10 +181,10 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
     # 1000 steps, and did not within 800-900 steps of 128- or 256-token ones at lr 3e-3; the task's text then keeps a
     # share of longer ones.
     # Last (when reading_steps > 0), reading exercises with the loss on the replies only: on the statement-only
-    # prompts the demo shows, the shipped 2-layer base gives the value of the memory its reply names p = 0.06; 2000
-    # steps raise that to 0.16-0.22 and the named memory's date to 0.99 (docs/demo.md; the shipped base has none).
-    reading = reading_corpus(tokenizer, reading_conversations, runner.RunnerConfig(
-        related_k=2, answer_k_per_speaker=3), seed) if reading_steps else []
+    # prompts the demo shows, the shipped 2-layer base gives the value of the memory its reply names p = 0.07; 2000
+    # steps raise that to 0.16 and the named memory's date to 0.99 (benchmarks/answer_reading.py, docs/demo.md; the
+    # shipped base has none).
+    reading = reading_corpus(tokenizer, reading_conversations, rcfg, seed) if reading_steps else []
     phases = ((copy_steps, [(ids[:1], ids[1:]) for ids in copying], copy_batch_size, 1, copy_len, "copying"),
               (steps, examples, batch_size, 1, 256, "the task's text"),
               (reading_steps, reading, batch_size, 256, 32, "reading exercises"))
