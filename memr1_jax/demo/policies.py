@@ -153,7 +153,7 @@ def _date_of(timestamp: str) -> str:
     return timestamp
 
 
-def _candidates(memories, slot: str) -> list[tuple[int, str, str | None, str | None, bool]]:
+def attribute_statements(memories, slot: str) -> list[tuple[int, str, str | None, str | None, bool]]:
   """(id, timestamp, new value, old value, is_retraction) of the memories that state `slot`, in the order shown."""
   out = []
   for memory_id, stamp, text in memories:
@@ -172,14 +172,14 @@ def answer_reply(answer: str, lines: Sequence[str] = ()) -> str:
 
 
 def _read_answer_prompt(prompt: Prompt):
-  """(kind, value, statements of the asked attribute as `_candidates`) of an answer prompt; None when its question
+  """(kind, value, statements of the asked attribute as `attribute_statements`) of an answer prompt; None when its question
   is not one of the synthetic task's templates."""
   blocks, question = answer_view(prompt)
   read = read_question(question)
   if read is None:
     return None
   kind, slot, name, value = read
-  return kind, value, _candidates(blocks.get(name, []), slot)
+  return kind, value, attribute_statements(blocks.get(name, []), slot)
 
 
 def heuristic_answer(prompt: Prompt, *, explore: float = 0.0, seed: int = 0) -> tuple[str, list[str]]:
@@ -200,7 +200,7 @@ def heuristic_answer(prompt: Prompt, *, explore: float = 0.0, seed: int = 0) -> 
 
 
 def _first_match(kind: str, value: str | None, found) -> tuple[str, list[str]]:
-  """(answer, reply lines of the memories used) read off the first of the `found` statements (see `_candidates`)
+  """(answer, reply lines of the memories used) read off the first of the `found` statements (see `attribute_statements`)
   that answers a question of `kind` about `value`."""
   stated = [c for c in found if not c[4]]
   if kind == "latest":
@@ -219,7 +219,7 @@ def _first_match(kind: str, value: str | None, found) -> tuple[str, list[str]]:
 
 
 def _used(candidate) -> str:
-  """The reply line that lists a statement (see `_candidates`) as useful: "[id]"."""
+  """The reply line that lists a statement (see `attribute_statements`) as useful: "[id]"."""
   return f"[{candidate[0]}]"
 
 
