@@ -5,9 +5,10 @@ On the answer prompts of held-out synthetic conversations (statements only, as t
 yes_no), each as the mean probability and the share above 0.5 (where greedy decoding surely writes it):
 - reading: the heuristic answerer's reply is fed up to "**Answer:**", so the right memory is already named; the
   model's probability of the answer's first token;
-- selecting: the reply is fed up to the first memory id ("Useful memories:\n["); the model's probability of the id
-  the heuristic answerer names, and of the id of any memory that states the asked attribute of the person asked
-  (a question whose heuristic answer names no memory is left out).
+- selecting: the model's probability that its first useful-memory line names (is written as the reply format
+  writes, up to the end of the id) the memory the heuristic answerer names, and any memory that states the asked
+  attribute of the person asked, beside that one's chance (a question whose heuristic answer names no memory is left
+  out).
 About 30 s on 2 CPU cores:
   python benchmarks/answer_reading.py [--model=runs/demo/sft/hf]
 """
@@ -38,16 +39,16 @@ _ROWS = 32
 
 
 def _probabilities(model, tokenizer, items) -> list[float]:
-  """p(reply token at `at` | prompt, reply before it) of each (prompt ids, reply ids, at) of `items`."""
+  """p(reply tokens start..end-1 | prompt, reply before them) of each (prompt ids, reply ids, start, end)."""
   score = jax.jit(lambda rows: logprobs.response_logprobs(
       model, rows["prompt_ids_bp"], rows["prompt_mask_bp"], rows["response_ids_bt"], rows["response_mask_bt"])[0])
   out = []
-  for start in range(0, len(items), _ROWS):
-    chunk = items[start:start + _ROWS]
-    rows = sft.pack_examples([(p, r) for p, r, _ in chunk], rows=_ROWS, pad_id=tokenizer.pad_token_id,
-                             min_prompt_bucket=256, min_response_bucket=32)
+  for first in range(0, len(items), _ROWS):
+    chunk = items[first:first + _ROWS]
+    rows = sft.pack_examples([(p, r) for p, r, _, _ in chunk], rows=_ROWS, pad_id=tokenizer.pad_token_id,
+                             min_prompt_bucket=256, min_response_bucket=64)
     logp_bt = np.asarray(score(rows))
-    out += [float(np.exp(logp_bt[row, at])) for row, (_, _, at) in enumerate(chunk)]
+    out += [float(np.exp(logp_bt[row, start:end].sum())) for row, (_, _, start, end) in enumerate(chunk)]
   return out
 
 
@@ -60,9 +61,9 @@ def answer_probabilities(model, tokenizer, prompts) -> dict[str, list[float]]:
     if read is None:
       continue
     reply = policies.heuristic_answer_reply(prompt)
-    head = reply.split("**Answer:**")[0] + "**Answer:**"
+    at = len(tokenizer.encode(reply.split("**Answer:**")[0] + "**Answer:**"))
     kinds.append(read[0])
-    items.append((tokenizer.encode_chat(prompt.messages), tokenizer.encode(reply) + eos, len(tokenizer.encode(head))))
+    items.append((tokenizer.encode_chat(prompt.messages), tokenizer.encode(reply) + eos, at, at + 1))
   out = collections.defaultdict(list)
   for kind, p in zip(kinds, _probabilities(model, tokenizer, items)):
     out[kind].append(p)
@@ -70,12 +71,13 @@ def answer_probabilities(model, tokenizer, prompts) -> dict[str, list[float]]:
 
 
 def selection_probabilities(model, tokenizer, prompts) -> dict[str, list[tuple[float, float, float]]]:
-  """{question kind: [(p(the heuristic's memory id), p(the id of any memory stating the asked attribute of the
-  person asked)) as the first token after "Useful memories:\n[", and the second's chance: the share of the memories
-  shown that state that attribute]} over the `prompts` where the heuristic answerer names a memory: does the model
+  """{question kind: [(p(the first useful-memory line names the heuristic's memory), p(it names any memory that
+  states the asked attribute of the person asked), the second's chance: the share of the memories shown that state
+  that attribute)]} over the `prompts` where the heuristic answerer names a memory. A line "names" a memory when it
+  is written as the reply format writes that memory (`policies.used_line`) up to the end of its id: does the model
   pick the memory the answer is in, or at least one about the right thing?"""
-  head = "Useful memories:\n["
-  at = len(tokenizer.encode(head))
+  head = policies.answer_reply("", ["\0"]).split("\0")[0]
+  start = len(tokenizer.encode(head))
   kinds, groups, items = [], [], []
   for prompt in prompts:
     read = policies.read_question(policies.answer_view(prompt)[1])
@@ -83,17 +85,20 @@ def selection_probabilities(model, tokenizer, prompts) -> dict[str, list[tuple[f
     if read is None or not used:
       continue
     blocks, _ = policies.answer_view(prompt)
-    picked = int(used[0].strip("[]"))
-    same = [memory_id for memory_id, *_ in policies.attribute_statements(blocks.get(read[2], []), read[1])]
-    ids = [picked] + [i for i in same if i != picked]
+    same = policies.attribute_statements(blocks.get(read[2], []), read[1])
+    same.sort(key=lambda statement: policies.used_line(statement) != used[0])  # The heuristic's first.
+    if policies.used_line(same[0]) != used[0]:
+      raise ValueError(f"the heuristic's line {used[0]!r} is not one of the asked attribute's statements")
     prompt_ids = tokenizer.encode_chat(prompt.messages)
-    for memory_id in ids:
-      reply = tokenizer.encode(f"{head}{memory_id}]")
-      if tokenizer.encode(f"{head}{memory_id}")[at:] != reply[at:at + 1]:
-        raise ValueError(f"memory id {memory_id} is not one token after {head!r} in this tokenizer")
-      items.append((prompt_ids, reply, at))
+    for statement in same:
+      line = policies.used_line(statement)
+      named = line[:line.index(f"[{statement[0]}") + len(f"[{statement[0]}")]
+      reply, end = tokenizer.encode(head + line), len(tokenizer.encode(head + named))
+      if reply[:end] != tokenizer.encode(head + named):
+        raise ValueError(f"{named!r} does not end on a token boundary of {line!r} in this tokenizer")
+      items.append((prompt_ids, reply, start, end))
     kinds.append(read[0])
-    groups.append((len(ids), len(ids) / sum(len(memories) for memories in blocks.values())))
+    groups.append((len(same), len(same) / sum(len(memories) for memories in blocks.values())))
   probs = iter(_probabilities(model, tokenizer, items))
   out = collections.defaultdict(list)
   for kind, (n, chance) in zip(kinds, groups):
@@ -113,7 +118,8 @@ def main(argv):
         "|---|---|---|---|")
   for kind, probs in sorted(answer_probabilities(model, tokenizer, prompts).items()):
     print(f"| {kind} | {len(probs)} | {np.mean(probs):.2f} | {np.mean(np.asarray(probs) > 0.5):.0%} |")
-  print("\nSelecting: p(first memory id named) of the heuristic's memory, and of any memory of the asked attribute\n"
+  print("\nSelecting: p(the first useful-memory line names the heuristic's memory / any memory of the asked "
+        "attribute)\n"
         "(chance: the share of the memories shown that state the asked attribute)\n"
         "| question kind | questions | heuristic's: mean p | p > 0.5 | asked attribute: mean p | p > 0.5 | chance |\n"
         "|---|---|---|---|---|---|---|")

@@ -115,9 +115,10 @@ def get_config():
 
   c.demo.agents = "answer,manager"
   c.demo.answer_steps = 40
-  # Answer agent at 3e-4 (at commit af851e6, before the statements extraction: at 1e-3 its format errors spiked
-  # and held-out EM stayed flat, +0.006 / +0.000 for seeds 0 / 1; at 3e-4 +0.054 / +0.036 / +0.100, seeds 0 / 1 / 2).
-  c.demo.answer_actor_lr = 3e-4
+  # Answer agent at 1e-4: its replies copy a memory (~33 tokens); at 3e-4 they grew past max_new_tokens from step
+  # ~22 (a quarter truncated, no answer) and held-out EM fell 0.612 -> 0.558; at 1e-4 none truncated, 0.612 -> 0.667
+  # (seed 0, EPYC Milan, one SFT start).
+  c.demo.answer_actor_lr = 1e-4
   c.demo.manager_steps = 12
   c.demo.manager_batch_size = 8
   # Where a turn needs UPDATE / DELETE / NOOP, half the manager's SFT replies there are the right operation, the rest

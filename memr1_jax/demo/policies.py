@@ -153,20 +153,20 @@ def _date_of(timestamp: str) -> str:
     return timestamp
 
 
-def attribute_statements(memories, slot: str) -> list[tuple[int, str, str | None, str | None, bool]]:
-  """(id, timestamp, new value, old value, is_retraction) of the memories that state `slot`, in the order shown."""
+def attribute_statements(memories, slot: str) -> list[tuple[int, str, str | None, str | None, bool, str]]:
+  """(id, timestamp, new value, old value, is_retraction, text) of the memories that state `slot`, in the order
+  shown."""
   out = []
   for memory_id, stamp, text in memories:
     _, parsed = _statement(text)
     if parsed is not None and parsed[0] == slot:
       _, new, old, retraction = parsed
-      out.append((memory_id, stamp, new, old, retraction))
+      out.append((memory_id, stamp, new, old, retraction, text))
   return out
 
 
 def answer_reply(answer: str, lines: Sequence[str] = ()) -> str:
-  """An answer-agent reply: the useful memories as "[id]" lines (what the system prompt asks for), then the
-  "**Answer:**" line."""
+  """An answer-agent reply: the useful memories, one line each (`used_line`), then the "**Answer:**" line."""
   useful = "\n".join(lines) or "none"
   return f"Useful memories:\n{useful}\n**Answer:** {answer}"
 
@@ -204,23 +204,28 @@ def _first_match(kind: str, value: str | None, found) -> tuple[str, list[str]]:
   that answers a question of `kind` about `value`."""
   stated = [c for c in found if not c[4]]
   if kind == "latest":
-    return (stated[0][2], [_used(stated[0])]) if stated else (UNKNOWN_ANSWER, [])
+    return (stated[0][2], [used_line(stated[0])]) if stated else (UNKNOWN_ANSWER, [])
   if kind == "yes_no":
     same = [c for c in stated if c[2] == value]
-    return ("yes", [_used(same[0])]) if same else ("no", [])
+    return ("yes", [used_line(same[0])]) if same else ("no", [])
   if kind == "before":
     named = [c for c in stated if c[2] == value and c[3]]
     if named:
-      return named[0][3], [_used(named[0])]
+      return named[0][3], [used_line(named[0])]
     other = [c for c in stated if c[2] != value]
-    return (other[0][2], [_used(other[0])]) if other else (UNKNOWN_ANSWER, [])
+    return (other[0][2], [used_line(other[0])]) if other else (UNKNOWN_ANSWER, [])
   same = [c for c in stated if c[2] == value] or found
-  return (_date_of(same[0][1]), [_used(same[0])]) if same else (UNKNOWN_ANSWER, [])
+  return (_date_of(same[0][1]), [used_line(same[0])]) if same else (UNKNOWN_ANSWER, [])
 
 
-def _used(candidate) -> str:
-  """The reply line that lists a statement (see `attribute_statements`) as useful: "[id]"."""
-  return f"[{candidate[0]}]"
+def used_line(candidate) -> str:
+  """The reply line that lists a statement (see `attribute_statements`) as useful, as the compact system prompt asks:
+  its text, then "[id] (date)". Text first: a small model picks the memory by matching the question to a statement
+  and copies the rest of it (its id and date right after an id are easy to look up); an id first must be chosen from
+  tokens that precede their statement, which the demo base does at chance (benchmarks/answer_reading.py). The
+  answer is then read off the reply's own line."""
+  memory_id, stamp, *_, text = candidate
+  return f"{text} [{memory_id}] ({stamp})"
 
 
 def heuristic_answer_reply(prompt: Prompt, *, explore: float = 0.0, seed: int = 0) -> str:
