@@ -120,7 +120,8 @@ def main(argv):
     print(f"| {kind} | {len(probs)} | {np.mean(probs):.2f} | {np.mean(np.asarray(probs) > 0.5):.0%} |")
   print("\nSelecting: p(the first useful-memory line names the heuristic's memory / any memory of the asked "
         "attribute)\n"
-        "(chance: the share of the memories shown that state the asked attribute)\n"
+        "(chance: the share of the memories shown that state the asked attribute, what a uniform pick of a line\n"
+        "would give; where a line's text comes before its id, p also requires that text copied exactly)\n"
         "| question kind | questions | heuristic's: mean p | p > 0.5 | asked attribute: mean p | p > 0.5 | chance |\n"
         "|---|---|---|---|---|---|---|")
   for kind, pairs in sorted(selection_probabilities(model, tokenizer, prompts).items()):

@@ -1,7 +1,7 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (180 s on 2 Zen 3 cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (195-223 s)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (195-214 s on 2 Zen 3 cores)
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (291-312 s)
 
 (On the 2-core EPYC Milan sandbox README.md names, both agents' RL at once; GRPO from an empty XLA cache, PPO over
 seeds 1-4 with one: reruns load compiled programs from jax_cache_dir. docs/demo.md has the seed tables: GRPO and
