@@ -80,11 +80,11 @@ def selection_probabilities(model, tokenizer, prompts) -> dict[str, list[tuple[f
   start = len(tokenizer.encode(head))
   kinds, groups, items = [], [], []
   for prompt in prompts:
-    read = policies.read_question(policies.answer_view(prompt)[1])
+    blocks, question = policies.answer_view(prompt)
+    read = policies.read_question(question)
     _, used = policies.heuristic_answer(prompt)
     if read is None or not used:
       continue
-    blocks, _ = policies.answer_view(prompt)
     same = policies.attribute_statements(blocks.get(read[2], []), read[1])
     same.sort(key=lambda statement: policies.used_line(statement) != used[0])  # The heuristic's first.
     if policies.used_line(same[0]) != used[0]:
