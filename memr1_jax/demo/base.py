@@ -170,12 +170,15 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
     tokenizer_dir = instruction_tokenizer(os.path.join(tmp, "tokenizer"))
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
     rcfg = runner.RunnerConfig(related_k=2, answer_k_per_speaker=3)
-    corpus = [ids[:max_len] for ids in base_corpus(tokenizer, num_conversations, rcfg, seed)]
     rng = random.Random(seed)
-    copying = copy_exercises(tokenizer, 12_800, rng, copy_len)  # The pool the copy phase cycles through.
-    corpus += copy_exercises(tokenizer, int(len(corpus) * copy_share / (1 - copy_share)), rng, 128)
+    # Each phase's examples are built only when it runs (the reading phase alone skips the first two corpora).
     # Next-token loss on every token: the first token is the "prompt", the rest the scored "response".
-    examples = [(ids[:1], ids[1:]) for ids in corpus]
+    copying = copy_exercises(tokenizer, 12_800, rng, copy_len) if copy_steps else []  # The copy phase's pool.
+    examples = []
+    if steps:
+      corpus = [ids[:max_len] for ids in base_corpus(tokenizer, num_conversations, rcfg, seed)]
+      corpus += copy_exercises(tokenizer, int(len(corpus) * copy_share / (1 - copy_share)), rng, 128)
+      examples = [(ids[:1], ids[1:]) for ids in corpus]
     if init_from:
       model, _ = load_pretrained(init_from)
     else:
