@@ -1,12 +1,11 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (195-214 s on 2 Zen 3 cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (291-312 s)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (122-139 s on 2 Xeon cores)
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (171-191 s)
 
-(On the 2-core EPYC Milan sandbox README.md names, both agents' RL at once; GRPO from an empty XLA cache, PPO over
-seeds 1-4 with one: reruns load compiled programs from jax_cache_dir. On 2 cores of an Intel Xeon, family 6 model
-167: 121-145 s and 168-180 s. docs/demo.md has the seed tables: GRPO and PPO both teach the manager on every seed,
-on both machines.)
+(On 2 cores of an Intel Xeon, family 6 model 167, both agents' RL at once, GRPO's first run with an empty XLA cache;
+reruns load compiled programs from jax_cache_dir. At 4d5b85f a 2-core EPYC Milan took 195-214 s and 291-312 s.
+docs/demo.md has the seed tables: GRPO and PPO both teach the manager on every seed.)
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.demo`, plugged in as config.task), the shipped tiny
 base model with its tokenizer (memr1_jax/demo/assets/demo_base, built by `python -m memr1_jax.demo.base`), and the

@@ -530,7 +530,8 @@ def test_paper_prompt_examples_parse_to_the_operation_they_illustrate():
 
 
 def test_runner_prompts_use_the_configured_prompt_set():
-  """RunnerConfig.prompt_set picks the system prompt of the manager and answer prompts; the user message is shared."""
+  """RunnerConfig.prompt_set picks the answer prompt's instructions and memory lines: the paper set's "[id] (date)
+  text", the compact set's "text [id] (date)"; the rest of the user message is shared."""
   memory = MemoryEntry(0, "Anna lives in Porto.", "Anna", "8 May 2023", ())
   paper, compact = (runner.RunnerConfig(prompt_set=prompts.PROMPT_SETS[name]) for name in ("paper", "compact"))
   chats = {}
@@ -540,5 +541,7 @@ def test_runner_prompts_use_the_configured_prompt_set():
         conv, QA("Where does Anna live?", "Porto", 4), [memory], cfg).messages
   assert chats["paper"][0]["content"] == prompts.PAPER_ANSWER_SYSTEM_PROMPT
   assert chats["compact"][0]["content"] == prompts.ANSWER_SYSTEM_PROMPT
-  assert chats["paper"][1] == chats["compact"][1]
+  paper_line, compact_line = "[0] (8 May 2023) Anna lives in Porto.", "Anna lives in Porto. [0] (8 May 2023)"
+  assert paper_line in chats["paper"][1]["content"] and compact_line in chats["compact"][1]["content"]
+  assert chats["paper"][1]["content"].replace(paper_line, compact_line) == chats["compact"][1]["content"]
 

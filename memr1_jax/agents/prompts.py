@@ -3,11 +3,12 @@
 Every builder returns chat messages (`[{"role": "system" | "user", "content": str}]`); the
 tokenizer's chat template is applied by the caller, or `render_plain_text` for models without one.
 
-Two prompt sets share the user messages and the reply formats (so one set of parsers reads both) and differ in
-their instructions (`PROMPT_SETS`, config.memory.prompts): "paper" follows the structure of the Memory-R1 paper's
-Appendix C (per-operation instructions with a short example each for the manager; memory distillation, then a brief
-answer weighed by the memories' dates, for the answer agent), for real models; "compact" is the short version the
-CPU demo's tiny model was pretrained on (each instruction is one token of its tokenizer).
+Two prompt sets share the reply formats (so one set of parsers reads both) and differ in their instructions
+(`PROMPT_SETS`, config.memory.prompts): "paper" follows the structure of the Memory-R1 paper's Appendix C
+(per-operation instructions with a short example each for the manager; memory distillation, then a brief answer
+weighed by the memories' dates, for the answer agent), for real models; "compact" is the short version the CPU
+demo's tiny model was pretrained on (each instruction is one token of its tokenizer), whose answer prompt lists each
+memory text first, as the demo's replies copy it.
 Memory text and dialogue text are inserted as data: newlines and control characters become spaces
 and each item is length-capped, so a memory cannot fake the prompt's structure.
 """
@@ -151,14 +152,15 @@ def clean_item(text: object, max_chars: int = MAX_ITEM_CHARS) -> str:
   return line if len(line) <= max_chars else line[:max_chars - 3] + "..."
 
 
-def format_memory_line(memory: MemoryLike, with_speaker: bool = True) -> str:
-  """One memory as "[id] (timestamp, speaker) text"; the speaker only when `with_speaker`."""
+def format_memory_line(memory: MemoryLike, with_speaker: bool = True, text_first: bool = False) -> str:
+  """One memory as "[id] (timestamp, speaker) text", or "text [id] (timestamp, speaker)" when `text_first`; the
+  speaker only when `with_speaker`."""
   labels = [clean_item(memory.timestamp, 100)]
   if with_speaker:
     labels.append(clean_item(memory.speaker, 100))
   stamp = ", ".join(label for label in labels if label)
-  prefix = f"[{int(memory.memory_id)}]" + (f" ({stamp})" if stamp else "")
-  return f"{prefix} {clean_item(memory.text)}"
+  label = f"[{int(memory.memory_id)}]" + (f" ({stamp})" if stamp else "")
+  return f"{clean_item(memory.text)} {label}" if text_first else f"{label} {clean_item(memory.text)}"
 
 
 def manager_messages(facts: Sequence[str], memories: Sequence[MemoryLike], *, speaker: str,
@@ -202,7 +204,7 @@ def group_by_speaker(memories: Sequence[MemoryLike], speakers: Sequence[str] = (
 
 def answer_messages(question: str, memories: Sequence[MemoryLike], *, speakers: Sequence[str] = (),
                     question_date: str | None = None, per_speaker: int = MEMORIES_PER_SPEAKER,
-                    system: str = ANSWER_SYSTEM_PROMPT) -> list[ChatMessage]:
+                    system: str = ANSWER_SYSTEM_PROMPT, text_first: bool = False) -> list[ChatMessage]:
   """Answer Agent prompt: `question` over retrieved `memories`, grouped by speaker.
 
   Args:
@@ -212,13 +214,14 @@ def answer_messages(question: str, memories: Sequence[MemoryLike], *, speakers: 
     question_date: when the question is asked, if the dataset gives it (LongMemEval does).
     per_speaker: cap on memories shown per speaker.
     system: the instructions (`PromptSet.answer`).
+    text_first: each memory as "text [id] (date)" instead of "[id] (date) text" (`PromptSet.answer_text_first`).
 
   Returns:
     [system, user] messages; the expected reply lists useful memories, then "**Answer:** ...".
   """
   blocks = []
   for name, group in group_by_speaker(memories, speakers, per_speaker).items():
-    lines = "\n".join(format_memory_line(m, with_speaker=False) for m in group) or "(none)"
+    lines = "\n".join(format_memory_line(m, with_speaker=False, text_first=text_first) for m in group) or "(none)"
     label = clean_item(name, 100) or "unspecified speaker"
     blocks.append(f"Memories about {label}:\n{lines}")
   memory_text = "\n\n".join(blocks) or "(no memories)"
@@ -258,12 +261,16 @@ def render_plain_text(messages: Sequence[ChatMessage]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class PromptSet:
-  """The system prompts (instructions) of the manager and the answer agent; the user messages are shared."""
+  """The system prompts (instructions) of the manager and the answer agent, and how the answer prompt lists memories
+  (the user messages are otherwise shared)."""
 
   manager: str
   answer: str
+  # The answer prompt shows each memory as "text [id] (date)": the compact set, whose demo replies copy each useful
+  # memory in that order (`demo.policies.used_line`), so that copying it is one induction step for a 2-layer model.
+  answer_text_first: bool = False
 
 
 # config.memory.prompts -> its prompt set.
 PROMPT_SETS = {"paper": PromptSet(PAPER_MANAGER_SYSTEM_PROMPT, PAPER_ANSWER_SYSTEM_PROMPT),
-               "compact": PromptSet(MANAGER_SYSTEM_PROMPT, ANSWER_SYSTEM_PROMPT)}
+               "compact": PromptSet(MANAGER_SYSTEM_PROMPT, ANSWER_SYSTEM_PROMPT, answer_text_first=True)}

@@ -9,10 +9,12 @@ reading exercises (a statement of the asked attribute copied into the reply, its
 copies and has seen the formats, but has no policy. Its tokenizer is the demo tokenizer plus one token per agent
 instruction (`instruction_tokenizer`), which keeps prompts around 250 tokens on a CPU.
 
-The shipped base is the earlier shipped base (the first two phases, as built at commit 8d8fcd6, when answer
-replies named memories by id only) continued by the second command's 800 reading steps. Those steps train on the
-replies alone and blunt its copying of random tokens (a repeated span's loss 0.50 -> 4.38 nats); the task's own text
-it still copies.
+The shipped base is the base of commit 3425b86 (the first two phases, as built at commit 8d8fcd6, when answer
+replies named memories by id only) continued by the second command's 800 reading steps (every 4th a rehearsal batch
+of the task's text), whose answer prompts list each memory as "text [id] (date)" (the compact prompt set), the line
+its replies copy. Rebuild it with
+  git show 3425b86:memr1_jax/demo/assets/demo_base/model.safetensors > <dir>/model.safetensors  (and config.json,
+  tokenizer.json, tokenizer_config.json the same way), then `python -m memr1_jax.demo.base <out> <dir>`.
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ def copy_exercises(tokenizer, count: int, rng, max_len: int) -> list[list[int]]:
 def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: int = 16, lr: float = 1e-3,
                copy_steps: int = 2000, copy_batch_size: int = 32, copy_len: int = 64, copy_share: float = 0.2,
                num_conversations: int = 400, max_len: int = 512, reading_steps: int = 800,
-               reading_conversations: int = 400, seed: int = 0, init_from: str = "", preset: str = "small") -> str:
+               reading_conversations: int = 400, reading_rehearsal: int = 4, seed: int = 0, init_from: str = "",
+               preset: str = "small") -> str:
   """Pretrains the demo's base model and writes it, with its tokenizer, as an HF directory `out_dir`.
 
   A decoder of `preset` learns, as a plain language model (next-token loss on every token), the prompts of both
@@ -163,8 +166,10 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
   read from the memories a question asks about, but no decision (which operation on which memory; which of several
   statements is current, whether a thing is still owned); the demo's SFT stage teaches it the heuristics'
   decisions. A last phase of `reading_steps` reading exercises (`reading_corpus`, loss on the replies only) practises
-  the answer format's copy-then-read. `init_from` continues from an HF directory instead of a random init. The first two
-  phases take about 13 minutes on 2 CPU cores, the reading phase about 10 on one.
+  the answer format's copy-then-read; every `reading_rehearsal`-th of its steps (0: none) is a batch of the task's
+  text instead, so that the answer replies do not pull the weights the manager shares away from its prompts.
+  `init_from` continues from an HF directory instead of a random init. The first two phases take about 13 minutes
+  on 2 CPU cores, the reading phase about 6.
   """
   with tempfile.TemporaryDirectory() as tmp:
     tokenizer_dir = instruction_tokenizer(os.path.join(tmp, "tokenizer"))
@@ -175,7 +180,7 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
     # Next-token loss on every token: the first token is the "prompt", the rest the scored "response".
     copying = copy_exercises(tokenizer, 12_800, rng, copy_len) if copy_steps else []  # The copy phase's pool.
     examples = []
-    if steps:
+    if steps or (reading_steps and reading_rehearsal):
       corpus = [ids[:max_len] for ids in base_corpus(tokenizer, num_conversations, rcfg, seed)]
       corpus += copy_exercises(tokenizer, int(len(corpus) * copy_share / (1 - copy_share)), rng, 128)
       examples = [(ids[:1], ids[1:]) for ids in corpus]
@@ -203,9 +208,12 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
       step_fn = learner.make_sft_step(spec, rows_per_step)
       bar = console.bar(num_steps, desc=f"pretraining the demo base: {what}")
       for step in range(num_steps):
-        rows = sft.pack_examples(batching.batch_for_step(items, step, rows_per_step, seed), rows=rows_per_step,
-                                 pad_id=tokenizer.pad_token_id, min_prompt_bucket=prompt_bucket,
-                                 min_response_bucket=bucket)
+        if items is reading and reading_rehearsal and step % reading_rehearsal == reading_rehearsal - 1:
+          batch, buckets = batching.batch_for_step(examples, step, rows_per_step, seed), (1, 256)
+        else:
+          batch, buckets = batching.batch_for_step(items, step, rows_per_step, seed), (prompt_bucket, bucket)
+        rows = sft.pack_examples(batch, rows=rows_per_step, pad_id=tokenizer.pad_token_id,
+                                 min_prompt_bucket=buckets[0], min_response_bucket=buckets[1])
         state, metrics = step_fn(state, frozen, rows)
         if step % 50 == 0:
           bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")

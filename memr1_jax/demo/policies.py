@@ -219,11 +219,11 @@ def _first_match(kind: str, value: str | None, found) -> tuple[str, list[str]]:
 
 
 def used_line(candidate) -> str:
-  """The reply line that lists a statement (see `attribute_statements`) as useful, as the compact system prompt asks:
-  its text, then "[id] (date)". Text first: a small model picks the memory by matching the question to a statement
-  and copies the rest of it (its id and date right after an id are easy to look up); an id first must be chosen from
-  tokens that precede their statement, which the demo base does at chance (benchmarks/answer_reading.py). The
-  answer is then read off the reply's own line."""
+  """The reply line that lists a statement (see `attribute_statements`) as useful: the compact answer prompt's line
+  of that memory, its text, then "[id] (date)". Text first: a small model picks the memory by matching the question
+  to a statement and copies the rest of the line (one induction step: in the prompt too its id and date follow it);
+  an id first must be chosen from tokens that precede their statement, which the demo base does at chance
+  (benchmarks/answer_reading.py). The answer is then read off the reply's own line."""
   memory_id, stamp, *_, text = candidate
   return f"{text} [{memory_id}] ({stamp})"
 

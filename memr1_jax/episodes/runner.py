@@ -265,18 +265,18 @@ def _answer_memories_many(banks: Sequence[MemoryBank], convs: Sequence[Conversat
 
 
 def answer_prompt(qa: QA, memories: Sequence[MemoryEntry], speakers: Sequence[str], per_speaker: int,
-                  system: str = prompts.ANSWER_SYSTEM_PROMPT) -> Prompt:
-  """The answer prompt (instructions `system`) for `qa` over retrieved `memories` (relevance order), at most
-  `per_speaker` of each of `speakers`, with its view."""
+                  prompt_set: prompts.PromptSet = prompts.PROMPT_SETS["compact"]) -> Prompt:
+  """The answer prompt (instructions and memory lines of `prompt_set`) for `qa` over retrieved `memories` (relevance
+  order), at most `per_speaker` of each of `speakers`, with its view."""
   chat = prompts.answer_messages(qa.question, memories, speakers=speakers, question_date=qa.question_date,
-                                 per_speaker=per_speaker, system=system)
+                                 per_speaker=per_speaker, system=prompt_set.answer,
+                                 text_first=prompt_set.answer_text_first)
   groups = prompts.group_by_speaker(memories, speakers, per_speaker)
   return Prompt(chat, AnswerView(qa, {name: tuple(group) for name, group in groups.items()}))
 
 
 def _answer_prompt(conv: Conversation, qa: QA, memories: Sequence[MemoryEntry], cfg: RunnerConfig) -> Prompt:
-  return answer_prompt(qa, memories, (conv.speaker_a, conv.speaker_b), cfg.answer_k_per_speaker,
-                       system=cfg.prompt_set.answer)
+  return answer_prompt(qa, memories, (conv.speaker_a, conv.speaker_b), cfg.answer_k_per_speaker, cfg.prompt_set)
 
 
 def _answer_prompts_many(banks: Sequence[MemoryBank], convs: Sequence[Conversation],

@@ -287,7 +287,7 @@ class Memory:
         for i, per_query in enumerate(hits):
           shown[i] += [e for e, _ in (per_query[0] if per_query else [])]
       prompts = [runner.answer_prompt(QA(r.question, "", 0, question_date=r.timestamp), memories, s, k,
-                                      system=self.cfg.prompt_set.answer)
+                                      self.cfg.prompt_set)
                  for r, memories, s in zip(requests, shown, speakers)]
       samples = self.answerer.generate(prompts, n=1, greedy=True) if prompts else []
       out = []
