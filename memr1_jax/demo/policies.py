@@ -31,10 +31,11 @@ import re
 import zlib
 from collections.abc import Sequence
 
-from memr1_jax.agents.prompts import clean_item
+from memr1_jax.agents.prompts import clean_item, format_memory_line
 from memr1_jax.demo import synthetic
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import AnswerView, ManagerView, Prompt, RecordingPolicy
+from memr1_jax.memory.bank import MemoryEntry
 
 # A stored memory's text: an optional "[date] " and "Name: " before the statement itself.
 _STATEMENT_RE = re.compile(r"^(?:\[[^\]]*\]\s*)?(?:(?P<speaker>[A-Z][a-z]+):\s+)?(?P<statement>.*)$")
@@ -225,7 +226,7 @@ def used_line(candidate) -> str:
   an id first must be chosen from tokens that precede their statement, which the demo base does at chance
   (benchmarks/answer_reading.py). The answer is then read off the reply's own line."""
   memory_id, stamp, *_, text = candidate
-  return f"{text} [{memory_id}] ({stamp})"
+  return format_memory_line(MemoryEntry(memory_id, text, "", stamp, ()), with_speaker=False, text_first=True)
 
 
 def heuristic_answer_reply(prompt: Prompt, *, explore: float = 0.0, seed: int = 0) -> str:
