@@ -9,8 +9,9 @@ cross-entropy over every position, backward, fused AdamW; SDPA attention.
 
 Reported per side: seconds per step (median of --steps after --warmup), tokens/s, and MFU = 6 * params * tokens /
 time / --peak_flops (params = every weight, embeddings counted once when tied; attention FLOPs not counted).
-With --with_reference the JAX step also scores the batch with the frozen reference inside the program
-(MFU then counts 8 * params * tokens).
+With --with_reference the JAX step also scores the batch with the frozen reference inside the program; with
+--reference_memory host the reference lives in pinned host memory and each timed step is its scoring pass
+(`rl.update.make_reference_scorer`) then the update (MFU counts 8 * params * tokens with either).
 
 --memory_compare: compiles the step (on abstract arrays, nothing runs) for each vocabulary-loss path (plain chunks
 with rematerialised logits, plain with stored logits, the fused custom-VJP op) with float32 and bfloat16 AdamW
@@ -20,7 +21,9 @@ the vocabulary loss alone (gradient of sum(log-probs) + 0.1 sum(entropy)): its t
 --fit_search: for each preset (largest first) compiles the full GRPO step (policy fwd/bwd + reference forward
 inside the step + AdamW) on abstract arrays and reads XLA's memory analysis (arguments + outputs - donated + temp);
 reports the largest preset that fits in the device's memory (--device_memory_gib overrides it, e.g. on CPU).
---reference_outside: the same with reference log-probs in the batch and no reference weights in the step.
+--reference_memory host: the reference in pinned host memory: the update step gets the reference log-probs in the
+batch and no reference weights; the scoring pass is compiled and analysed too (its peak counts the train state,
+resident on the device meanwhile, and the reference weights copied in).
 
 CPU:   python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --dtype float32 --torch
        python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --fit_search --device_memory_gib 1
@@ -102,7 +105,8 @@ def build_learner(cfg: ModelConfig, args):
     policy = lora.add_lora(policy, args.lora_rank)
   schedule = ts.learning_rate_schedule(1e-6)
   tx = ts.make_optimizer(schedule, mu_dtype=args.moments_dtype, nu_dtype=args.moments_dtype, b2=args.adam_b2)
-  return ts.init_train_state(policy, tx, actor_lr=schedule, reference=True, master_dtype=args.master_dtype)
+  return ts.init_train_state(policy, tx, actor_lr=schedule, reference=True, master_dtype=args.master_dtype,
+                             reference_memory=args.reference_memory)
 
 
 def time_jax(args) -> dict:
@@ -110,12 +114,17 @@ def time_jax(args) -> dict:
   state, frozen, spec = build_learner(cfg, args)
   config = update_config(args)
   step = up.make_update_step(spec, config)
-  batch = jax.device_put(random_batch(args, cfg.vocab_size, with_reference_logprobs=not args.with_reference))
+  on_host = spec.reference_on_host
+  batch = jax.device_put(random_batch(args, cfg.vocab_size,
+                                      with_reference_logprobs=not (args.with_reference or on_host)))
+  score = up.make_reference_scorer(spec, config) if on_host else None
+  step_frozen = frozen.replace(reference=None) if on_host else frozen
   key = jax.random.key(0)
   times = []
   for i in range(args.warmup + args.steps):
     start = time.perf_counter()
-    state, metrics = step(state, frozen, batch, key)
+    step_batch = batch.replace(ref_logprobs_bt=score(frozen, batch)) if on_host else batch
+    state, metrics = step(state, step_frozen, step_batch, key)
     metrics = jax.device_get(metrics)
     elapsed = time.perf_counter() - start
     if i == 0:
@@ -123,9 +132,10 @@ def time_jax(args) -> dict:
     if i >= args.warmup:
       times.append(elapsed)
   stats = jax.local_devices()[0].memory_stats() or {}
-  result = summarize("jax", args, cfg, times, 8 if args.with_reference else 6)
+  result = summarize("jax", args, cfg, times, 8 if args.with_reference or on_host else 6)
   result.update(peak_memory_gib=round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
                 attention_impl=args.attention_impl or "xla", with_reference=args.with_reference,
+                reference_memory=args.reference_memory, moments_dtype=args.moments_dtype or args.master_dtype,
                 versions=f"jax {jax.__version__}")
   del state, frozen, step
   gc.collect()
@@ -198,9 +208,17 @@ def summarize(side: str, args, cfg: ModelConfig, times: list[float], flops_per_p
           "device": jax.local_devices()[0].device_kind}
 
 
+def _peak(analysis) -> int:
+  """Arguments + outputs - donated + temporaries of a compiled program's memory analysis, device memory only."""
+  size = lambda name: int(getattr(analysis, f"{name}_size_in_bytes"))  # noqa: E731
+  return size("argument") - size("host_argument") + size("output") - size("alias") + size("temp")
+
+
 def step_memory_bytes(cfg: ModelConfig, args) -> dict[str, int]:
   """XLA's memory analysis of the full GRPO step of `cfg` (bytes): argument, output, alias (donated), temp, the
-  estimated peak (arguments + outputs - donated + temporaries) and the state + frozen weights."""
+  estimated peak (arguments + outputs - donated + temporaries) and the state + frozen weights; with the reference
+  in host memory also the scoring pass's peak ("scoring_peak": its program's, plus the train state resident
+  meanwhile) and "peak" the larger of the two."""
   captured = {}
 
   def build():
@@ -209,16 +227,24 @@ def step_memory_bytes(cfg: ModelConfig, args) -> dict[str, int]:
     return state, frozen
 
   state, frozen = jax.eval_shape(build)
-  step = up.make_update_step(captured["spec"], update_config(args))
-  if args.reference_outside:  # Reference log-probs come with the batch; the reference weights stay off the device.
-    frozen = frozen.replace(reference=None)
-  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                       random_batch(args, cfg.vocab_size, with_reference_logprobs=args.reference_outside))
+  spec, config = captured["spec"], update_config(args)
+  step = up.make_update_step(spec, config)
+  on_host = spec.reference_on_host  # Reference log-probs come with the batch; the step gets no reference weights.
+  abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
+  batch = abstract(random_batch(args, cfg.vocab_size, with_reference_logprobs=on_host))
   key = jax.eval_shape(lambda: jax.random.key(0))
-  analysis = step.lower(state, frozen, batch, key).compile().memory_analysis()
+  step_frozen = frozen.replace(reference=None) if on_host else frozen
+  analysis = step.lower(state, step_frozen, batch, key).compile().memory_analysis()
   sizes = {name: int(getattr(analysis, f"{name}_size_in_bytes")) for name in ("argument", "output", "alias", "temp")}
-  sizes["peak"] = sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"]
+  sizes["step_peak"] = sizes["peak"] = _peak(analysis)
   sizes["weights"] = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state, frozen))))
+  if on_host:
+    scorer = up.make_reference_scorer(spec, config)
+    scoring = scorer.lower(frozen, batch.replace(ref_logprobs_bt=None)).compile().memory_analysis()
+    state_bytes = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))
+    # The abstract reference has no memory kind: XLA counts it as device arguments, as it is once copied in.
+    sizes["scoring_peak"] = state_bytes + _peak(scoring)
+    sizes["peak"] = max(sizes["step_peak"], sizes["scoring_peak"])
   return sizes
 
 
@@ -294,6 +320,7 @@ def fit_search(args) -> dict:
     fits = peak <= capacity
     rows.append({"preset": name, "params": cfg.num_params(), "weights_gib": round(weights / 2**30, 2),
                  "peak_gib": round(peak / 2**30, 2), "fits": fits,
+                 **{f"{k}_gib": round(sizes[k] / 2**30, 2) for k in ("step_peak", "scoring_peak") if k in sizes},
                  "compile_s": round(time.perf_counter() - start, 1)})
     log(json.dumps(rows[-1]))
     if fits:
@@ -339,9 +366,9 @@ def main(argv=None):
   parser.add_argument("--skip_jax", "--skip-jax", action="store_true")
   parser.add_argument("--fit_search", "--fit-search", action="store_true")
   parser.add_argument("--fit_presets", "--fit-presets", default="", help="comma-separated, tried in this order")
-  parser.add_argument("--reference_outside", "--reference-outside", action="store_true",
-                      help="--fit_search / --memory_compare: the batch carries reference log-probs (scored during "
-                      "rollout) and the step gets no reference weights")
+  parser.add_argument("--reference_memory", "--reference-memory", default="device", choices=ts.REFERENCE_MEMORIES,
+                      help="host: the reference in pinned host memory, scored in its own program before the update "
+                      "(the update step gets reference log-probs and no reference weights)")
   parser.add_argument("--device_memory_gib", "--device-memory-gib", type=float, default=0.0)
   args = parser.parse_args(argv)
   log(f"jax {jax.__version__} on {jax.local_devices()[0].device_kind}; args {vars(args)}")

@@ -14,3 +14,9 @@ run fit_full 130 --preset "$preset" --batch 8 --seq_len 1024 --dtype bfloat16 --
 run fit_lora 100 --preset "$preset" --batch 8 --seq_len 1024 --dtype bfloat16 --remat --micro_batches 8 \
   --fit_search --fit_presets qwen2.5-14b,qwen2.5-7b --lora_rank 64
 run jax_xla 110 "${common[@]}" --attention_impl xla
+# Issue 30: a full-parameter Qwen2.5-7B GRPO step on one H200, bfloat16 AdamW moments and the reference in pinned
+# host memory (scored in its own program before each update): the analysed peaks, then three real steps.
+seven=(--preset qwen2.5-7b --batch 8 --seq_len 1024 --dtype bfloat16 --remat --micro_batches 8
+  --moments_dtype bfloat16 --adam_b2 0.995 --reference_memory host)
+run fit_7b_host 200 "${seven[@]}" --fit_search --fit_presets qwen2.5-7b
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.97 run steps_7b_host 300 "${seven[@]}" --steps 3 --warmup 0

@@ -180,6 +180,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.clip_eps_high = 0.2
   # KL coefficient to the frozen reference policy.
   c.rl.kl_coef = 1e-3
+  # Where the full-fine-tuning reference copy lives: "device", or "host" (pinned host memory, scored in its own
+  # program before each update, so the update step holds no reference weights; LoRA's reference is the base: device).
+  c.rl.reference_memory = "device"
   # KL estimator: k1 | k2 | k3.
   c.rl.kl_estimator = "k3"
   # PPO: put the KL into the per-token reward instead of the loss.

@@ -27,7 +27,8 @@ from memr1_jax.models import lora as lora_lib
 from memr1_jax.models import value as value_lib
 from memr1_jax.rl import logprobs as logprobs_lib
 from memr1_jax.rl import train_state as ts
-from memr1_jax.rl.update import RolloutBatch, UpdateConfig, apply_gradients, make_update_step
+from memr1_jax.rl.update import (RolloutBatch, UpdateConfig, apply_gradients, make_reference_scorer,
+                                 make_update_step)
 
 # What a learner trains: "rl" (mode=train) or "sft" (mode=sft).
 KINDS = ("rl", "sft")
@@ -67,6 +68,8 @@ class Learner:
   spec: object
   update: object
   kind: str
+  # RL with the reference in host memory (rl.reference_memory="host"): its scoring pass, run before each update.
+  score_reference: object = None
 
   @classmethod
   def create(cls, config, policy, mesh, *, kind: str, num_steps: int = 0) -> Learner:
@@ -104,15 +107,21 @@ class Learner:
                                     **_adam_options(rl))
     state, frozen, spec = ts.init_train_state(
         policy, actor_tx, actor_lr=actor_lr, value_model=value_model, critic_tx=critic_tx, critic_lr=critic_lr,
-        reference=True, mesh=mesh, master_dtype=rl.master_dtype)
-    return cls(state, frozen, spec, make_update_step(spec, UpdateConfig.from_config(config)), kind)
+        reference=True, mesh=mesh, master_dtype=rl.master_dtype,
+        reference_memory=rl.reference_memory)
+    update_config = UpdateConfig.from_config(config)
+    score_reference = None
+    if spec.reference_on_host and update_config.kl_coef > 0:
+      score_reference = make_reference_scorer(spec, update_config)
+    return cls(state, frozen, spec, make_update_step(spec, update_config), kind, score_reference)
 
   def policy(self):
     """The current policy as a Decoder (new arrays; safe to keep across the next donated update)."""
     return ts.policy_model(self.spec, self.state, self.frozen)
 
   def reference(self):
-    """The frozen starting policy (RL only: the frozen answer agent / manager)."""
+    """The frozen starting policy (RL only: the frozen answer agent / manager); a reference in host memory is
+    copied to the device."""
     return ts.reference_model(self.spec, self.frozen)
 
   def step(self, packed: dict, *, key=None, seq_len: int | None = None) -> dict[str, float]:
@@ -129,7 +138,12 @@ class Learner:
       batch = jax.tree.map(jnp.asarray, batch)
     else:  # Every host packed the same batch: each places its own shards (multi-host safe).
       batch = multihost.shard_batch(batch, self.spec.mesh)
-    self.state, metrics = self.update(self.state, self.frozen, batch, extra)
+    frozen = self.frozen
+    if self.spec.reference_on_host:  # The reference scores the batch in its own program; the step gets no reference.
+      frozen = frozen.replace(reference=None)
+      if self.score_reference is not None:
+        batch = batch.replace(ref_logprobs_bt=self.score_reference(self.frozen, batch))
+    self.state, metrics = self.update(self.state, frozen, batch, extra)
     return {k: float(v) for k, v in multihost.to_host(metrics).items()}
 
 

@@ -49,7 +49,7 @@ ENUM_FIELDS = {
     "eval.checkpoint": ("latest", "best", "none"),
     "rl.kl_estimator": ("k1", "k2", "k3"), "rl.manager_reward_questions": ("turn", "answerable"),
     "rl.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
-    "rl.master_dtype": _DTYPES, "rl.adam_mu_dtype": ("", *_DTYPES), "rl.adam_nu_dtype": ("", *_DTYPES),
+    "rl.reference_memory": ("device", "host"), "rl.master_dtype": _DTYPES, "rl.adam_mu_dtype": ("", *_DTYPES), "rl.adam_nu_dtype": ("", *_DTYPES),
     "model.dtype": _DTYPES, "model.param_dtype": _DTYPES, "model.attention_impl": ("", "xla", "cudnn"),
 }
 _INF = float("inf")
@@ -182,6 +182,10 @@ def validate_config(config, source: str = "config") -> None:
   if config.rl.adam_nu_dtype == "bfloat16" and config.rl.adam_b2 > 0.995:
     raise ConfigError(f"{source}: config.rl.adam_nu_dtype='bfloat16' with config.rl.adam_b2={config.rl.adam_b2}: a "
                       "bfloat16 second moment never decays at b2 > 0.995 (set rl.adam_b2 <= 0.995)")
+  if config.rl.reference_memory == "host" and config.model.lora_rank:
+    raise ConfigError(f"{source}: config.rl.reference_memory='host' with config.model.lora_rank="
+                      f"{config.model.lora_rank}: under LoRA the reference is the policy's own base weights (nothing "
+                      "to move); use 'device'")
   if config.rl.clip_eps_low >= 1:
     raise ConfigError(f"{source}: config.rl.clip_eps_low={config.rl.clip_eps_low} must be below 1")
   if hasattr(module, "validate"):

@@ -271,6 +271,9 @@ def _main(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProc
     ("--config.demo.explore_with=smart", "configs/smoke.py: config.demo.explore_with='smart' is not one of"),
     ("--config.rl.adam_nu_dtype=bfloat16", "config.rl.adam_nu_dtype='bfloat16' with config.rl.adam_b2=0.999"),
     ("--config.rl.adam_mu_dtype=fp8", "configs/smoke.py: config.rl.adam_mu_dtype='fp8' is not one of"),
+    ("--config.rl.reference_memory=disk", "configs/smoke.py: config.rl.reference_memory='disk' is not one of"),
+    ("--config.rl.reference_memory=host --config.model.lora_rank=8",
+     "config.rl.reference_memory='host' with config.model.lora_rank=8"),
 ])
 def test_bad_config_override_fails_fast_naming_file_and_field(override, expected, tmp_path):
   """An unknown field or a value outside its set exits 1 in seconds, one line naming the config file and field."""
@@ -306,12 +309,13 @@ def test_enum_fields_match_the_modules_that_read_them():
   from memr1_jax.agents import prompts  # pylint: disable=g-import-not-at-top
   from memr1_jax.demo import policies  # pylint: disable=g-import-not-at-top
   from memr1_jax.memory import bank  # pylint: disable=g-import-not-at-top
-  from memr1_jax.rl import losses  # pylint: disable=g-import-not-at-top
+  from memr1_jax.rl import losses, train_state  # pylint: disable=g-import-not-at-top
   assert main.ENUM_FIELDS["memory.index"] == bank.INDEX_KINDS
   assert main.ENUM_FIELDS["rl.kl_estimator"] == losses.KL_KINDS
   assert main.ENUM_FIELDS["rl.loss_aggregation"] == losses.AGGREGATIONS
   assert main.ENUM_FIELDS["algorithm"] == defaults.ALGORITHMS
   assert main.ENUM_FIELDS["memory.prompts"] == tuple(prompts.PROMPT_SETS)
+  assert main.ENUM_FIELDS["rl.reference_memory"] == train_state.REFERENCE_MEMORIES
   assert demo.config.EXPLORE_WITH == tuple(policies.EXPLORERS)
   for name, allowed in main.ENUM_FIELDS.items():
     node = defaults.default_config()

@@ -50,7 +50,8 @@ def _batch(seed=0, vocab=VOCAB, behaviour_logprobs=False) -> up.RolloutBatch:
   return batch
 
 
-def _learner(*, seed=0, algorithm="grpo", lora_rank=0, mesh=None, reference=True, cfg=CFG, master_dtype="float32"):
+def _learner(*, seed=0, algorithm="grpo", lora_rank=0, mesh=None, reference=True, cfg=CFG, master_dtype="float32",
+             reference_memory="device"):
   """(state, frozen, spec) of a freshly initialised tiny learner (same weights for the same seed)."""
   policy = Decoder(cfg, rngs=nnx.Rngs(seed))
   if lora_rank:
@@ -62,7 +63,7 @@ def _learner(*, seed=0, algorithm="grpo", lora_rank=0, mesh=None, reference=True
     critic_tx, critic_lr = ts.make_optimizer(schedule, eps=ADAM_EPS), schedule
   return ts.init_train_state(policy, ts.make_optimizer(schedule, eps=ADAM_EPS), actor_lr=schedule,
                              value_model=value_model, critic_tx=critic_tx, critic_lr=critic_lr, reference=reference,
-                             mesh=mesh, master_dtype=master_dtype)
+                             mesh=mesh, master_dtype=master_dtype, reference_memory=reference_memory)
 
 
 _STEPS = {}
@@ -405,6 +406,55 @@ def test_sharded_update_matches_single_device():
   _assert_trees_close(new_state, expected_state, rtol=1e-4, atol=1e-6)
   for name in ("loss", "value_loss", "kl", "grad_norm", "entropy", "explained_variance"):
     np.testing.assert_allclose(float(metrics[name]), float(expected_metrics[name]), rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
+def test_reference_in_host_memory_scores_apart_and_gives_the_device_reference_update(mesh_shape):
+  """A reference in pinned host memory, scored in its own program, gives the update of a reference on the device
+  (PPO, KL in the loss; no mesh and a (2, 2, 2) mesh); the update step then takes no reference weights."""
+  batch = _batch(behaviour_logprobs=True)
+  state, device_frozen, device_spec = _learner(algorithm="ppo")
+  expected_state, expected_metrics = _step(device_spec, PPO_CONFIG, algorithm="ppo")(state, device_frozen, batch,
+                                                                                     jax.random.key(0))
+  mesh = sharding.make_mesh(mesh_shape) if mesh_shape else None
+  state, frozen, spec = _learner(algorithm="ppo", mesh=mesh, reference_memory="host")
+  assert spec.reference_on_host
+  assert {x.sharding.memory_kind for x in jax.tree.leaves(frozen.reference)} == {"pinned_host"}
+  ref_logprobs_bt = up.make_reference_scorer(spec, PPO_CONFIG)(frozen, batch)
+  direct_bt, _ = logprobs_lib.response_logprobs(
+      ts.reference_model(device_spec, device_frozen), jnp.asarray(batch.prompt_ids_bp), jnp.asarray(batch.prompt_mask_bp), jnp.asarray(batch.response_ids_bt),
+      jnp.asarray(batch.response_mask_bt))
+  np.testing.assert_allclose(np.where(batch.response_mask_bt, ref_logprobs_bt, 0.0),
+                             np.where(batch.response_mask_bt, direct_bt, 0.0), rtol=1e-5, atol=1e-5)
+  step = up.make_update_step(spec, PPO_CONFIG)
+  with pytest.raises(ValueError, match="make_reference_scorer"):
+    step(state, frozen.replace(reference=None), batch, jax.random.key(0))
+  new_state, metrics = step(state, frozen.replace(reference=None), batch.replace(ref_logprobs_bt=ref_logprobs_bt),
+                            jax.random.key(0))
+  _assert_trees_close(new_state, expected_state, rtol=1e-4, atol=1e-6)
+  for name in ("loss", "kl", "rollout_kl", "grad_norm"):
+    np.testing.assert_allclose(float(metrics[name]), float(expected_metrics[name]), rtol=1e-4, err_msg=name)
+
+
+def test_learner_with_the_reference_in_host_memory_steps_like_one_with_it_on_the_device():
+  """Learner.create with rl.reference_memory='host' scores the reference before each step: the same metrics and
+  weights as with 'device'."""
+  from memr1_jax import defaults, learner as learner_lib  # pylint: disable=g-import-not-at-top
+  batch = _batch(behaviour_logprobs=True)
+  packed = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+  results = []
+  for where in ("device", "host"):
+    c = defaults.default_config()
+    c.rl.update(reference_memory=where, micro_batch_size=4, actor_lr=LR, kl_coef=0.05)
+    c.rollout.group_size = G
+    learner = learner_lib.Learner.create(c, Decoder(CFG, rngs=nnx.Rngs(0)), None, kind="rl")
+    assert (learner.score_reference is not None) == (where == "host")
+    metrics = learner.step(packed, key=jax.random.key(0))
+    results.append((metrics, _host(learner.state.policy)))
+  for name in ("loss", "kl", "rollout_kl", "grad_norm"):
+    np.testing.assert_allclose(results[1][0][name], results[0][0][name], rtol=1e-5, err_msg=name)
+  assert results[0][0]["rollout_kl"] > 0.0  # The behaviour log-probs differ from the reference's.
+  _assert_trees_close(results[1][1], results[0][1])
 
 
 def test_update_config_reads_default_config():

@@ -16,6 +16,11 @@ A bfloat16 master copy would silently drop updates: with lr 1e-6 an Adam step ch
 of its value, below bfloat16's resolution of 2^-8. Memory per trained parameter: 4 (master) + 8 (moments; 4 in
 bfloat16) + 4 (gradient) bytes, plus 2 bytes per parameter for a bfloat16 reference.
 
+Where the full-fine-tuning reference lives (`reference_memory`): "device", or "host": pinned host memory, brought to
+the device only inside the program that scores with it (`reference_model` copies it to device memory; see
+`rl.update.make_reference_scorer`), so the update step holds no reference weights (Qwen2.5-7B: 15.2 GB of bfloat16
+weights and the reference forward's temporaries off the step's peak).
+
 `TrainState` (donated to and returned by the update step) holds the trained part; `FrozenParams` (read-only
 arguments) the rest; `StateSpec` the static part (graph definitions, optimizers, shardings).
 """
@@ -37,6 +42,9 @@ from memr1_jax.models import lora as lora_lib
 from memr1_jax.models import value as value_lib
 from memr1_jax.models.config import ModelConfig
 from memr1_jax.models.decoder import Decoder
+
+# Where a full-fine-tuning reference copy is kept (`init_train_state(reference_memory=...)`).
+REFERENCE_MEMORIES = ("device", "host")
 
 
 @flax.struct.dataclass
@@ -73,6 +81,7 @@ class StateSpec:
   critic_lr: Callable[[jax.Array], jax.Array] | None
   lora: bool
   mesh: Mesh | None = None
+  reference_on_host: bool = False  # the reference copy is in pinned host memory (`reference_memory="host"`).
   state_shardings: Any = None  # a TrainState of NamedShardings (None without a mesh).
   frozen_shardings: Any = None  # a FrozenParams of NamedShardings (None without a mesh).
 
@@ -184,7 +193,8 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
                      critic_tx: optax.GradientTransformation | None = None,
                      critic_lr: Callable[[jax.Array], jax.Array] | None = None,
                      reference: bool = True, mesh: Mesh | None = None, master_dtype: str = "float32",
-                     reference_dtype: str | None = None) -> tuple[TrainState, FrozenParams, StateSpec]:
+                     reference_dtype: str | None = None, reference_memory: str = "device"
+                     ) -> tuple[TrainState, FrozenParams, StateSpec]:
   """Splits the models into trained and frozen parts, casts, shards, and initialises the optimizers.
 
   Args:
@@ -199,12 +209,20 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
       policy, the reference and a LoRA value model are not copied by the placement.
     master_dtype: dtype of the trained parameters.
     reference_dtype: dtype of a full-fine-tuning reference copy (default: `policy.cfg.param_dtype`).
+    reference_memory: where that copy lives, "device" or "host" (pinned host memory; score with
+      `rl.update.make_reference_scorer` and pass the batch's reference log-probs to the update step).
 
   Returns:
     (state, frozen, spec). The trained parameters are new arrays (the step donates them); frozen ones may be the
     models' own arrays.
   """
   lora = policy.cfg.lora_rank > 0
+  if reference_memory not in REFERENCE_MEMORIES:
+    raise ValueError(f"train_state.py: reference_memory={reference_memory!r}, expected one of {REFERENCE_MEMORIES}")
+  on_host = reference and not lora and reference_memory == "host"
+  if reference and lora and reference_memory == "host":
+    raise ValueError("train_state.py: reference_memory='host' moves a full-fine-tuning reference copy; under LoRA the "
+                     "reference is the policy's own base weights (nothing to move)")
   policy_graphdef, trained, rest = nnx.split(policy, lora_lib.LORA if lora else nnx.Param, ...)
   trained_pure = _cast_floats(nnx.to_pure_dict(trained), master_dtype, fresh=True)
   frozen_policy = nnx.to_pure_dict(rest)
@@ -215,6 +233,10 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
     reference_graphdef = policy_graphdef
     reference_pure = _cast_floats(nnx.to_pure_dict(trained), reference_dtype or policy.cfg.param_dtype)
     reference_shardings = _shardings(trained, mesh)
+    if on_host and mesh is not None:
+      reference_shardings = jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), reference_shardings)
+    elif on_host:
+      reference_pure = jax.device_put(reference_pure, jax.memory.Space.Host)
 
   value_graphdef, value_pure, value_rest, value_state_shardings, value_rest_shardings = None, None, None, None, None
   if value_model is not None:
@@ -256,7 +278,7 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
   spec = StateSpec(policy_cfg=policy.cfg, policy_graphdef=policy_graphdef, reference_graphdef=reference_graphdef,
                    value_graphdef=value_graphdef, actor_tx=actor_tx, critic_tx=critic_tx, actor_lr=actor_lr,
                    critic_lr=critic_lr, lora=lora, mesh=mesh, state_shardings=state_shardings,
-                   frozen_shardings=frozen_shardings)
+                   frozen_shardings=frozen_shardings, reference_on_host=on_host)
   return state, frozen, spec
 
 
@@ -270,12 +292,20 @@ def policy_model(spec: StateSpec, state: TrainState, frozen: FrozenParams, dtype
 
 
 def reference_model(spec: StateSpec, frozen: FrozenParams) -> Decoder:
-  """The frozen reference policy (under LoRA: the base weights with adapters disabled)."""
+  """The frozen reference policy (under LoRA: the base weights with adapters disabled).
+
+  A reference kept in host memory is copied to device memory: inside a jitted program, for that program only.
+  """
   if spec.reference_graphdef is None:
     raise ValueError("train_state.py: this learner has no reference model (init_train_state(reference=False))")
   if spec.lora:
     return nnx.merge(spec.reference_graphdef, frozen.policy)
-  return nnx.merge(spec.reference_graphdef, frozen.reference, frozen.policy)
+  reference = frozen.reference
+  if spec.reference_on_host:
+    if reference is None:
+      raise ValueError("train_state.py: this FrozenParams holds no reference (the update step's, without it)")
+    reference = jax.device_put(reference, jax.memory.Space.Device)
+  return nnx.merge(spec.reference_graphdef, reference, frozen.policy)
 
 
 def value_model(spec: StateSpec, state: TrainState, frozen: FrozenParams) -> value_lib.ValueModel:

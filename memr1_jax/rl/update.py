@@ -17,6 +17,10 @@ TrainState donated and every argument sharded by the mesh rules. Inside the prog
    finite is skipped: parameters and optimizer states keep their values and metrics["skipped"] is 1.
 
 Metrics are scalar arrays (means over the updates of the step), meant to be fetched once per step.
+
+`make_reference_scorer(spec, config)` is step 1's reference scoring as a program of its own, for a reference kept in
+host memory (`train_state.init_train_state(reference_memory="host")`): it runs before the update and hands the step
+the reference log-probs, so the update step holds no reference weights.
 """
 
 from __future__ import annotations
@@ -191,12 +195,13 @@ def prepare_rows(spec: StateSpec, config: UpdateConfig, state: TrainState, froze
   """
   is_ppo = config.algorithm == "ppo"
   b = batch.scores_b.shape[0]
-  rows = {"prompt_ids_bp": batch.prompt_ids_bp.astype(jnp.int32), "prompt_mask_bp": batch.prompt_mask_bp.astype(bool),
-          "response_ids_bt": batch.response_ids_bt.astype(jnp.int32),
-          "response_mask_bt": batch.response_mask_bt.astype(bool)}
+  rows = _batch_rows(batch)
   mask_bt = rows["response_mask_bt"]
   need_old = batch.old_logprobs_bt is None
   need_ref = _has_reference(spec, config) and batch.ref_logprobs_bt is None
+  if need_ref and spec.reference_on_host:
+    raise ValueError("update.py: the reference is in host memory: score the batch with make_reference_scorer and "
+                     "pass its ref_logprobs_bt")
 
   def score(_, rows_mb):
     rows_mb = _constrain(spec, rows_mb)
@@ -373,6 +378,43 @@ def apply_gradients(spec: StateSpec, config: UpdateConfig, state: TrainState, gr
   return new, metrics
 
 
+def _batch_rows(batch: RolloutBatch) -> dict[str, jax.Array]:
+  """The batch's ids and masks as the scoring and loss functions read them (int32 ids, bool masks)."""
+  return {"prompt_ids_bp": batch.prompt_ids_bp.astype(jnp.int32), "prompt_mask_bp": batch.prompt_mask_bp.astype(bool),
+          "response_ids_bt": batch.response_ids_bt.astype(jnp.int32),
+          "response_mask_bt": batch.response_mask_bt.astype(bool)}
+
+
+def make_reference_scorer(spec: StateSpec, config: UpdateConfig) -> Callable[[FrozenParams, RolloutBatch], jax.Array]:
+  """The jitted scoring pass of a reference kept in host memory (`init_train_state(reference_memory="host")`).
+
+  Returns:
+    score(frozen, batch) -> ref_logprobs_bt [B, T] float32: the reference's log-probs of `batch`'s response tokens,
+    computed in micro-batches of config.micro_batch_size rows with the reference's weights copied to the device for
+    this program only. Put them in the batch (`batch.replace(ref_logprobs_bt=...)`) and give the update step the
+    FrozenParams without its reference (`frozen.replace(reference=None)`): the step then holds no reference weights.
+  """
+  if not spec.reference_on_host:
+    raise ValueError("update.py: make_reference_scorer serves a reference in host memory "
+                     "(init_train_state(reference_memory='host'))")
+
+  def score(frozen: FrozenParams, batch: RolloutBatch) -> jax.Array:
+    rows = _batch_rows(batch)
+    b = rows["response_ids_bt"].shape[0]
+    if b % config.micro_batch_size:
+      raise ValueError(f"update.py: a batch of {b} rows does not split into micro-batches of "
+                       f"{config.micro_batch_size}")
+    groups = b // config.micro_batch_size
+    step = lambda _, rows_mb: (None, _reference_logprobs(spec, config, frozen, _constrain(spec, rows_mb)))  # noqa: E731
+    _, logprobs_gbt = _scan(step, None, split_rows(rows, groups), groups)
+    return merge_rows(logprobs_gbt).astype(jnp.float32)
+
+  if spec.mesh is None:
+    return jax.jit(score)
+  rows_sharding = NamedSharding(spec.mesh, _batch_spec(spec))
+  return jax.jit(score, in_shardings=(spec.frozen_shardings, rows_sharding), out_shardings=rows_sharding)
+
+
 def make_update_step(spec: StateSpec, config: UpdateConfig
                      ) -> Callable[[TrainState, FrozenParams, RolloutBatch, jax.Array], tuple[TrainState, dict]]:
   """The jitted update step for a learner built by `train_state.init_train_state`.
@@ -384,6 +426,8 @@ def make_update_step(spec: StateSpec, config: UpdateConfig
   Returns:
     update(state, frozen, batch, key) -> (new_state, metrics). `state` is donated; `batch` is a RolloutBatch
     whose B divides by micro_batch_size * num_minibatches (and, for GRPO, by group_size); key drives the shuffle.
+    With the reference in host memory (`spec.reference_on_host`) `frozen` comes without it and a KL term needs the
+    batch's ref_logprobs_bt (`make_reference_scorer`).
   """
   if config.algorithm == "ppo" and spec.value_graphdef is None:
     raise ValueError("update.py: PPO needs a value model (init_train_state(value_model=...))")
@@ -426,7 +470,10 @@ def make_update_step(spec: StateSpec, config: UpdateConfig
   if spec.mesh is None:
     return jax.jit(update, donate_argnums=0)
   replicated = NamedSharding(spec.mesh, P())
+  frozen_shardings = spec.frozen_shardings
+  if spec.reference_on_host:
+    frozen_shardings = frozen_shardings.replace(reference=None)
   return jax.jit(update, donate_argnums=0,
-                 in_shardings=(spec.state_shardings, spec.frozen_shardings,
+                 in_shardings=(spec.state_shardings, frozen_shardings,
                                NamedSharding(spec.mesh, _batch_spec(spec)), replicated),
                  out_shardings=(spec.state_shardings, replicated))
