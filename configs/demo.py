@@ -1,11 +1,11 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (122-139 s on 2 Xeon cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (171-191 s)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (125-127 s on 2 Xeon cores)
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (166-171 s)
 
-(On 2 cores of an Intel Xeon, family 6 model 167, both agents' RL at once, GRPO's first run with an empty XLA cache;
-reruns load compiled programs from jax_cache_dir. At 4d5b85f a 2-core EPYC Milan took 195-214 s and 291-312 s.
-docs/demo.md has the seed tables: GRPO and PPO both teach the manager on every seed.)
+(On 2 cores of an Intel Xeon, family 6 model 167, both agents' RL at once, seeds 0-4 sharing one jax_cache_dir; a
+first run compiles for longer. At 4d5b85f a 2-core EPYC Milan took 195-214 s and 291-312 s. docs/demo.md has the
+seed tables: GRPO and PPO both teach the manager on every seed.)
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.demo`, plugged in as config.task), the shipped tiny
 base model with its tokenizer (memr1_jax/demo/assets/demo_base, built by `python -m memr1_jax.demo.base`), and the
@@ -119,6 +119,12 @@ def get_config():
   # ~22 (a quarter truncated, no answer) and held-out EM fell 0.612 -> 0.558; at 1e-4 none truncated, 0.612 -> 0.667
   # (seed 0, EPYC Milan, one SFT start).
   c.demo.answer_actor_lr = 1e-4
+  # The answer agent samples its RL responses at temperature 1.5 (the update scores them under the policy itself):
+  # its SFT start is sharp (~0.03 nats per reply token), so at temperature 1 about half of GRPO's groups of 8 had
+  # equal rewards (3.9-4.2 of 8 with a gradient per step); at 1.5, 6.7-7.0. Held-out EM over its SFT start, seeds 0-4
+  # (Intel Xeon; the answer stage alone): +0.011 mean at 1.0 (-0.006 to +0.018), +0.027 at 1.5 (+0.017 to +0.042),
+  # +0.013 at 2.0 (docs/demo.md). PPO (one response per prompt, no groups) gains nothing from it.
+  c.demo.answer_temperature = 1.5
   c.demo.manager_steps = 12
   c.demo.manager_batch_size = 8
   # Where a turn needs UPDATE / DELETE / NOOP, half the manager's SFT replies there are the right operation, the rest

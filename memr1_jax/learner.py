@@ -107,8 +107,7 @@ class Learner:
                                     **_adam_options(rl))
     state, frozen, spec = ts.init_train_state(
         policy, actor_tx, actor_lr=actor_lr, value_model=value_model, critic_tx=critic_tx, critic_lr=critic_lr,
-        reference=True, mesh=mesh, master_dtype=rl.master_dtype,
-        reference_memory=rl.reference_memory)
+        reference=True, mesh=mesh, master_dtype=rl.master_dtype, reference_memory=rl.reference_memory)
     update_config = UpdateConfig.from_config(config)
     score_reference = None
     if spec.reference_on_host and update_config.kl_coef > 0:

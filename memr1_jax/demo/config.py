@@ -55,6 +55,8 @@ def section_config() -> ml_collections.ConfigDict:
   c.manager_steps = 10
   # RL learning rate of the answer agent (0: rl.actor_lr, which the manager uses).
   c.answer_actor_lr = 0.0
+  # Sampling temperature of the answer agent's RL rollouts (0: rollout.temperature, which the manager uses).
+  c.answer_temperature = 0.0
   # Conversations per manager RL step (rollout.batch_size counts questions for the answer agent).
   c.manager_batch_size = 4
   # PPO (one response per prompt): prompts per step = this x the GRPO batch (0: rollout.group_size, GRPO's responses).
@@ -86,6 +88,10 @@ def validate(config, source: str) -> None:
     raise ConfigError(f"{source}: config.demo.task: {e}") from None
   if d.explore_with not in EXPLORE_WITH:
     raise ConfigError(f"{source}: config.demo.explore_with={d.explore_with!r} is not one of {EXPLORE_WITH}")
+  for name in ("answer_actor_lr", "answer_temperature"):
+    if d[name] < 0:
+      raise ConfigError(f"{source}: config.demo.{name}={d[name]!r} is out of range: 0 (the rl / rollout setting) or "
+                        "more")
   if not 0.0 <= d.explore < 1.0:
     raise ConfigError(f"{source}: config.demo.explore={d.explore!r} is out of range: in [0, 1)")
   for agent in (a.strip() for a in d.agents.split(",") if a.strip()):

@@ -101,6 +101,8 @@ def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
             "train.num_steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps}
   if agent == "answer" and config.demo.answer_actor_lr:
     fields["rl.actor_lr"] = config.demo.answer_actor_lr
+  if agent == "answer" and config.demo.answer_temperature:
+    fields["rollout.temperature"] = config.demo.answer_temperature
   if agent == "manager" and config.algorithm == "ppo":
     fields.update({f"rl.{k}": v for k, v in config.demo.ppo_manager.items() if v is not None})
   batch = config.rollout.batch_size if agent == "answer" else config.demo.manager_batch_size
