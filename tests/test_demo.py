@@ -237,6 +237,18 @@ def test_rl_config_applies_the_ppo_manager_settings_to_the_managers_ppo_run_only
   assert pipeline.rl_config(pipeline.stage_config(config, algorithm="grpo"), "manager", "init").rl.lam == 1.0
 
 
+def test_rl_config_samples_only_the_answer_agent_at_its_own_temperature(tmp_path):
+  """demo.answer_temperature sets the answer agent's rollout temperature (GRPO and PPO), not the manager's; 0 keeps
+  rollout.temperature."""
+  config = demo_config(tmp_path, **{"rollout.temperature": 1.0, "demo.answer_temperature": 1.5})
+  for algo in ("grpo", "ppo"):
+    staged = pipeline.stage_config(config, algorithm=algo)
+    assert pipeline.rl_config(staged, "answer", "init").rollout.temperature == 1.5
+    assert pipeline.rl_config(staged, "manager", "init").rollout.temperature == 1.0
+  unset = pipeline.stage_config(config, **{"demo.answer_temperature": 0.0})
+  assert pipeline.rl_config(unset, "answer", "init").rollout.temperature == 1.0
+
+
 def test_sft_data_are_parseable_replies_to_runner_prompts(tmp_path):
   """Every SFT record is a runner chat with a reply the parsers read without a format error."""
   config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "demo.train_conversations": 2})
