@@ -118,12 +118,11 @@ def time_jax(args) -> dict:
   batch = jax.device_put(random_batch(args, cfg.vocab_size,
                                       with_reference_logprobs=not (args.with_reference or on_host)))
   score = up.make_reference_scorer(spec, config) if on_host else None
-  step_frozen = frozen.replace(reference=None) if on_host else frozen
   key = jax.random.key(0)
   times = []
   for i in range(args.warmup + args.steps):
     start = time.perf_counter()
-    step_batch = batch.replace(ref_logprobs_bt=score(frozen, batch)) if on_host else batch
+    step_frozen, step_batch = up.step_inputs(spec, score, frozen, batch)
     state, metrics = step(state, step_frozen, step_batch, key)
     metrics = jax.device_get(metrics)
     elapsed = time.perf_counter() - start

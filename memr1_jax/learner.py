@@ -28,7 +28,7 @@ from memr1_jax.models import value as value_lib
 from memr1_jax.rl import logprobs as logprobs_lib
 from memr1_jax.rl import train_state as ts
 from memr1_jax.rl.update import (RolloutBatch, UpdateConfig, apply_gradients, make_reference_scorer,
-                                 make_update_step)
+                                 make_update_step, step_inputs)
 
 # What a learner trains: "rl" (mode=train) or "sft" (mode=sft).
 KINDS = ("rl", "sft")
@@ -138,10 +138,8 @@ class Learner:
     else:  # Every host packed the same batch: each places its own shards (multi-host safe).
       batch = multihost.shard_batch(batch, self.spec.mesh)
     frozen = self.frozen
-    if self.spec.reference_on_host:  # The reference scores the batch in its own program; the step gets no reference.
-      frozen = frozen.replace(reference=None)
-      if self.score_reference is not None:
-        batch = batch.replace(ref_logprobs_bt=self.score_reference(self.frozen, batch))
+    if self.kind == "rl":  # A reference in host memory scores the batch in its own program first.
+      frozen, batch = step_inputs(self.spec, self.score_reference, frozen, batch)
     self.state, metrics = self.update(self.state, frozen, batch, extra)
     return {k: float(v) for k, v in multihost.to_host(metrics).items()}
 

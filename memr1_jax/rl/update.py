@@ -184,6 +184,13 @@ def _values(spec: StateSpec, params, frozen_value, rows) -> jax.Array:
   return model.values(hidden_btd)
 
 
+def _batch_rows(batch: RolloutBatch) -> dict[str, jax.Array]:
+  """The batch's ids and masks as the scoring and loss functions read them (int32 ids, bool masks)."""
+  return {"prompt_ids_bp": batch.prompt_ids_bp.astype(jnp.int32), "prompt_mask_bp": batch.prompt_mask_bp.astype(bool),
+          "response_ids_bt": batch.response_ids_bt.astype(jnp.int32),
+          "response_mask_bt": batch.response_mask_bt.astype(bool)}
+
+
 def prepare_rows(spec: StateSpec, config: UpdateConfig, state: TrainState, frozen: FrozenParams,
                  batch: RolloutBatch) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """Scores the batch (no gradient) and computes its advantages.
@@ -378,13 +385,6 @@ def apply_gradients(spec: StateSpec, config: UpdateConfig, state: TrainState, gr
   return new, metrics
 
 
-def _batch_rows(batch: RolloutBatch) -> dict[str, jax.Array]:
-  """The batch's ids and masks as the scoring and loss functions read them (int32 ids, bool masks)."""
-  return {"prompt_ids_bp": batch.prompt_ids_bp.astype(jnp.int32), "prompt_mask_bp": batch.prompt_mask_bp.astype(bool),
-          "response_ids_bt": batch.response_ids_bt.astype(jnp.int32),
-          "response_mask_bt": batch.response_mask_bt.astype(bool)}
-
-
 def make_reference_scorer(spec: StateSpec, config: UpdateConfig) -> Callable[[FrozenParams, RolloutBatch], jax.Array]:
   """The jitted scoring pass of a reference kept in host memory (`init_train_state(reference_memory="host")`).
 
@@ -392,7 +392,7 @@ def make_reference_scorer(spec: StateSpec, config: UpdateConfig) -> Callable[[Fr
     score(frozen, batch) -> ref_logprobs_bt [B, T] float32: the reference's log-probs of `batch`'s response tokens,
     computed in micro-batches of config.micro_batch_size rows with the reference's weights copied to the device for
     this program only. Put them in the batch (`batch.replace(ref_logprobs_bt=...)`) and give the update step the
-    FrozenParams without its reference (`frozen.replace(reference=None)`): the step then holds no reference weights.
+    FrozenParams without its reference (`step_inputs` does both): the step then holds no reference weights.
   """
   if not spec.reference_on_host:
     raise ValueError("update.py: make_reference_scorer serves a reference in host memory "
@@ -413,6 +413,17 @@ def make_reference_scorer(spec: StateSpec, config: UpdateConfig) -> Callable[[Fr
     return jax.jit(score)
   rows_sharding = NamedSharding(spec.mesh, _batch_spec(spec))
   return jax.jit(score, in_shardings=(spec.frozen_shardings, rows_sharding), out_shardings=rows_sharding)
+
+
+def step_inputs(spec: StateSpec, score: Callable | None, frozen: FrozenParams, batch: RolloutBatch
+                ) -> tuple[FrozenParams, RolloutBatch]:
+  """The update step's (frozen, batch): with the reference in host memory, `frozen` without it and `batch` with the
+  reference log-probs of `score` (`make_reference_scorer`; None when no KL term needs them); else both as given."""
+  if not spec.reference_on_host:
+    return frozen, batch
+  if score is not None:
+    batch = batch.replace(ref_logprobs_bt=score(frozen, batch))
+  return frozen.replace(reference=None), batch
 
 
 def make_update_step(spec: StateSpec, config: UpdateConfig
