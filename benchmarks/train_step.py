@@ -23,7 +23,9 @@ inside the step + AdamW) on abstract arrays and reads XLA's memory analysis (arg
 reports the largest preset that fits in the device's memory (--device_memory_gib overrides it, e.g. on CPU).
 --reference_memory host: the reference in pinned host memory: the update step gets the reference log-probs in the
 batch and no reference weights; the scoring pass is compiled and analysed too (its peak counts the train state,
-resident on the device meanwhile, and the reference weights copied in).
+resident on the device meanwhile, and the reference weights copied in). --optimizer_memory host: AdamW's moments in
+pinned host memory between updates (`rl.optimizer_memory`); the analysis leaves out host-memory arguments where the
+backend reports them apart (GPU / TPU; XLA's CPU analysis counts them as device arguments).
 
 CPU:   python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --dtype float32 --torch
        python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --fit_search --device_memory_gib 1
@@ -106,7 +108,7 @@ def build_learner(cfg: ModelConfig, args):
   schedule = ts.learning_rate_schedule(1e-6)
   tx = ts.make_optimizer(schedule, mu_dtype=args.moments_dtype, nu_dtype=args.moments_dtype, b2=args.adam_b2)
   return ts.init_train_state(policy, tx, actor_lr=schedule, reference=True, master_dtype=args.master_dtype,
-                             reference_memory=args.reference_memory)
+                             reference_memory=args.reference_memory, optimizer_memory=args.optimizer_memory)
 
 
 def time_jax(args) -> dict:
@@ -134,7 +136,8 @@ def time_jax(args) -> dict:
   result = summarize("jax", args, cfg, times, 8 if args.with_reference or on_host else 6)
   result.update(peak_memory_gib=round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
                 attention_impl=args.attention_impl or "xla", with_reference=args.with_reference,
-                reference_memory=args.reference_memory, moments_dtype=args.moments_dtype or args.master_dtype,
+                reference_memory=args.reference_memory, optimizer_memory=args.optimizer_memory,
+                moments_dtype=args.moments_dtype or args.master_dtype,
                 versions=f"jax {jax.__version__}")
   del state, frozen, step
   gc.collect()
@@ -227,6 +230,11 @@ def step_memory_bytes(cfg: ModelConfig, args) -> dict[str, int]:
 
   state, frozen = jax.eval_shape(build)
   spec, config = captured["spec"], update_config(args)
+  if spec.optimizer_on_host:  # Abstract arrays carry no memory kind: give the optimizer states theirs.
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0], memory_kind="pinned_host")
+    on_host = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host), tree)
+    state = state.replace(policy_opt=on_host(state.policy_opt))
   step = up.make_update_step(spec, config)
   on_host = spec.reference_on_host  # Reference log-probs come with the batch; the step gets no reference weights.
   abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
@@ -240,7 +248,8 @@ def step_memory_bytes(cfg: ModelConfig, args) -> dict[str, int]:
   if on_host:
     scorer = up.make_reference_scorer(spec, config)
     scoring = scorer.lower(frozen, batch.replace(ref_logprobs_bt=None)).compile().memory_analysis()
-    state_bytes = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))
+    resident = state.replace(policy_opt=None) if spec.optimizer_on_host else state  # On the device meanwhile.
+    state_bytes = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(resident)))
     # The abstract reference has no memory kind: XLA counts it as device arguments, as it is once copied in.
     sizes["scoring_peak"] = state_bytes + _peak(scoring)
     sizes["peak"] = max(sizes["step_peak"], sizes["scoring_peak"])
@@ -368,6 +377,9 @@ def main(argv=None):
   parser.add_argument("--reference_memory", "--reference-memory", default="device", choices=ts.REFERENCE_MEMORIES,
                       help="host: the reference in pinned host memory, scored in its own program before the update "
                       "(the update step gets reference log-probs and no reference weights)")
+  parser.add_argument("--optimizer_memory", "--optimizer-memory", default="device", choices=ts.OPTIMIZER_MEMORIES,
+                      help="host: AdamW's moments in pinned host memory, copied to the device for the optimizer "
+                      "update only")
   parser.add_argument("--device_memory_gib", "--device-memory-gib", type=float, default=0.0)
   args = parser.parse_args(argv)
   log(f"jax {jax.__version__} on {jax.local_devices()[0].device_kind}; args {vars(args)}")

@@ -20,3 +20,9 @@ seven=(--preset qwen2.5-7b --batch 8 --seq_len 1024 --dtype bfloat16 --remat --m
   --moments_dtype bfloat16 --adam_b2 0.995 --reference_memory host)
 run fit_7b_host 200 "${seven[@]}" --fit_search --fit_presets qwen2.5-7b
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.97 run steps_7b_host 300 "${seven[@]}" --steps 3 --warmup 0
+# The same with AdamW's moments in pinned host memory between updates (rl.optimizer_memory=host): the analysed peak
+# against an H100's 79 GiB, then three real steps (peak_memory_gib: the device's measured peak).
+run fit_7b_offload 200 "${seven[@]}" --optimizer_memory host --fit_search --fit_presets qwen2.5-7b \
+  --device_memory_gib 79
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.97 run steps_7b_offload 300 "${seven[@]}" --optimizer_memory host --steps 3 \
+  --warmup 0

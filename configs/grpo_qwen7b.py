@@ -8,7 +8,8 @@ Train the manager instead with --config.agent=manager. Expect about a day on 8 c
 A full-parameter run on a single H200 needs the reference in host memory and bfloat16 AdamW moments:
   --config.mesh.shape='(1,1,1)' --config.rl.reference_memory=host --config.rl.adam_mu_dtype=bfloat16 \
   --config.rl.adam_nu_dtype=bfloat16 --config.rl.adam_b2=0.995
-(the fit is XLA's CPU analysis so far, not yet measured on the card: benchmarks/RESULTS.md, issue 30).
+(the fit is XLA's CPU analysis so far, not yet measured on the card: benchmarks/RESULTS.md, issue 30). On an 80 GB
+H100 add --config.rl.optimizer_memory=host (AdamW's moments in pinned host memory between updates; unmeasured too).
 """
 
 from memr1_jax.defaults import default_config

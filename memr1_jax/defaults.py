@@ -183,6 +183,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Where the full-fine-tuning reference copy lives: "device", or "host" (pinned host memory, scored in its own
   # program before each update, so the update step holds no reference weights; LoRA's reference is the base: device).
   c.rl.reference_memory = "device"
+  # Where the optimizers' states live between updates (RL and SFT): "device", or "host" (pinned host memory, copied
+  # to the device for the optimizer update only, so the forward and backward passes run without them).
+  c.rl.optimizer_memory = "device"
   # KL estimator: k1 | k2 | k3.
   c.rl.kl_estimator = "k3"
   # PPO: put the KL into the per-token reward instead of the loss.

@@ -92,7 +92,8 @@ class Learner:
       tx = ts.make_optimizer(lr, weight_decay=s.get("weight_decay", 0.0), max_grad_norm=config.rl.max_grad_norm,
                              **_adam_options(config.rl))
       state, frozen, spec = ts.init_train_state(policy, tx, actor_lr=lr, reference=False, mesh=mesh,
-                                                master_dtype=config.rl.master_dtype)
+                                                master_dtype=config.rl.master_dtype,
+                                                optimizer_memory=config.rl.optimizer_memory)
       return cls(state, frozen, spec, make_sft_step(spec, sft_micro_batch_size(config)), kind)
     rl = config.rl
     actor_lr = ts.learning_rate_schedule(rl.actor_lr, rl.warmup_steps,
@@ -107,7 +108,8 @@ class Learner:
                                     **_adam_options(rl))
     state, frozen, spec = ts.init_train_state(
         policy, actor_tx, actor_lr=actor_lr, value_model=value_model, critic_tx=critic_tx, critic_lr=critic_lr,
-        reference=True, mesh=mesh, master_dtype=rl.master_dtype, reference_memory=rl.reference_memory)
+        reference=True, mesh=mesh, master_dtype=rl.master_dtype, reference_memory=rl.reference_memory,
+        optimizer_memory=rl.optimizer_memory)
     update_config = UpdateConfig.from_config(config)
     score_reference = None
     if spec.reference_on_host and update_config.kl_coef > 0:

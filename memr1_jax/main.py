@@ -49,8 +49,8 @@ ENUM_FIELDS = {
     "eval.checkpoint": ("latest", "best", "none"),
     "rl.kl_estimator": ("k1", "k2", "k3"), "rl.manager_reward_questions": ("turn", "answerable"),
     "rl.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
-    "rl.reference_memory": ("device", "host"), "rl.master_dtype": _DTYPES, "rl.adam_mu_dtype": ("", *_DTYPES),
-    "rl.adam_nu_dtype": ("", *_DTYPES),
+    "rl.reference_memory": ("device", "host"), "rl.optimizer_memory": ("device", "host"),
+    "rl.master_dtype": _DTYPES, "rl.adam_mu_dtype": ("", *_DTYPES), "rl.adam_nu_dtype": ("", *_DTYPES),
     "model.dtype": _DTYPES, "model.param_dtype": _DTYPES, "model.attention_impl": ("", "xla", "cudnn"),
 }
 _INF = float("inf")

@@ -52,6 +52,8 @@ def to_host(tree):
 
   def gather(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      if x.sharding.memory_kind == "pinned_host":  # The all-gather runs on the devices.
+        x = jax.device_put(x, x.sharding.with_memory_kind("device"))
       return multihost_utils.process_allgather(x, tiled=True)
     return x
 

@@ -57,6 +57,18 @@ def test_restore_places_arrays_into_the_target_sharding(tmp_path):
   np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(32.0).reshape(8, 4))
 
 
+def test_arrays_in_host_memory_are_saved_and_restored_into_host_memory(tmp_path):
+  """Sharded arrays in pinned host memory (offloaded optimizer states) save, and restore equal and still there."""
+  host = NamedSharding(sharding.make_mesh((1, -1, 1)), P("fsdp", None), memory_kind="pinned_host")
+  value = np.arange(32.0, dtype=np.float32).reshape(8, 4)
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt.save(1, {"mu": jax.device_put(value, host)}, {})
+  ckpt.wait()
+  state, _, _ = ckpt.restore({"mu": jax.device_put(np.zeros_like(value), host)})
+  assert state["mu"].sharding.memory_kind == "pinned_host"
+  np.testing.assert_array_equal(np.asarray(state["mu"]), value)
+
+
 def test_half_written_step_is_ignored(tmp_path):
   """A step directory left by a killed save (no commit marker) is not taken as the latest checkpoint."""
   ckpt = Checkpointer(str(tmp_path))

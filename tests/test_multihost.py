@@ -46,10 +46,11 @@ def _start(workdir, log_path, devices: int, distributed: tuple[int, int] | None 
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   cmd = [sys.executable, "-m", "memr1_jax.main", "--config=configs/smoke.py", f"--config.workdir={workdir}",
          *TRAIN_FLAGS]
-  if distributed is not None:
+  if distributed is not None:  # The two-process run also keeps its optimizer states in pinned host memory.
     process_id, port = distributed
     cmd += ["--config.mesh.distributed=True", f"--config.mesh.coordinator_address=127.0.0.1:{port}",
-            "--config.mesh.num_processes=2", f"--config.mesh.process_id={process_id}"]
+            "--config.mesh.num_processes=2", f"--config.mesh.process_id={process_id}",
+            "--config.rl.optimizer_memory=host"]
   log = open(log_path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
@@ -102,7 +103,8 @@ def _metrics(workdir) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """Two processes x 2 CPU devices and one process x 4 devices train the smoke config on the same (1, 4, 1) mesh."""
+  """Two processes x 2 CPU devices (optimizer states in host memory) and one process x 4 devices (on the device)
+  train the smoke config on the same (1, 4, 1) mesh."""
   if not _gloo_available():
     pytest.skip("this jaxlib has no gloo CPU collectives (make_gloo_tcp_collectives): multi-process CPU JAX cannot run")
   root = tmp_path_factory.mktemp("multihost")

@@ -273,6 +273,7 @@ def _main(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProc
     ("--config.rl.adam_nu_dtype=bfloat16", "config.rl.adam_nu_dtype='bfloat16' with config.rl.adam_b2=0.999"),
     ("--config.rl.adam_mu_dtype=fp8", "configs/smoke.py: config.rl.adam_mu_dtype='fp8' is not one of"),
     ("--config.rl.reference_memory=disk", "configs/smoke.py: config.rl.reference_memory='disk' is not one of"),
+    ("--config.rl.optimizer_memory=disk", "configs/smoke.py: config.rl.optimizer_memory='disk' is not one of"),
     ("--config.rl.reference_memory=host --config.model.lora_rank=8",
      "config.rl.reference_memory='host' with config.model.lora_rank=8"),
 ])
@@ -317,6 +318,7 @@ def test_enum_fields_match_the_modules_that_read_them():
   assert main.ENUM_FIELDS["algorithm"] == defaults.ALGORITHMS
   assert main.ENUM_FIELDS["memory.prompts"] == tuple(prompts.PROMPT_SETS)
   assert main.ENUM_FIELDS["rl.reference_memory"] == train_state.REFERENCE_MEMORIES
+  assert main.ENUM_FIELDS["rl.optimizer_memory"] == train_state.OPTIMIZER_MEMORIES
   assert demo.config.EXPLORE_WITH == tuple(policies.EXPLORERS)
   for name, allowed in main.ENUM_FIELDS.items():
     node = defaults.default_config()

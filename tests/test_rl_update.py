@@ -51,7 +51,7 @@ def _batch(seed=0, vocab=VOCAB, behaviour_logprobs=False) -> up.RolloutBatch:
 
 
 def _learner(*, seed=0, algorithm="grpo", lora_rank=0, mesh=None, reference=True, cfg=CFG, master_dtype="float32",
-             reference_memory="device"):
+             reference_memory="device", optimizer_memory="device"):
   """(state, frozen, spec) of a freshly initialised tiny learner (same weights for the same seed)."""
   policy = Decoder(cfg, rngs=nnx.Rngs(seed))
   if lora_rank:
@@ -63,7 +63,8 @@ def _learner(*, seed=0, algorithm="grpo", lora_rank=0, mesh=None, reference=True
     critic_tx, critic_lr = ts.make_optimizer(schedule, eps=ADAM_EPS), schedule
   return ts.init_train_state(policy, ts.make_optimizer(schedule, eps=ADAM_EPS), actor_lr=schedule,
                              value_model=value_model, critic_tx=critic_tx, critic_lr=critic_lr, reference=reference,
-                             mesh=mesh, master_dtype=master_dtype, reference_memory=reference_memory)
+                             mesh=mesh, master_dtype=master_dtype, reference_memory=reference_memory,
+                             optimizer_memory=optimizer_memory)
 
 
 _STEPS = {}
@@ -434,6 +435,51 @@ def test_reference_in_host_memory_scores_apart_and_gives_the_device_reference_up
   _assert_trees_close(new_state, expected_state, rtol=1e-4, atol=1e-6)
   for name in ("loss", "kl", "rollout_kl", "grad_norm"):
     np.testing.assert_allclose(float(metrics[name]), float(expected_metrics[name]), rtol=1e-4, err_msg=name)
+
+
+def _memory_kinds(tree) -> set[str]:
+  return {x.sharding.memory_kind for x in jax.tree.leaves(tree)}
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
+def test_optimizer_states_in_host_memory_stay_there_and_give_the_device_updates(mesh_shape):
+  """Optimizer states in pinned host memory stay there through two PPO steps (2 epochs: 4 updates) and give the
+  weights, moments and metrics of states kept on the device (no mesh and a (2, 2, 2) mesh)."""
+  batch = _batch(behaviour_logprobs=True)
+  state, frozen, spec = _learner(algorithm="ppo")
+  step = _step(spec, PPO_CONFIG, algorithm="ppo")
+  expected = []
+  for i in range(2):
+    state, metrics = step(state, frozen, batch, jax.random.key(i))
+    expected.append(metrics)
+  mesh = sharding.make_mesh(mesh_shape) if mesh_shape else None
+  host_state, frozen, spec = _learner(algorithm="ppo", mesh=mesh, optimizer_memory="host")
+  assert spec.optimizer_on_host
+  assert _memory_kinds((host_state.policy_opt, host_state.value_opt)) == {"pinned_host"}
+  assert _memory_kinds((host_state.policy, host_state.value)) == {"device"}
+  host_step = up.make_update_step(spec, PPO_CONFIG)
+  for i in range(2):
+    host_state, metrics = host_step(host_state, frozen, batch, jax.random.key(i))
+    for name in ("loss", "value_loss", "kl", "grad_norm"):
+      np.testing.assert_allclose(float(metrics[name]), float(expected[i][name]), rtol=1e-4, err_msg=name)
+  assert _memory_kinds((host_state.policy_opt, host_state.value_opt)) == {"pinned_host"}
+  assert _memory_kinds((host_state.policy, host_state.value)) == {"device"}
+  assert int(host_state.updates) == 4
+  _assert_trees_close(host_state, state, rtol=1e-4, atol=1e-6)
+
+
+def test_a_non_finite_update_keeps_optimizer_states_in_host_memory_unchanged():
+  """A NaN reward skips the update: the host-memory optimizer states keep their values and their memory kind."""
+  state, frozen, spec = _learner(optimizer_memory="host")
+  config = _config()
+  state, _ = up.make_update_step(spec, config)(state, frozen, _batch(), jax.random.key(0))
+  before = _host(state)
+  bad = _batch()
+  bad = bad.replace(scores_b=np.full_like(bad.scores_b, np.nan))
+  state, metrics = up.make_update_step(spec, config)(state, frozen, bad, jax.random.key(1))
+  assert float(metrics["skipped"]) == 1.0
+  assert _memory_kinds(state.policy_opt) == {"pinned_host"}
+  _assert_trees_close(_host(state), before, rtol=0, atol=0)
 
 
 def test_learner_with_the_reference_in_host_memory_steps_like_one_with_it_on_the_device():

@@ -178,11 +178,13 @@ def _exported_params(config, export_dir) -> list[np.ndarray]:
 def test_sft_run_stopped_by_sigterm_checkpoints_and_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
   """SIGTERM during step 2 (MEMR1_FAULT=sigterm@2): the step finishes, checkpoint 3 is saved, Preempted is raised
   and nothing is exported; the same run again resumes at step 3 and ends with the uninterrupted run's loss and
-  weights, each step logged once."""
+  weights, each step logged once. The interrupted run keeps its optimizer state in pinned host memory
+  (rl.optimizer_memory=host), the uninterrupted one on the device."""
   path = _write(tmp_path / "toy.jsonl", [_record(q, a) for q, a in _PAIRS])
   straight_config = _toy_config(tmp_path / "straight", path, steps=5)
   straight = sft.run(straight_config, progress=False)
   config = _toy_config(tmp_path / "run", path, steps=5)
+  config.rl.optimizer_memory = "host"
   handler = signal.getsignal(signal.SIGTERM)
   monkeypatch.setenv(faults.ENV_VAR, "sigterm@2")
   with pytest.raises(errors.Preempted, match=rf"stopped by signal {int(signal.SIGTERM)} after step 3 "):

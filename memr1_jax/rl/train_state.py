@@ -45,6 +45,8 @@ from memr1_jax.models.decoder import Decoder
 
 # Where a full-fine-tuning reference copy is kept (`init_train_state(reference_memory=...)`).
 REFERENCE_MEMORIES = ("device", "host")
+# Where the optimizers' states are kept between updates (`init_train_state(optimizer_memory=...)`).
+OPTIMIZER_MEMORIES = ("device", "host")
 
 
 @flax.struct.dataclass
@@ -82,6 +84,7 @@ class StateSpec:
   lora: bool
   mesh: Mesh | None = None
   reference_on_host: bool = False  # the reference copy is in pinned host memory (`reference_memory="host"`).
+  optimizer_on_host: bool = False  # the optimizers' states are in pinned host memory (`optimizer_memory="host"`).
   state_shardings: Any = None  # a TrainState of NamedShardings (None without a mesh).
   frozen_shardings: Any = None  # a FrozenParams of NamedShardings (None without a mesh).
 
@@ -180,11 +183,27 @@ def _colocate(tree, like: jax.Array):
   sharding = getattr(like, "sharding", None)  # None under tracing (`jax.eval_shape` of a learner).
   if not isinstance(sharding, NamedSharding) or sharding.mesh.size != 1:
     return tree
-  return jax.device_put(tree, NamedSharding(like.sharding.mesh, P()))
+  # Each leaf keeps its memory kind (optimizer states in host memory stay there).
+  place = lambda x: jax.device_put(x, NamedSharding(sharding.mesh, P(), memory_kind=x.sharding.memory_kind))  # noqa: E731
+  return jax.tree.map(place, tree)
 
 
-def _init_opt(tx, params, shardings):
-  return jax.jit(tx.init, out_shardings=shardings)(params)
+def _init_opt(tx, params, shardings, on_host: bool):
+  """tx's state for `params`, placed by `shardings` (a mesh's, already of the right memory kind) or, without a
+  mesh, in pinned host memory when `on_host`."""
+  opt = jax.jit(tx.init, out_shardings=shardings)(params)
+  return jax.device_put(opt, jax.memory.Space.Host) if on_host and shardings is None else opt
+
+
+def _host_kind(shardings):
+  return jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), shardings)
+
+
+def optimizer_states_to(space: jax.memory.Space, state: TrainState) -> TrainState:
+  """`state` with its optimizers' states moved to `space` (jax.memory.Space.Device / .Host); inside a jitted
+  program the copy belongs to that program (the update step brings host states in for the update only)."""
+  move = lambda opt: None if opt is None else jax.device_put(opt, space)  # noqa: E731
+  return state.replace(policy_opt=move(state.policy_opt), value_opt=move(state.value_opt))
 
 
 def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
@@ -193,8 +212,8 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
                      critic_tx: optax.GradientTransformation | None = None,
                      critic_lr: Callable[[jax.Array], jax.Array] | None = None,
                      reference: bool = True, mesh: Mesh | None = None, master_dtype: str = "float32",
-                     reference_dtype: str | None = None, reference_memory: str = "device"
-                     ) -> tuple[TrainState, FrozenParams, StateSpec]:
+                     reference_dtype: str | None = None, reference_memory: str = "device",
+                     optimizer_memory: str = "device") -> tuple[TrainState, FrozenParams, StateSpec]:
   """Splits the models into trained and frozen parts, casts, shards, and initialises the optimizers.
 
   Args:
@@ -211,6 +230,9 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
     reference_dtype: dtype of a full-fine-tuning reference copy (default: `policy.cfg.param_dtype`).
     reference_memory: where that copy lives, "device" or "host" (pinned host memory; score with
       `rl.update.make_reference_scorer` and pass the batch's reference log-probs to the update step).
+    optimizer_memory: where the optimizers' states (AdamW's moments and counters) live between updates, "device" or
+      "host" (pinned host memory: `rl.update.apply_gradients` copies them to the device for the optimizer update
+      and back, so the forward and backward passes run without them on the device).
 
   Returns:
     (state, frozen, spec). The trained parameters are new arrays (the step donates them); frozen ones may be the
@@ -219,6 +241,9 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
   lora = policy.cfg.lora_rank > 0
   if reference_memory not in REFERENCE_MEMORIES:
     raise ValueError(f"train_state.py: reference_memory={reference_memory!r}, expected one of {REFERENCE_MEMORIES}")
+  if optimizer_memory not in OPTIMIZER_MEMORIES:
+    raise ValueError(f"train_state.py: optimizer_memory={optimizer_memory!r}, expected one of {OPTIMIZER_MEMORIES}")
+  opt_on_host = optimizer_memory == "host"
   on_host = reference and not lora and reference_memory == "host"
   if reference and lora and reference_memory == "host":
     raise ValueError("train_state.py: reference_memory='host' moves a full-fine-tuning reference copy; under LoRA the "
@@ -234,7 +259,7 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
     reference_pure = _cast_floats(nnx.to_pure_dict(trained), reference_dtype or policy.cfg.param_dtype)
     reference_shardings = _shardings(trained, mesh)
     if on_host and mesh is not None:
-      reference_shardings = jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), reference_shardings)
+      reference_shardings = _host_kind(reference_shardings)
     elif on_host:
       reference_pure = jax.device_put(reference_pure, jax.memory.Space.Host)
 
@@ -257,12 +282,15 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
     value_pure = _place(value_pure, value_state_shardings)
     if mesh is not None:
       value_opt_shardings = _opt_shardings(critic_tx, value_pure, value_state_shardings, mesh)
+  if opt_on_host and mesh is not None:
+    policy_opt_shardings = _host_kind(policy_opt_shardings)
+    value_opt_shardings = None if value_opt_shardings is None else _host_kind(value_opt_shardings)
   state = TrainState(
       updates=_place(jnp.zeros((), jnp.int32), None if mesh is None else NamedSharding(mesh, P())),
       policy=trained_pure,
-      policy_opt=_init_opt(actor_tx, trained_pure, policy_opt_shardings),
+      policy_opt=_init_opt(actor_tx, trained_pure, policy_opt_shardings, opt_on_host),
       value=value_pure,
-      value_opt=None if value_model is None else _init_opt(critic_tx, value_pure, value_opt_shardings))
+      value_opt=None if value_model is None else _init_opt(critic_tx, value_pure, value_opt_shardings, opt_on_host))
   frozen = FrozenParams(policy=_place(frozen_policy, _shardings(rest, mesh)),
                         reference=_place(reference_pure, reference_shardings),
                         value=_place(value_rest, value_rest_shardings))
@@ -278,7 +306,7 @@ def init_train_state(policy: Decoder, actor_tx: optax.GradientTransformation, *,
   spec = StateSpec(policy_cfg=policy.cfg, policy_graphdef=policy_graphdef, reference_graphdef=reference_graphdef,
                    value_graphdef=value_graphdef, actor_tx=actor_tx, critic_tx=critic_tx, actor_lr=actor_lr,
                    critic_lr=critic_lr, lora=lora, mesh=mesh, state_shardings=state_shardings,
-                   frozen_shardings=frozen_shardings, reference_on_host=on_host)
+                   frozen_shardings=frozen_shardings, reference_on_host=on_host, optimizer_on_host=opt_on_host)
   return state, frozen, spec
 
 

@@ -14,7 +14,9 @@ TrainState donated and every argument sharded by the mesh rules. Inside the prog
    advantage carry no gradient (GRPO without KL / entropy terms, `skips_dead_rows`), the rows with one are put first
    and only the micro-batches holding them run (a traced count: equal-reward groups cost no compute).
 4. AdamW (global-norm clipping, warmup-then-constant schedule). An update whose loss or gradient norm is not
-   finite is skipped: parameters and optimizer states keep their values and metrics["skipped"] is 1.
+   finite is skipped: parameters and optimizer states keep their values and metrics["skipped"] is 1. Optimizer
+   states kept in pinned host memory (`init_train_state(optimizer_memory="host")`) are copied to the device for each
+   update and back, so steps 1-3 run without them on the device.
 
 Metrics are scalar arrays (means over the updates of the step), meant to be fetched once per step.
 
@@ -38,7 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from memr1_jax.rl import advantages as adv_lib
 from memr1_jax.rl import logprobs as logprobs_lib
 from memr1_jax.rl import losses
-from memr1_jax.rl.train_state import FrozenParams, StateSpec, TrainState, reference_model
+from memr1_jax.rl.train_state import FrozenParams, StateSpec, TrainState, optimizer_states_to, reference_model
 
 ALGORITHMS = ("grpo", "ppo")
 
@@ -364,8 +366,11 @@ def apply_gradients(spec: StateSpec, config: UpdateConfig, state: TrainState, gr
                     metrics: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdamW update of the policy (and value model); a no-op when the loss or a gradient is not finite.
 
-  Returns (state, metrics) with "grad_norm" (before clipping), "lr", "skipped" (1.0 if skipped) added.
+  Returns (state, metrics) with "grad_norm" (before clipping), "lr", "skipped" (1.0 if skipped) added. Optimizer
+  states in host memory (`spec.optimizer_on_host`) are copied to the device for this update and the new ones back.
   """
+  if spec.optimizer_on_host:
+    state = optimizer_states_to(jax.memory.Space.Device, state)
   policy_grads, value_grads = grads
   grad_norm = optax.global_norm(policy_grads)
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
@@ -381,6 +386,8 @@ def apply_gradients(spec: StateSpec, config: UpdateConfig, state: TrainState, gr
     updates, value_opt = spec.critic_tx.update(value_grads, state.value_opt, state.value)
     new = new.replace(value=optax.apply_updates(state.value, updates), value_opt=value_opt)
   new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+  if spec.optimizer_on_host:
+    new = optimizer_states_to(jax.memory.Space.Host, new)
   metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
   return new, metrics
 
