@@ -366,8 +366,10 @@ def apply_gradients(spec: StateSpec, config: UpdateConfig, state: TrainState, gr
                     metrics: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdamW update of the policy (and value model); a no-op when the loss or a gradient is not finite.
 
-  Returns (state, metrics) with "grad_norm" (before clipping), "lr", "skipped" (1.0 if skipped) added. Optimizer
-  states in host memory (`spec.optimizer_on_host`) are copied to the device for this update and the new ones back.
+  Returns (state, metrics) with "grad_norm" (before clipping), "lr", "skipped" (1.0 if skipped) added. The skip is a
+  `lax.cond` around the update, so a finite update costs the AdamW update alone (a `jnp.where` over every weight
+  and moment is one more pass over the state: benchmarks/optimizer_update.py). Optimizer states in host memory
+  (`spec.optimizer_on_host`) are copied to the device for this update and the new ones back.
   """
   if spec.optimizer_on_host:
     state = optimizer_states_to(jax.memory.Space.Device, state)
@@ -375,17 +377,22 @@ def apply_gradients(spec: StateSpec, config: UpdateConfig, state: TrainState, gr
   grad_norm = optax.global_norm(policy_grads)
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   metrics = dict(metrics, grad_norm=grad_norm, lr=jnp.asarray(spec.actor_lr(state.updates), jnp.float32))
-  updates, policy_opt = spec.actor_tx.update(policy_grads, state.policy_opt, state.policy)
-  new = state.replace(updates=state.updates + 1, policy=optax.apply_updates(state.policy, updates),
-                      policy_opt=policy_opt)
   if config.algorithm == "ppo":
     value_grad_norm = optax.global_norm(value_grads)
     finite &= jnp.isfinite(value_grad_norm)
     metrics.update(value_grad_norm=value_grad_norm,
                    critic_lr=jnp.asarray(spec.critic_lr(state.updates), jnp.float32))
-    updates, value_opt = spec.critic_tx.update(value_grads, state.value_opt, state.value)
-    new = new.replace(value=optax.apply_updates(state.value, updates), value_opt=value_opt)
-  new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+
+  def update(state: TrainState) -> TrainState:
+    updates, policy_opt = spec.actor_tx.update(policy_grads, state.policy_opt, state.policy)
+    new = state.replace(updates=state.updates + 1, policy=optax.apply_updates(state.policy, updates),
+                        policy_opt=policy_opt)
+    if config.algorithm == "ppo":
+      updates, value_opt = spec.critic_tx.update(value_grads, state.value_opt, state.value)
+      new = new.replace(value=optax.apply_updates(state.value, updates), value_opt=value_opt)
+    return new
+
+  new = jax.lax.cond(finite, update, lambda state: state, state)
   if spec.optimizer_on_host:
     new = optimizer_states_to(jax.memory.Space.Host, new)
   metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
