@@ -183,8 +183,10 @@ def _colocate(tree, like: jax.Array):
   sharding = getattr(like, "sharding", None)  # None under tracing (`jax.eval_shape` of a learner).
   if not isinstance(sharding, NamedSharding) or sharding.mesh.size != 1:
     return tree
-  # Each leaf keeps its memory kind (optimizer states in host memory stay there).
-  place = lambda x: jax.device_put(x, NamedSharding(sharding.mesh, P(), memory_kind=x.sharding.memory_kind))  # noqa: E731
+
+  def place(x):  # Each leaf keeps its memory kind (optimizer states in host memory stay there).
+    return jax.device_put(x, NamedSharding(sharding.mesh, P(), memory_kind=x.sharding.memory_kind))
+
   return jax.tree.map(place, tree)
 
 
