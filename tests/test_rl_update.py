@@ -288,17 +288,22 @@ def test_update_changes_weights_and_reports_metrics():
   assert all(jax.tree.leaves(changed))
 
 
-def test_update_of_a_model_on_a_one_device_mesh_compiles_once():
+@pytest.mark.parametrize("optimizer_memory", ["device", "host"])
+def test_update_of_a_model_on_a_one_device_mesh_compiles_once(optimizer_memory):
   """A model placed on a 1-device mesh, learner without a mesh (what mode=train does on one device): the second step
-  reuses the first step's program (its counters start where the step returns them)."""
+  reuses the first step's program (its counters start where the step returns them); host optimizer states stay in
+  host memory."""
   policy = sharding.shard_model(Decoder(CFG, rngs=nnx.Rngs(0)), sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
   schedule = ts.learning_rate_schedule(LR)
-  state, frozen, spec = ts.init_train_state(policy, ts.make_optimizer(schedule, eps=ADAM_EPS), actor_lr=schedule)
+  state, frozen, spec = ts.init_train_state(policy, ts.make_optimizer(schedule, eps=ADAM_EPS), actor_lr=schedule,
+                                            optimizer_memory=optimizer_memory)
   step = up.make_update_step(spec, _config())
   batch = _batch(behaviour_logprobs=True)
   for seed in range(2):
     state, _ = step(state, frozen, batch, jax.random.key(seed))
   assert step._cache_size() == 1  # pylint: disable=protected-access
+  kind = "pinned_host" if optimizer_memory == "host" else "device"
+  assert {x.sharding.memory_kind for x in jax.tree.leaves(state.policy_opt)} == {kind}
 
 
 def test_nonfinite_reward_skips_update():
