@@ -230,14 +230,13 @@ def step_memory_bytes(cfg: ModelConfig, args) -> dict[str, int]:
 
   state, frozen = jax.eval_shape(build)
   spec, config = captured["spec"], update_config(args)
-  if spec.optimizer_on_host:  # Abstract arrays carry no memory kind: give the optimizer states theirs.
+  abstract = lambda tree, sharding=None: jax.tree.map(  # noqa: E731
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+  if spec.optimizer_on_host:  # eval_shape's arrays carry no memory kind: give the optimizer states theirs.
     host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0], memory_kind="pinned_host")
-    on_host = lambda tree: jax.tree.map(  # noqa: E731
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host), tree)
-    state = state.replace(policy_opt=on_host(state.policy_opt))
+    state = state.replace(policy_opt=abstract(state.policy_opt, host))
   step = up.make_update_step(spec, config)
   on_host = spec.reference_on_host  # Reference log-probs come with the batch; the step gets no reference weights.
-  abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
   batch = abstract(random_batch(args, cfg.vocab_size, with_reference_logprobs=on_host))
   key = jax.eval_shape(lambda: jax.random.key(0))
   step_frozen = frozen.replace(reference=None) if on_host else frozen
