@@ -1,10 +1,10 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (125-127 s on 2 Xeon cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (166-171 s)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (127-151 s on 2 Xeon cores)
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (190-197 s)
 
 (On 2 cores of an Intel Xeon, family 6 model 167, both agents' RL at once, seeds 0-4 sharing one jax_cache_dir; a
-first run compiles for longer. At 4d5b85f a 2-core EPYC Milan took 195-214 s and 291-312 s. docs/demo.md has the
+first run compiles for longer; the same machine's speed varies between days by ~20%, docs/demo.md. At 4d5b85f a 2-core EPYC Milan took 195-214 s and 291-312 s. docs/demo.md has the
 seed tables: GRPO and PPO both teach the manager on every seed.)
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.demo`, plugged in as config.task), the shipped tiny
@@ -114,17 +114,19 @@ def get_config():
   c.train.answer_banks = "add_all"
 
   c.demo.agents = "answer,manager"
+  # The answer agent's RL starts from the shipped base, as the paper's answer agent starts from the instruct model:
+  # the base (pretrained on the task's answer prompts with uninformed replies) reads better on held-out questions than
+  # an SFT model that imitated the heuristic answerer on the 48 training conversations (held-out EM 0.660 against
+  # 0.624, seeds 0-4 mean, Intel Xeon; that SFT model answers 0.72-0.75 of its training questions: it learns them,
+  # not the skill), and after GRPO it ends higher (0.688 against 0.651; docs/demo.md).
+  c.demo.answer_start = "base"
   c.demo.answer_steps = 40
   # Answer agent at 1e-4: its replies copy a memory (~33 tokens); at 3e-4 they grew past max_new_tokens from step
   # ~22 (a quarter truncated, no answer) and held-out EM fell 0.612 -> 0.558; at 1e-4 none truncated, 0.612 -> 0.667
-  # (seed 0, EPYC Milan, one SFT start).
+  # (seed 0, EPYC Milan, one SFT start); from the base at 2e-4 it gains less on seeds 0-2 (Intel Xeon).
   c.demo.answer_actor_lr = 1e-4
-  # The answer agent samples its RL responses at temperature 1.5 (the update scores them under the policy itself):
-  # its SFT start is sharp (~0.03 nats per reply token), so at temperature 1 about half of GRPO's groups of 8 had
-  # equal rewards (3.9-4.2 of 8 with a gradient per step); at 1.5, 6.7-7.0. Held-out EM over its SFT start, seeds 0-4
-  # (Intel Xeon; the answer stage alone): +0.011 mean at 1.0 (-0.006 to +0.018), +0.027 at 1.5 (+0.017 to +0.042),
-  # +0.013 at 2.0 (docs/demo.md). PPO (one response per prompt, no groups) gains nothing from it.
-  c.demo.answer_temperature = 1.5
+  # Its rollouts sample at rollout.temperature (1.0): from the base, held-out EM over the start +0.027 (seeds 0-4
+  # mean, +0.018 to +0.046) against +0.017 at 1.5, which helped the sharper SFT start (demo.answer_temperature).
   c.demo.manager_steps = 12
   c.demo.manager_batch_size = 8
   # Where a turn needs UPDATE / DELETE / NOOP, half the manager's SFT replies there are the right operation, the rest
@@ -132,6 +134,9 @@ def get_config():
   # the turns needing them (seeds 0-2, EPYC Genoa); with a third, at 1-23%, and GRPO drove most of them to 0.
   c.demo.explore = 0.5
   c.demo.explore_with = "informed"
+  # The SFT model also imitates the heuristic answerer, a quarter of its answers from a random statement: the mix the
+  # manager's seed tables were measured on (its answer records left out, seed 0's manager ended below its SFT start,
+  # 0.836 -> 0.830, Intel Xeon).
   c.demo.answer_explore = 0.25
   c.demo.sft_manager_conversations = 48
   # PPO: 4 prompts (one response each) per GRPO group of 8, half GRPO's responses per step, to stay within 5 minutes.

@@ -16,6 +16,8 @@ MODES = {"demo": "memr1_jax.demo.pipeline"}
 AGENTS = ("answer", "manager")
 # Which replies explore in the manager's SFT data (`policies.EXPLORERS`).
 EXPLORE_WITH = ("informed", "blind")
+# Where the answer agent's RL starts (`pipeline.start_path`).
+ANSWER_STARTS = ("base", "sft")
 _ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 # The shipped demo tokenizer (`tokenizer.py`) and pretrained tiny base model with its tokenizer (`base.py`).
 DEMO_TOKENIZER_DIR = os.path.join(_ASSETS, "demo_tokenizer")
@@ -69,6 +71,9 @@ def section_config() -> ml_collections.ConfigDict:
   # Which replies explore: informed (the right UPDATE / DELETE / NOOP where one is needed) | blind (an UPDATE and a
   # DELETE of the top related memory on every prompt that shows one).
   c.explore_with = "informed"
+  # Where the answer agent's RL starts: base (config.model.path itself, as the paper's answer agent starts from the
+  # instruct model) | sft (the SFT model, which imitates both heuristics and is the manager's start).
+  c.answer_start = "base"
   # Share of questions the heuristic answerer answers from a random statement instead of the first shown (SFT data).
   c.answer_explore = 0.0
   # Training conversations whose heuristic manager trajectories join the SFT data (0: all; answers use all).
@@ -86,6 +91,8 @@ def validate(config, source: str) -> None:
     synthetic.TaskKnobs(**d.task)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"{source}: config.demo.task: {e}") from None
+  if d.answer_start not in ANSWER_STARTS:
+    raise ConfigError(f"{source}: config.demo.answer_start={d.answer_start!r} is not one of {ANSWER_STARTS}")
   if d.explore_with not in EXPLORE_WITH:
     raise ConfigError(f"{source}: config.demo.explore_with={d.explore_with!r} is not one of {EXPLORE_WITH}")
   for name in ("answer_actor_lr", "answer_temperature"):

@@ -1,5 +1,5 @@
-r"""mode=demo (the mode `memr1_jax.demo` adds to main): the CPU showcase. GRPO / PPO train a memory manager and an
-answer agent that start from heuristics.
+r"""mode=demo (the mode `memr1_jax.demo` adds to main): the CPU showcase. GRPO / PPO train a memory manager that
+starts from heuristic trajectories and an answer agent that starts from the pretrained base.
 
   python -m memr1_jax.main --config=configs/demo.py
 
@@ -8,22 +8,24 @@ through the code path of the real configs (an HF checkpoint directory as the pol
 with the MiniLM encoder, rollout engine, GRPO / PPO update, orbax checkpoints, evaluation). The policy starts from
 a small pretrained base shipped in the repo (`base.DEMO_BASE_DIR`, rebuilt by `python -m memr1_jax.demo.base`): a
 0.5M-parameter decoder that has learned to copy (random-token copy exercises) and has read the task's prompts with
-well-formed but uninformed replies (random operations; a random statement of the asked attribute), so it copies and
-has seen the formats, but has no policy. Its tokenizer is the demo tokenizer plus one token per agent instruction
-(`base.instruction_tokenizer`), which keeps prompts around 250 tokens on a CPU.
+well-formed but uninformed replies (random operations; a random statement of the asked attribute), so it copies,
+has seen the formats and answers from a statement of the asked attribute, but has no memory-management policy. Its
+tokenizer is the demo tokenizer plus one token per agent instruction (`base.instruction_tokenizer`), which keeps
+prompts around 250 tokens on a CPU.
 
 1. Heuristic trajectories (`demo.policies`): the ADD-only heuristic manager walks the training conversations
    through `episodes.runner.build_banks` (config.demo.explore of its replies, at the turns config.demo.explore_with
    picks, are other operations, so the SFT model samples them), the first-match heuristic answerer answers their
    questions over ADD-all banks; every (prompt, reply) pair becomes a line of `<workdir>/sft_data.jsonl`.
-2. SFT warm start (`mode=sft`): one model imitates both heuristics -> `<workdir>/sft/hf`.
-3. RL (`mode=train`) of each agent of `config.demo.agents`, each starting from the SFT model, in
-   `<workdir>/<agent>_<algorithm>/`. The manager's reward comes through a frozen answer agent
-   (config.train.manager_answerer; configs/demo.py: the heuristic answerer, so the reward measures the manager's
-   banks, not the small model's reading).
+2. SFT warm start (`mode=sft`): one model imitates both heuristics -> `<workdir>/sft/hf`, the manager's start.
+3. RL (`mode=train`) of each agent of `config.demo.agents` in `<workdir>/<agent>_<algorithm>/`: the manager from the
+   SFT model, the answer agent from the base itself (as the paper's answer agent starts from the instruct model) or,
+   with answer_start = "sft", from the SFT model (`start_path`). The manager's reward comes through a frozen answer
+   agent (config.train.manager_answerer; configs/demo.py: the heuristic answerer, so the reward measures the
+   manager's banks, not the small model's reading).
    Held-out exact match / F1 (and, for the manager, the operation mix of the banks it builds and how often it
    UPDATEs / DELETEs at the turns that change / retract a fact) are measured with greedy decoding before the first
-   RL step (the SFT start) and after the last, beside the scripted heuristics (ADD-only, and an informed manager
+   RL step (the start) and after the last, beside the scripted heuristics (ADD-only, and an informed manager
    that reads the task's statements: the headroom).
 4. The table of results (console and `<workdir>/results.md`), `<workdir>/results.json`, and the reward curves
    `<workdir>/reward.png` next to the runs' TensorBoard logs (`tensorboard --logdir <workdir>`).
@@ -93,6 +95,19 @@ def warm_start(config) -> str:
   return sft.run(sft_config)["export_path"]
 
 
+def start_path(config, agent: str, sft_path: str | None) -> str | None:
+  """The HF directory `agent`'s RL starts from: config.model.path (the base) for the answer agent with
+  config.demo.answer_start = "base", else `sft_path` (the SFT model; None where no SFT ran)."""
+  if agent == "answer" and config.demo.answer_start == "base":
+    return config.model.path
+  return sft_path
+
+
+def needs_sft(config, agents) -> bool:
+  """Whether any of `agents` starts its RL from the SFT model."""
+  return any(agent != "answer" or config.demo.answer_start == "sft" for agent in agents)
+
+
 def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
   """The mode=train config of `agent` starting from the HF directory `init_path` (evaluated only at the end)."""
   steps = config.demo.answer_steps if agent == "answer" else config.demo.manager_steps
@@ -119,7 +134,8 @@ def _eval_scores(metrics: dict) -> dict:
 
 def train_agent(config, agent: str, init_path: str, workdir: str | None = None, progress=console.bar
                 ) -> AgentResult:
-  """Stage 3 for one agent: held-out scores of the SFT start, RL, held-out scores after the last step."""
+  """Stage 3 for one agent from the HF directory `init_path`: held-out scores of the start, RL, held-out scores after
+  the last step."""
   start = time.perf_counter()
   trainer = train.Trainer(rl_config(config, agent, init_path, workdir), progress)
   before = trainer.evaluate(trainer.config.data.eval_split)
@@ -130,7 +146,8 @@ def train_agent(config, agent: str, init_path: str, workdir: str | None = None, 
   model = os.path.join(trainer.workdir, "hf")
   export_pretrained(trainer.learner.policy(), model, tokenizer_dir=components.tokenizer_dir(trainer.config),
                     overwrite=True)  # This run's own export of an earlier (interrupted) try.
-  return AgentResult(agent, config.algorithm, _eval_scores(before), after, trainer.workdir, model,
+  start_name = "base (start)" if os.path.abspath(init_path) == os.path.abspath(config.model.path) else "SFT start"
+  return AgentResult(agent, config.algorithm, start_name, _eval_scores(before), after, trainer.workdir, model,
                      time.perf_counter() - start)
 
 
@@ -154,9 +171,9 @@ def agent_pool(config, num_runs: int) -> concurrent.futures.ProcessPoolExecutor 
   return pool
 
 
-def train_agents(config, runs: list[tuple], init_path: str,
-                 pool: concurrent.futures.ProcessPoolExecutor | None = None) -> list[AgentResult]:
-  """Stage 3 for several runs from the SFT model `init_path`, each (run config, agent, workdir or None) as for
+def train_agents(config, runs: list[tuple], pool: concurrent.futures.ProcessPoolExecutor | None = None
+                 ) -> list[AgentResult]:
+  """Stage 3 for several runs, each (run config, agent, HF directory it starts from, workdir or None) as for
   `train_agent`. Returns their results in `runs` order.
 
   The runs are independent; with a pool (`agent_pool(config, len(runs))` unless given) each runs in a process of its
@@ -165,14 +182,14 @@ def train_agents(config, runs: list[tuple], init_path: str,
   """
   pool = pool or agent_pool(config, len(runs))
   if pool is None:
-    return [train_agent(c, agent, init_path, workdir) for c, agent, workdir in runs]
+    return [train_agent(c, agent, init_path, workdir) for c, agent, init_path, workdir in runs]
   # The workers' progress bars are drawn here, one line each, from the updates they send.
   with pool, multiprocessing.get_context("spawn").Manager() as manager:
     queue = manager.Queue()
     renderer = console.BarRenderer(queue)
     try:
       futures = [pool.submit(train_agent, c, agent, init_path, workdir, console.QueueBar(queue, position))
-                 for position, (c, agent, workdir) in enumerate(runs)]
+                 for position, (c, agent, init_path, workdir) in enumerate(runs)]
       return [f.result() for f in futures]
     finally:
       renderer.stop()
@@ -213,10 +230,13 @@ def run(config) -> dict:
   pool = agent_pool(config, len(agents))
   try:
     t = time.perf_counter()
-    init_path = warm_start(config)
-    timings["heuristic trajectories + SFT"] = time.perf_counter() - t
+    sft_path = None
+    if needs_sft(config, agents):
+      sft_path = warm_start(config)
+      timings["heuristic trajectories + SFT"] = time.perf_counter() - t
     t = time.perf_counter()
-    results = train_agents(config, [(config, agent, None) for agent in agents], init_path, pool)
+    results = train_agents(config, [(config, agent, start_path(config, agent, sft_path), None) for agent in agents],
+                           pool)
   finally:
     if pool is not None:
       pool.shutdown(cancel_futures=True)
@@ -232,7 +252,7 @@ def run(config) -> dict:
   plot = report.plot_rewards(results, os.path.join(config.workdir, "reward.png"))
   timings["total"] = time.perf_counter() - start
   out = {"heuristic": heuristic, "runs": [dataclasses.asdict(r) for r in results], "table": table,
-         "plot": plot, "seconds": timings, "sft_model": init_path}
+         "plot": plot, "seconds": timings, "sft_model": sft_path}
   with open(os.path.join(config.workdir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
   with open(os.path.join(config.workdir, "results.md"), "w", encoding="utf-8") as f:
@@ -240,7 +260,7 @@ def run(config) -> dict:
   num_eval = len(tasks.load(config).splits()[config.data.eval_split])
   lines = [f"\nHeld-out results ({num_eval} conversations, greedy decoding):\n", table, "",
            f"results:      {os.path.join(config.workdir, 'results.md')} (and results.json)",
-           f"reward plot:  {plot}", f"SFT model:    {init_path}"]
+           f"reward plot:  {plot}"] + ([f"SFT model:    {sft_path}"] if sft_path else [])
   names = {"answer": "answer agent:", "manager": "manager:"}
   lines += [f"{names[r.agent]:13} {r.model} (checkpoints: {os.path.join(r.workdir, 'checkpoints')})" for r in results]
   lines += [f"logs:         tensorboard --logdir {config.workdir} (metrics.jsonl in each run's directory)",

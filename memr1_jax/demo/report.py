@@ -17,12 +17,13 @@ OPS = ("ADD", "UPDATE", "DELETE", "NOOP")
 
 @dataclasses.dataclass
 class AgentResult:
-  """Held-out scores of one agent's RL run: `before` (the SFT start) and `after` (the last step), each a dict of
-  eval/em, eval/f1 and, for the manager, eval/ops/<OP> shares; the run's directory, the trained policy exported as a
-  Hugging Face directory, and the run's wall time."""
+  """Held-out scores of one agent's RL run: `before` (its start, named by `start`: "SFT start" or "base (start)")
+  and `after` (the last step), each a dict of eval/em, eval/f1 and, for the manager, eval/ops/<OP> shares; the run's
+  directory, the trained policy exported as a Hugging Face directory, and the run's wall time."""
 
   agent: str
   algorithm: str
+  start: str
   before: dict
   after: dict
   workdir: str
@@ -56,7 +57,7 @@ def results_table(heuristic: dict, results: list[AgentResult], reader: str = "he
     if agent == "manager" and "manager_informed" in heuristic:
       row(label, "scripted informed manager (headroom; not trained on)", heuristic["manager_informed"])
     for r in (r for r in results if r.agent == agent):
-      row(label, "SFT start", r.before)
+      row(label, r.start, r.before)
       row(label, f"after {r.algorithm.upper()}", r.after)
   return "\n".join(lines)
 
