@@ -4,8 +4,9 @@ r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent a
   python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (190-197 s)
 
 (On 2 cores of an Intel Xeon, family 6 model 167, both agents' RL at once, seeds 0-4 sharing one jax_cache_dir; a
-first run compiles for longer; the same machine's speed varies between days by ~20%, docs/demo.md. At 4d5b85f a 2-core EPYC Milan took 195-214 s and 291-312 s. docs/demo.md has the
-seed tables: GRPO and PPO both teach the manager on every seed.)
+first run compiles for longer; the same machine's speed varies between days by ~20%, docs/demo.md. At 4d5b85f a
+2-core EPYC Milan took 195-214 s and 291-312 s. docs/demo.md has the seed tables: GRPO and PPO both teach the manager
+on every seed.)
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.demo`, plugged in as config.task), the shipped tiny
 base model with its tokenizer (memr1_jax/demo/assets/demo_base, built by `python -m memr1_jax.demo.base`), and the
@@ -135,8 +136,8 @@ def get_config():
   c.demo.explore = 0.5
   c.demo.explore_with = "informed"
   # The SFT model also imitates the heuristic answerer, a quarter of its answers from a random statement: the mix the
-  # manager's seed tables were measured on (its answer records left out, seed 0's manager ended below its SFT start,
-  # 0.836 -> 0.830, Intel Xeon).
+  # manager's seed tables were measured on (its answer records left out in a scratch run, seed 0's manager ended below
+  # its SFT start, 0.836 -> 0.830, Intel Xeon; one seed).
   c.demo.answer_explore = 0.25
   c.demo.sft_manager_conversations = 48
   # PPO: 4 prompts (one response each) per GRPO group of 8, half GRPO's responses per step, to stay within 5 minutes.

@@ -95,17 +95,21 @@ def warm_start(config) -> str:
   return sft.run(sft_config)["export_path"]
 
 
+def _starts_from_base(config, agent: str) -> bool:
+  """Whether `agent`'s RL starts from config.model.path (the answer agent with config.demo.answer_start = "base")
+  rather than from the SFT model."""
+  return agent == "answer" and config.demo.answer_start == "base"
+
+
 def start_path(config, agent: str, sft_path: str | None) -> str | None:
-  """The HF directory `agent`'s RL starts from: config.model.path (the base) for the answer agent with
-  config.demo.answer_start = "base", else `sft_path` (the SFT model; None where no SFT ran)."""
-  if agent == "answer" and config.demo.answer_start == "base":
-    return config.model.path
-  return sft_path
+  """The HF directory `agent`'s RL starts from: config.model.path (the base) where `_starts_from_base`, else
+  `sft_path` (the SFT model; None where no SFT ran)."""
+  return config.model.path if _starts_from_base(config, agent) else sft_path
 
 
 def needs_sft(config, agents) -> bool:
   """Whether any of `agents` starts its RL from the SFT model."""
-  return any(agent != "answer" or config.demo.answer_start == "sft" for agent in agents)
+  return not all(_starts_from_base(config, agent) for agent in agents)
 
 
 def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
