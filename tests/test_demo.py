@@ -249,6 +249,15 @@ def test_rl_config_samples_only_the_answer_agent_at_its_own_temperature(tmp_path
   assert pipeline.rl_config(unset, "answer", "init").rollout.temperature == 1.0
 
 
+def test_rl_config_evaluates_after_the_last_step_and_every_demo_eval_every_steps(tmp_path):
+  """Each agent's run evaluates held-out only after its last step, or every demo.eval_every steps where set."""
+  config = demo_config(tmp_path)
+  assert pipeline.rl_config(config, "answer", "init").train.eval_every == config.demo.answer_steps
+  assert pipeline.rl_config(config, "manager", "init").train.eval_every == config.demo.manager_steps
+  curve = pipeline.stage_config(config, **{"demo.eval_every": 5})
+  assert [pipeline.rl_config(curve, agent, "init").train.eval_every for agent in ("answer", "manager")] == [5, 5]
+
+
 def test_answer_agent_starts_from_the_base_or_the_sft_model_and_the_manager_from_the_sft_model(tmp_path):
   """demo.answer_start = "base" starts the answer agent's RL from config.model.path and needs no SFT for it alone;
   "sft" starts it from the SFT model; the manager always starts from the SFT model."""

@@ -55,6 +55,9 @@ def section_config() -> ml_collections.ConfigDict:
   # RL steps of the answer agent and of the manager (train.num_steps is set from these per run).
   c.answer_steps = 20
   c.manager_steps = 10
+  # Held-out evaluation every this many RL steps too, logged beside the training metrics (a learning curve; 0: only
+  # at the start and after the last step).
+  c.eval_every = 0
   # RL learning rate of the answer agent (0: rl.actor_lr, which the manager uses).
   c.answer_actor_lr = 0.0
   # Sampling temperature of the answer agent's RL rollouts (0: rollout.temperature, which the manager uses).
@@ -99,6 +102,9 @@ def validate(config, source: str) -> None:
     if d[name] < 0:
       raise ConfigError(f"{source}: config.demo.{name}={d[name]!r} is out of range: 0 (the rl / rollout setting) or "
                         "more")
+  if d.eval_every < 0:
+    raise ConfigError(f"{source}: config.demo.eval_every={d.eval_every!r} is out of range: 0 (after the last step "
+                      "only) or more")
   if not 0.0 <= d.explore < 1.0:
     raise ConfigError(f"{source}: config.demo.explore={d.explore!r} is out of range: in [0, 1)")
   for agent in (a.strip() for a in d.agents.split(",") if a.strip()):
