@@ -118,7 +118,8 @@ def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
   steps = config.demo.answer_steps if agent == "answer" else config.demo.manager_steps
   fields = {"mode": "train", "agent": agent, "model.path": init_path, "model.tokenizer": "",
             "workdir": workdir or os.path.join(config.workdir, f"{agent}_{config.algorithm}"),
-            "train.num_steps": steps, "train.eval_every": config.demo.eval_every or steps, "train.checkpoint_every": steps}
+            "train.num_steps": steps, "train.eval_every": config.demo.eval_every or steps,
+            "train.checkpoint_every": steps}
   if agent == "answer" and config.demo.answer_actor_lr:
     fields["rl.actor_lr"] = config.demo.answer_actor_lr
   if agent == "answer" and config.demo.answer_temperature:
