@@ -1,6 +1,7 @@
 """The CPU demo: heuristic agents, the shipped base, and the demo's RL stages, in which GRPO and PPO beat their
 start."""
 
+import functools
 import importlib.util
 import itertools
 import json
@@ -391,6 +392,19 @@ def test_reading_corpus_shows_only_statements_and_answers_from_a_named_one():
       assert any(parsed.answer in lines[f"[{i}]"] for i in parsed.selected_ids), (prompt, reply)
       read_from_memory += 1
   assert read_from_memory >= len(examples) // 3
+
+
+def test_base_command_line_passes_build_base_keywords_and_continues_from_a_directory(monkeypatch):
+  """`python -m memr1_jax.demo.base out from --k=v` calls build_base(out, init_from=from, copy_steps=0, steps=0, k=v)
+  with typed values; without from_dir every phase keeps its default."""
+  calls = []
+  record = functools.wraps(base.build_base)(lambda out_dir, **kwargs: calls.append((out_dir, kwargs)) or out_dir)
+  monkeypatch.setattr(base, "build_base", record)  # wraps: main reads build_base's keywords off its signature.
+  base.main(["/o", "/f", "--reading_steps=1600", "--reading_conversations=800", "--seed=1", "--lr=3e-4"])
+  base.main(["/o2", "--steps=5"])
+  assert calls == [("/o", {"init_from": "/f", "copy_steps": 0, "steps": 0, "reading_steps": 1600,
+                           "reading_conversations": 800, "seed": 1, "lr": 3e-4}),
+                   ("/o2", {"init_from": "", "steps": 5})]
 
 
 def test_shipped_base_copies_repeated_random_spans():

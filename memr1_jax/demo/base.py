@@ -2,6 +2,7 @@
 
   python -m memr1_jax.demo.base [out_dir]              # from scratch
   python -m memr1_jax.demo.base out_dir from_dir       # only the reading phase, continuing from_dir's weights
+  ... --reading_steps=1600 --seed=1                    # any keyword of build_base, e.g. a longer reading phase
 
 A 0.5M-parameter decoder that has learned to copy (random-token copy exercises), has read the task's prompts with
 well-formed but uninformed replies (random operations; a random statement of the asked attribute), and has done
@@ -19,11 +20,12 @@ its replies copy. Rebuild it with
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import inspect
 import os
 import random
 import shutil
-import sys
 import tempfile
 
 import jax
@@ -225,8 +227,23 @@ def build_base(out_dir: str = DEMO_BASE_DIR, *, steps: int = 2000, batch_size: i
   return out_dir
 
 
+def main(argv: list[str] | None = None) -> str:
+  """`python -m memr1_jax.demo.base [out_dir [from_dir]] [--<build_base keyword>=value ...]`: builds the base into
+  `out_dir` (default: the shipped one); with `from_dir`, only the reading phase continues its weights (copy_steps
+  and steps default to 0). Returns out_dir."""
+  parser = argparse.ArgumentParser(prog="python -m memr1_jax.demo.base", description=__doc__.split("\n")[0])
+  parser.add_argument("out_dir", nargs="?", default=DEMO_BASE_DIR, help="HF directory to write.")
+  parser.add_argument("from_dir", nargs="?", default="", help="HF directory whose weights the reading phase continues.")
+  for name, param in inspect.signature(build_base).parameters.items():
+    if param.kind is param.KEYWORD_ONLY and name != "init_from":
+      parser.add_argument(f"--{name}", type=type(param.default), default=None, help=f"default {param.default!r}")
+  args = vars(parser.parse_args(argv))
+  out_dir, init_from = args.pop("out_dir"), args.pop("from_dir")
+  kwargs = {k: v for k, v in args.items() if v is not None}
+  if init_from:
+    kwargs = {"copy_steps": 0, "steps": 0, **kwargs}
+  return build_base(out_dir, init_from=init_from, **kwargs)
+
+
 if __name__ == "__main__":
-  if len(sys.argv) > 2:
-    print(build_base(sys.argv[1], init_from=sys.argv[2], copy_steps=0, steps=0))
-  else:
-    print(build_base(*sys.argv[1:2]))
+  print(main())
