@@ -1,7 +1,7 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (127-151 s on 2 Xeon cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (190-197 s)
+  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (177-193 s on 2 Xeon cores)
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (203-212 s)
 
 (On 2 cores of an Intel Xeon, family 6 model 167, both agents' RL at once, seeds 0-4 sharing one jax_cache_dir; a
 first run compiles for longer; the same machine's speed varies between days by ~20%, docs/demo.md. At 4d5b85f a
@@ -118,16 +118,21 @@ def get_config():
   # The answer agent's RL starts from the shipped base, as the paper's answer agent starts from the instruct model:
   # the base (pretrained on the task's answer prompts with uninformed replies) reads better on held-out questions than
   # an SFT model that imitated the heuristic answerer on the 48 training conversations (held-out EM 0.660 against
-  # 0.624, seeds 0-4 mean, Intel Xeon; that SFT model answers 0.72-0.75 of its training questions: it learns them,
-  # not the skill), and after GRPO it ends higher (0.688 against 0.651; docs/demo.md).
+  # 0.624, seeds 0-4 mean, Intel Xeon, the base before its longer reading phase; that SFT model answers 0.72-0.75 of
+  # its training questions: it learns them, not the skill), and after GRPO it ends higher (0.688 against 0.651).
   c.demo.answer_start = "base"
-  c.demo.answer_steps = 40
-  # Answer agent at 1e-4: its replies copy a memory (~33 tokens); at 3e-4 they grew past max_new_tokens from step
-  # ~22 (a quarter truncated, no answer) and held-out EM fell 0.612 -> 0.558; at 1e-4 none truncated, 0.612 -> 0.667
-  # (seed 0, EPYC Milan, one SFT start); from the base at 2e-4 it gains less on seeds 0-2 (Intel Xeon).
-  c.demo.answer_actor_lr = 1e-4
-  # Its rollouts sample at rollout.temperature (1.0): from the base, held-out EM over the start +0.027 (seeds 0-4
-  # mean, +0.018 to +0.046) against +0.017 at 1.5, which helped the sharper SFT start (demo.answer_temperature).
+  # 80 steps at lr 2e-4: from the shipped base, held-out EM over the start +0.055 / +0.083 / +0.026 / +0.060 / +0.136
+  # (seeds 0-4, Intel Xeon) against +0.042 / +0.095 / +0.026 / +0.006 / +0.096 at 40 steps and 1e-4; at 2e-4 the curve
+  # (demo.eval_every=20) peaks at steps 60-80 and falls by step 120 (docs/demo.md). At 3e-4 from an SFT start replies
+  # grew past max_new_tokens from step ~22 (a quarter truncated, no answer; seed 0, EPYC Milan).
+  c.demo.answer_steps = 80
+  c.demo.answer_actor_lr = 2e-4
+  # Its PPO: 40 steps at 1e-4, +0.067 / +0.083 / +0.020 / +0.035 / +0.096; at GRPO's 80 steps and 2e-4 it gained less
+  # on every seed, +0.048 / +0.065 / +0.007 / +0.030 / +0.102 (same machine), and took 240-259 s against 203-212 s.
+  c.demo.ppo_answer.steps = 40
+  c.demo.ppo_answer.actor_lr = 1e-4
+  # Its rollouts sample at rollout.temperature (1.0): from the earlier base, held-out EM over the start +0.027 (seeds
+  # 0-4 mean, +0.018 to +0.046) against +0.017 at 1.5, which helped the sharper SFT start (demo.answer_temperature).
   c.demo.manager_steps = 12
   c.demo.manager_batch_size = 8
   # Where a turn needs UPDATE / DELETE / NOOP, half the manager's SFT replies there are the right operation, the rest

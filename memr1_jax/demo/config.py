@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from memr1_jax.demo import synthetic
 from memr1_jax.errors import ConfigError
@@ -66,8 +67,11 @@ def section_config() -> ml_collections.ConfigDict:
   c.manager_batch_size = 4
   # PPO (one response per prompt): prompts per step = this x the GRPO batch (0: rollout.group_size, GRPO's responses).
   c.ppo_prompts_per_group = 0
-  # rl.actor_lr / critic_lr / lam of the manager's PPO run, where not None (None: the rl.* settings).
-  c.ppo_manager = ml_collections.ConfigDict({"actor_lr": None, "critic_lr": None, "lam": None})
+  # Each agent's PPO run: its RL steps and rl.actor_lr / critic_lr / lam, where not None (None: the agent's steps,
+  # demo.answer_actor_lr for the answer agent, the rl.* settings).
+  for agent in AGENTS:  # Typed placeholders: None by default, and a command-line flag can set them.
+    c[f"ppo_{agent}"] = ml_collections.ConfigDict({"steps": placeholder(int), "actor_lr": placeholder(float),
+                                                   "critic_lr": placeholder(float), "lam": placeholder(float)})
   # Share of exploratory replies among the heuristic manager's SFT records of a prompt that has them
   # (policies.manager_trajectories; [0, 1), 0: ADD only).
   c.explore = 0.2
@@ -102,6 +106,11 @@ def validate(config, source: str) -> None:
     if d[name] < 0:
       raise ConfigError(f"{source}: config.demo.{name}={d[name]!r} is out of range: 0 (the rl / rollout setting) or "
                         "more")
+  for agent in AGENTS:
+    steps = d[f"ppo_{agent}"].steps
+    if steps is not None and steps < 1:
+      raise ConfigError(f"{source}: config.demo.ppo_{agent}.steps={steps!r} is out of range: None (the agent's "
+                        "steps) or at least 1")
   if d.eval_every < 0:
     raise ConfigError(f"{source}: config.demo.eval_every={d.eval_every!r} is out of range: 0 (after the last step "
                       "only) or more")

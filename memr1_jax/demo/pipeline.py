@@ -114,8 +114,9 @@ def needs_sft(config, agents) -> bool:
 
 def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
   """The mode=train config of `agent` starting from the HF directory `init_path` (evaluated after the last step, and
-  every config.demo.eval_every steps where set)."""
-  steps = config.demo.answer_steps if agent == "answer" else config.demo.manager_steps
+  every config.demo.eval_every steps where set; a PPO run with config.demo.ppo_<agent>'s settings where set)."""
+  ppo = {k: v for k, v in config.demo[f"ppo_{agent}"].items() if v is not None} if config.algorithm == "ppo" else {}
+  steps = ppo.pop("steps", None) or (config.demo.answer_steps if agent == "answer" else config.demo.manager_steps)
   fields = {"mode": "train", "agent": agent, "model.path": init_path, "model.tokenizer": "",
             "workdir": workdir or os.path.join(config.workdir, f"{agent}_{config.algorithm}"),
             "train.num_steps": steps, "train.eval_every": config.demo.eval_every or steps,
@@ -124,8 +125,7 @@ def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
     fields["rl.actor_lr"] = config.demo.answer_actor_lr
   if agent == "answer" and config.demo.answer_temperature:
     fields["rollout.temperature"] = config.demo.answer_temperature
-  if agent == "manager" and config.algorithm == "ppo":
-    fields.update({f"rl.{k}": v for k, v in config.demo.ppo_manager.items() if v is not None})
+  fields.update({f"rl.{k}": v for k, v in ppo.items()})
   batch = config.rollout.batch_size if agent == "answer" else config.demo.manager_batch_size
   # PPO samples one response per prompt: as many prompts as GRPO has responses keep the update's size
   # (config.demo.ppo_prompts_per_group trades some of them for time).
