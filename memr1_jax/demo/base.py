@@ -18,7 +18,8 @@ twice as much on the answer agent from a base that reads better (docs/demo.md). 
   git show 9294fcc:memr1_jax/demo/assets/demo_base/model.safetensors > <dir>/model.safetensors  (and config.json,
   tokenizer.json, tokenizer_config.json the same way), then
   python -m memr1_jax.demo.base <out> <dir> --reading_steps=1600 --reading_conversations=800 --seed=1
-(21 min on 2 CPU cores; the bits match on one CPU model, another rounds differently).
+(18-21 min on 2 CPU cores; on the Intel Xeon that built it this rebuilt the shipped file bit for bit, another CPU
+model rounds differently).
 """
 
 from __future__ import annotations
