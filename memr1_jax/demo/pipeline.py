@@ -39,6 +39,8 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -157,8 +159,21 @@ def train_agent(config, agent: str, init_path: str, workdir: str | None = None, 
                      time.perf_counter() - start)
 
 
-def _start_child(config) -> None:
-  """A worker process's start: logging and JAX settings, then the imports and the CPU backend of a training run."""
+def _exit_with_parent(parent: int) -> None:
+  """A worker's watch (a daemon thread): once its parent, the demo process, is gone (killed, so it can neither stop
+  the worker nor read its result), SIGTERM the worker (a training run checkpoints after its current step and stops)
+  and exit a minute later at the latest, instead of training on as an orphan."""
+  while os.getppid() == parent:
+    time.sleep(1.0)
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(60.0)
+  os._exit(1)
+
+
+def _start_child(config, parent: int) -> None:
+  """A worker process's start: the watch of its parent (the pid `parent`, passed by the parent: one that died before
+  this start is noticed too), logging and JAX settings, then the imports and the CPU backend of a training run."""
+  threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
   console.setup()
   components.configure_jax(config)
   jax.devices()
@@ -171,7 +186,7 @@ def agent_pool(config, num_runs: int) -> concurrent.futures.ProcessPoolExecutor 
           and jax.process_count() == 1):
     return None
   pool = concurrent.futures.ProcessPoolExecutor(num_runs, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_start_child, initargs=(config,))
+                                                initializer=_start_child, initargs=(config, os.getpid()))
   for _ in range(num_runs):  # Each submission starts one more worker, which runs the initializer.
     pool.submit(int)
   return pool
