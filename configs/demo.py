@@ -1,12 +1,11 @@
 r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent and on the memory manager.
 
-  python -m memr1_jax.main --config=configs/demo.py                      # GRPO (177-193 s on 2 Xeon cores)
-  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO (203-212 s)
+  python -m memr1_jax.main --config=configs/demo.py                        # GRPO
+  python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO
 
-(On 2 cores of an Intel Xeon, family 6 model 167, both agents' RL at once, seeds 0-4 sharing one jax_cache_dir; a
-first run compiles for longer; the same machine's speed varies between days by ~20%, docs/demo.md. At 4d5b85f a
-2-core EPYC Milan took 195-214 s and 291-312 s. docs/demo.md has the seed tables: GRPO and PPO both teach the manager
-on every seed.)
+(On 2 cores, seeds 0-4: an Intel Xeon, family 6 model 167, took 177-193 s with GRPO and 203-212 s with PPO at a213a0e,
+16 held-out conversations; an AMD EPYC, family 23 model 1, 302-368 s and 378-395 s at f43d3c2, 48. A first run
+compiles for longer. docs/demo.md has the seed tables.)
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.demo`, plugged in as config.task), the shipped tiny
 base model with its tokenizer (memr1_jax/demo/assets/demo_base, built by `python -m memr1_jax.demo.base`), and the
