@@ -2,7 +2,6 @@
 start."""
 
 import functools
-import importlib.util
 import itertools
 import json
 import os
@@ -26,15 +25,13 @@ from memr1_jax.memory.bank import MemoryBank, MemoryEntry
 from memr1_jax.memory.embedders import HashingEmbedder
 from memr1_jax.memory.operations import OpKind
 from memr1_jax.metrics_writer import read_jsonl
+from memr1_jax.testing.smoke import shipped_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def demo_config(workdir, **overrides):
-  spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return pipeline.stage_config(module.get_config(), workdir=str(workdir), **overrides)
+  return pipeline.stage_config(shipped_config("demo", workdir), **overrides)
 
 
 def _memory(memory_id, text, speaker="Anna", stamp="1:56 pm on 8 May, 2023"):
@@ -334,13 +331,11 @@ def test_agent_pool_workers_stop_when_the_demo_process_is_killed(tmp_path):
   and writes to the run's directory)."""
   script = tmp_path / "parent.py"
   script.write_text(textwrap.dedent(f"""
-      import importlib.util, os, signal, time
+      import os, signal, time
       from memr1_jax.demo import pipeline
+      from memr1_jax.testing.smoke import shipped_config
       if __name__ == "__main__":
-        spec = importlib.util.spec_from_file_location("demo_config", {os.path.join(REPO, "configs", "demo.py")!r})
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        pool = pipeline.agent_pool(module.get_config(), 2)
+        pool = pipeline.agent_pool(shipped_config("demo", {str(tmp_path)!r}), 2)
         jobs = [pool.submit(time.sleep, 600) for _ in range(2)]
         while not all(job.running() for job in jobs):
           time.sleep(0.1)
