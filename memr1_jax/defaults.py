@@ -211,6 +211,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.value_clip = 0.2
   # PPO: whiten advantages over the batch's valid tokens.
   c.rl.whiten_advantages = True
+  # PPO: whiten the sequence rewards over the batch's rows before GAE (TRL's whiten_rewards): the value model, whose
+  # head starts at 0, regresses returns of mean 0 and unit variance instead of first learning the rewards' mean.
+  c.rl.whiten_rewards = False
   # Response time steps per vocabulary-projection chunk in the loss (bounds [B, chunk, V] float32 logits).
   c.rl.logprob_chunk = 256
   # Recompute each chunk's logits in the backward pass (less memory) instead of storing them.

@@ -223,6 +223,22 @@ def test_surrogate_gradient_matches_finite_differences():
       np.testing.assert_allclose(analytic, numeric, rtol=2e-3, err_msg=part)
 
 
+def test_ppo_whiten_rewards_gives_every_response_token_its_rows_whitened_score_as_return():
+  """PPO (gamma = lambda = 1) with whiten_rewards: each response token's return is its row's score minus the batch's
+  mean, over the batch's std; without it, the raw score."""
+  state, frozen, spec = _learner(algorithm="ppo")
+  batch = _batch()
+  scores_b = np.asarray(batch.scores_b, np.float64)
+  mask_bt = np.asarray(batch.response_mask_bt)
+  assert 0 < scores_b.mean() < 1  # Whitening moves both 0 and 1 scores.
+  whitened_b = (scores_b - scores_b.mean()) / np.sqrt(scores_b.var() + 1e-8)
+  for whiten_rewards, expected_b in ((True, whitened_b), (False, scores_b)):
+    config = _config(algorithm="ppo", whiten_rewards=whiten_rewards)
+    rows, _ = jax.jit(lambda s, f, b, c=config: up.prepare_rows(spec, c, s, f, b))(state, frozen, batch)
+    np.testing.assert_allclose(np.asarray(rows["returns_bt"])[mask_bt],
+                               np.broadcast_to(expected_b[:, None], mask_bt.shape)[mask_bt], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("aggregation", losses.AGGREGATIONS)
 def test_gradient_accumulation_equals_full_batch(aggregation):
   """Accumulating 4 micro-batches of 2 rows gives the gradient and metrics of one batch of 8 rows."""
@@ -513,8 +529,8 @@ def test_update_config_reads_default_config():
   defaults = pytest.importorskip("memr1_jax.defaults")
   c = defaults.default_config()
   config = up.UpdateConfig.from_config(c)
-  assert (config.algorithm, config.kl_coef, config.micro_batch_size, config.group_size) == (
-      c.algorithm, c.rl.kl_coef, c.rl.micro_batch_size, c.rollout.group_size)
+  assert (config.algorithm, config.kl_coef, config.micro_batch_size, config.group_size, config.whiten_rewards) == (
+      c.algorithm, c.rl.kl_coef, c.rl.micro_batch_size, c.rollout.group_size, c.rl.whiten_rewards)
 
 
 def test_batch_not_divisible_by_micro_batches_is_rejected():

@@ -5,8 +5,8 @@ TrainState donated and every argument sharded by the mesh rules. Inside the prog
 
 1. Scoring (no gradient), in micro-batches: behaviour log-probs if the batch has none, reference log-probs when a
    KL term needs them and the batch has none, and (PPO) the rollout-time values.
-2. Advantages: GRPO group-normalised sequence advantages; PPO outcome rewards on the last token (minus
-   kl_coef * KL per token with `kl_in_reward`), GAE, whitening.
+2. Advantages: GRPO group-normalised sequence advantages; PPO outcome rewards (whitened over the batch with
+   `whiten_rewards`) on the last token (minus kl_coef * KL per token with `kl_in_reward`), GAE, whitening.
 3. `epochs` passes over the batch; each shuffles the rows and splits them into `num_minibatches` minibatches, one
    optimizer update each. A minibatch's gradient is accumulated over micro-batches of `micro_batch_size` rows in a
    `lax.scan`; each micro-batch's loss is scaled by its aggregation denominator over the minibatch's
@@ -67,6 +67,7 @@ class UpdateConfig:
   lam: float = 1.0  # PPO GAE lambda.
   value_clip: float | None = 0.2  # PPO value clip range (None: unclipped).
   whiten_advantages: bool = True  # PPO: whiten advantages over the batch's valid tokens.
+  whiten_rewards: bool = False  # PPO: whiten the sequence rewards over the batch's rows before GAE.
   logprob_chunk: int | None = 256  # response time steps per vocabulary-projection chunk (None: one chunk).
   remat_logits: bool = True  # recompute each chunk's logits in the backward pass (memory) or store them (speed).
   fused_logprobs: bool = False  # logprobs.fused_token_logprobs: one custom-VJP op per chunk (remat_logits moot).
@@ -93,7 +94,7 @@ class UpdateConfig:
         entropy_coef=rl.entropy_coef, aggregation=rl.loss_aggregation,
         group_size=c.rollout.group_size if c.algorithm == "grpo" else 1, normalize_std=rl.normalize_std,
         gamma=rl.gamma, lam=rl.lam, value_clip=rl.value_clip,
-        whiten_advantages=rl.whiten_advantages, logprob_chunk=rl.logprob_chunk, remat_logits=rl.remat_logits,
+        whiten_advantages=rl.whiten_advantages, whiten_rewards=rl.whiten_rewards, logprob_chunk=rl.logprob_chunk, remat_logits=rl.remat_logits,
         fused_logprobs=rl.fused_logprobs)
 
 
@@ -243,6 +244,9 @@ def prepare_rows(spec: StateSpec, config: UpdateConfig, state: TrainState, froze
       rows["ref_logprobs_bt"] = ref_logprobs_bt
   if is_ppo:
     old_values_bt = scored["old_values_bt"]
+    if config.whiten_rewards:  # Over the rows with a response (padding rows have none).
+      row_mask_b1 = mask_bt.any(axis=1, keepdims=True)
+      scores_b = adv_lib.whiten(scores_b[:, None], row_mask_b1)[:, 0]
     rewards_bt = adv_lib.outcome_token_rewards(scores_b, mask_bt, kl_bt if config.kl_in_reward else None,
                                                config.kl_coef)
     advantages_bt, returns_bt = adv_lib.gae(rewards_bt, old_values_bt, mask_bt, config.gamma, config.lam)
