@@ -4,8 +4,9 @@ r"""The CPU demo: SFT on heuristic trajectories, then GRPO on the answer agent a
   python -m memr1_jax.main --config=configs/demo.py --config.algorithm=ppo # PPO
 
 (On 2 cores, seeds 0-4: an Intel Xeon, family 6 model 167, took 177-193 s with GRPO and 203-212 s with PPO at a213a0e,
-16 held-out conversations; an AMD EPYC, family 23 model 1, 302-368 s and 378-395 s at f43d3c2, 48. A first run
-compiles for longer. docs/demo.md has the seed tables.)
+16 held-out conversations; an AMD EPYC, family 23 model 1, 302-368 s and 378-395 s at f43d3c2, 48; PPO in twice
+the steps of half the prompts (demo.ppo_prompts_per_group) 485 s there, seed 1. A first run compiles for longer.
+docs/demo.md has the seed tables.)
 
 Nothing is downloaded: the synthetic memory task (`memr1_jax.demo`, plugged in as config.task), the shipped tiny
 base model with its tokenizer (memr1_jax/demo/assets/demo_base, built by `python -m memr1_jax.demo.base`), and the
@@ -128,9 +129,10 @@ def get_config():
   # grew past max_new_tokens from step ~22 (a quarter truncated, no answer; seed 0, EPYC Milan).
   c.demo.answer_steps = 80
   c.demo.answer_actor_lr = 2e-4
-  # Its PPO: 40 steps at 1e-4, +0.067 / +0.083 / +0.020 / +0.035 / +0.096; at GRPO's 80 steps and 2e-4 it gained less
-  # on every seed, +0.048 / +0.065 / +0.007 / +0.030 / +0.102 (same machine), and took 240-259 s against 203-212 s.
-  c.demo.ppo_answer.steps = 40
+  # Its PPO: at 1e-4 (at GRPO's 2e-4 it gained less on every seed, Intel Xeon); 80 steps of 16 questions (see
+  # ppo_prompts_per_group): +0.089 / +0.069 / +0.052 / +0.053 / +0.058 (seeds 0-4, AMD EPYC family 23 model 1)
+  # against +0.078 / +0.067 / +0.055 / +0.047 / +0.050 at 40 steps of 32.
+  c.demo.ppo_answer.steps = 80
   c.demo.ppo_answer.actor_lr = 1e-4
   # Its rollouts sample at rollout.temperature (1.0): from the earlier base, held-out EM over the start +0.027 (seeds
   # 0-4 mean, +0.018 to +0.046) against +0.017 at 1.5, which helped the sharper SFT start (demo.answer_temperature).
@@ -146,14 +148,19 @@ def get_config():
   # its SFT start, 0.836 -> 0.830, Intel Xeon; one seed).
   c.demo.answer_explore = 0.25
   c.demo.sft_manager_conversations = 48
-  # PPO: 4 prompts (one response each) per GRPO group of 8, half GRPO's responses per step, to stay within 5 minutes.
-  c.demo.ppo_prompts_per_group = 4
+  # PPO: 2 prompts (one response each) per GRPO group of 8, a quarter of GRPO's responses per step, in twice the
+  # steps of 4 (demo.ppo_<agent>.steps): the same prompts in all, twice the updates. The manager's PPO (24 steps of 16
+  # conversations), held-out EM, seeds 0-4 from the same SFT starts (AMD EPYC family 23 model 1): 0.808 -> 0.870
+  # (+0.052 to +0.087), replaced where needed 77% (66-84%), against 0.855 (+0.012 to +0.059) and 68% (22-84%) at 12
+  # steps of 32, where seed 1 kept its UPDATE share at 0.1-0.4 and rose only +0.012 (docs/demo.md).
+  c.demo.ppo_prompts_per_group = 2
   # The manager's PPO: actor and critic lr 3e-4 (manager alone from one SFT start, EPYC Milan, at related memories from
   # 0.6 and a constant-lr SFT: at 1e-3 held-out EM fell 0.806 -> 0.733; critic lr 1e-4: 0.709; these: 0.848). GAE
   # lambda stays rl.lam = 1 (Monte-Carlo returns): its critic never explains the returns (explained variance <= 0), and
   # at lambda 0.95 the actor followed the critic's bootstrapped values instead of the rewards, learning DELETE at the
   # turns that change a fact: 0.776 -> 0.618 / 0.751 -> 0.615 (seeds 0 / 1); at lambda 1 0.776 -> 0.824 /
   # 0.751 -> 0.840, and above the SFT start and ADD-only on seeds 0-4 (docs/demo.md).
+  c.demo.ppo_manager.steps = 24
   c.demo.ppo_manager.actor_lr = 3e-4
   c.demo.ppo_manager.critic_lr = 3e-4
   return c

@@ -365,14 +365,15 @@ def test_agent_pool_workers_stop_when_the_demo_process_is_killed(tmp_path):
 
 
 # Held-out gains of the demo's RL that the test asserts (its run, algorithm): below the smallest over seeds 0-4 on the
-# two CPU models measured (docs/demo.md). GRPO on an AMD EPYC (family 23 model 1), this commit's 48 held-out
-# conversations: the manager +0.051 to +0.081 (seeds 0 / 1: +0.051 / +0.081), "replaced where needed" +0.73 to +0.84,
-# the answer agent +0.065 to +0.089 (+0.089 / +0.065; the Intel Xeon's answer stage on 48, the same numbers); on an
-# Intel Xeon (family 6 model 167), 16 held-out conversations at a213a0e: the manager +0.026 to +0.077 (+0.036 /
-# +0.077), replaced +0.63 to +0.84. PPO's manager: on the Xeon +0.026 to +0.083, replaced +0.70 to +0.84; on the EPYC
-# seed 1 only just rises (+0.012, replaced 2% -> 22%; seed 0 +0.052, 7% -> 80%): what holds on both is its direction.
-MIN_GAINS = {("answer", "grpo"): 0.04, ("manager", "grpo"): 0.03, ("manager", "ppo"): 0.005}
-MIN_REPLACED = {"grpo": 0.4, "ppo": 0.1}
+# two CPU models measured (docs/demo.md). GRPO on an AMD EPYC (family 23 model 1), 48 held-out conversations: the
+# manager +0.051 to +0.081 (seeds 0 / 1: +0.051 / +0.081), "replaced where needed" +0.73 to +0.84, the answer agent
+# +0.065 to +0.089 (+0.089 / +0.065; the Intel Xeon's answer stage on 48, the same numbers); on an Intel Xeon (family
+# 6 model 167), 16 held-out conversations at a213a0e: the manager +0.026 to +0.077 (+0.036 / +0.077), replaced +0.63
+# to +0.84. PPO's manager in 24 steps of 16 conversations, on the EPYC: +0.052 to +0.087 (+0.052 / +0.087), replaced
+# +0.57 to +0.79 (+0.72 / +0.79); not yet measured on a second CPU model, hence the wider margin (in 12 steps of 32 it
+# rose +0.026 to +0.083 on the Xeon but only +0.012 on the EPYC's seed 1).
+MIN_GAINS = {("answer", "grpo"): 0.04, ("manager", "grpo"): 0.03, ("manager", "ppo"): 0.02}
+MIN_REPLACED = {"grpo": 0.4, "ppo": 0.3}
 
 
 def test_demo_rl_raises_held_out_em_on_two_seeds(tmp_path):
