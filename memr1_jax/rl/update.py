@@ -94,8 +94,8 @@ class UpdateConfig:
         entropy_coef=rl.entropy_coef, aggregation=rl.loss_aggregation,
         group_size=c.rollout.group_size if c.algorithm == "grpo" else 1, normalize_std=rl.normalize_std,
         gamma=rl.gamma, lam=rl.lam, value_clip=rl.value_clip,
-        whiten_advantages=rl.whiten_advantages, whiten_rewards=rl.whiten_rewards, logprob_chunk=rl.logprob_chunk, remat_logits=rl.remat_logits,
-        fused_logprobs=rl.fused_logprobs)
+        whiten_advantages=rl.whiten_advantages, whiten_rewards=rl.whiten_rewards, logprob_chunk=rl.logprob_chunk,
+        remat_logits=rl.remat_logits, fused_logprobs=rl.fused_logprobs)
 
 
 @flax.struct.dataclass
