@@ -18,6 +18,11 @@ with rematerialised logits, plain with stored logits, the fused custom-VJP op) w
 moments, and prints XLA's memory analysis of each side by side (arguments, outputs, temporaries, peak); beside it,
 the vocabulary loss alone (gradient of sum(log-probs) + 0.1 sum(entropy)): its temporaries and its time.
 
+--shared_prefix_compare: rows in GRPO groups of --group_size sharing one prompt; times the JAX step with every row
+run whole (prompt + response: n (P + T) positions per group) and with each group's prompt run once per micro-batch
+(`rl.shared_prefix`: P + n T), same batch, same run, and prints both with the speedup (the shared side's tokens/s
+and MFU count every row's P + T tokens, as if run whole: effective figures).
+
 --fit_search: for each preset (largest first) compiles the full GRPO step (policy fwd/bwd + reference forward
 inside the step + AdamW) on abstract arrays and reads XLA's memory analysis (arguments + outputs - donated + temp);
 reports the largest preset that fits in the device's memory (--device_memory_gib overrides it, e.g. on CPU).
@@ -28,6 +33,8 @@ pinned host memory between updates (`rl.optimizer_memory`); the analysis leaves 
 backend reports them apart (GPU / TPU; XLA's CPU analysis counts them as device arguments).
 
 CPU:   python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --dtype float32 --torch
+       python benchmarks/train_step.py --preset tiny --batch 16 --micro_batches 2 --group_size 8 --seq_len 3136 \
+           --prompt_len 3072 --shared_prefix_compare   # the answer agent's shape (prompts of 60 memories)
        python benchmarks/train_step.py --preset tiny --batch 8 --seq_len 128 --fit_search --device_memory_gib 1
        python benchmarks/train_step.py --preset small --vocab 32768 --batch 8 --seq_len 512 --logprob_chunk 128 \
            --memory_compare
@@ -78,18 +85,21 @@ def update_config(args) -> up.UpdateConfig:
   batch = args.batch
   if batch % args.micro_batches:
     raise SystemExit(f"--batch {batch} does not divide into --micro_batches {args.micro_batches}")
-  return up.UpdateConfig(algorithm="grpo", micro_batch_size=batch // args.micro_batches, group_size=batch,
-                         kl_coef=1e-3, shuffle=False, logprob_chunk=args.logprob_chunk or None,
-                         remat_logits=not args.store_logits, fused_logprobs=args.fused_logprobs,
-                         aggregation="token_mean")
+  return up.UpdateConfig(algorithm="grpo", micro_batch_size=batch // args.micro_batches,
+                         group_size=args.group_size or batch, kl_coef=1e-3, shuffle=False,
+                         logprob_chunk=args.logprob_chunk or None, remat_logits=not args.store_logits,
+                         fused_logprobs=args.fused_logprobs, aggregation="token_mean",
+                         shared_prefix=args.shared_prefix)
 
 
 def random_batch(args, vocab: int, seed: int = 0, with_reference_logprobs: bool = True) -> up.RolloutBatch:
-  """Random tokens, behaviour log-probs near uniform, and (optionally) reference log-probs."""
+  """Random tokens (one prompt per group of --group_size rows), behaviour log-probs near uniform, and (optionally)
+  reference log-probs."""
   rng = np.random.default_rng(seed)
   t = args.seq_len - args.prompt_len
+  n = args.group_size or args.batch
   batch = up.RolloutBatch(
-      prompt_ids_bp=rng.integers(0, vocab, (args.batch, args.prompt_len)).astype(np.int32),
+      prompt_ids_bp=np.repeat(rng.integers(0, vocab, (args.batch // n, args.prompt_len)), n, 0).astype(np.int32),
       prompt_mask_bp=np.ones((args.batch, args.prompt_len), bool),
       response_ids_bt=rng.integers(0, vocab, (args.batch, t)).astype(np.int32),
       response_mask_bt=np.ones((args.batch, t), bool),
@@ -134,6 +144,7 @@ def time_jax(args) -> dict:
       times.append(elapsed)
   stats = jax.local_devices()[0].memory_stats() or {}
   result = summarize("jax", args, cfg, times, 8 if args.with_reference or on_host else 6)
+  result.update(group_size=config.group_size, shared_prefix=config.prefix_unit > 1)
   result.update(peak_memory_gib=round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
                 attention_impl=args.attention_impl or "xla", with_reference=args.with_reference,
                 reference_memory=args.reference_memory, optimizer_memory=args.optimizer_memory,
@@ -380,6 +391,13 @@ def main(argv=None):
                       help="host: AdamW's moments in pinned host memory, copied to the device for the optimizer "
                       "update only")
   parser.add_argument("--device_memory_gib", "--device-memory-gib", type=float, default=0.0)
+  parser.add_argument("--group_size", "--group-size", type=int, default=0,
+                      help="GRPO rows per prompt (0: the whole batch is one group)")
+  parser.add_argument("--shared_prefix", "--shared-prefix", action="store_true",
+                      help="run each group's prompt once per micro-batch (rl.shared_prefix); off: every row whole, "
+                      "as the --torch side")
+  parser.add_argument("--shared_prefix_compare", "--shared-prefix-compare", action="store_true",
+                      help="time the JAX step with and without --shared_prefix, side by side")
   args = parser.parse_args(argv)
   log(f"jax {jax.__version__} on {jax.local_devices()[0].device_kind}; args {vars(args)}")
   if args.fit_search:
@@ -389,6 +407,13 @@ def main(argv=None):
     print(json.dumps(memory_compare(args)), flush=True)
     return
   results = []
+  if args.shared_prefix_compare:
+    for shared in (False, True):
+      results.append(time_jax(argparse.Namespace(**{**vars(args), "shared_prefix": shared})))
+      log(json.dumps(results[-1]))
+    log(f"shared prefix: {results[0]['step_s'] / results[1]['step_s']:.2f}x the per-row step's speed")
+    print(json.dumps(results), flush=True)
+    return
   if args.torch:
     results.append(time_torch(args))
     log(json.dumps(results[-1]))

@@ -220,6 +220,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.remat_logits = True
   # Log-softmax, gather and entropy of each chunk as one custom-VJP op (same values; one recompute in the backward).
   c.rl.fused_logprobs = False
+  # GRPO: the group's shared prompt runs once per micro-batch in the update's forward and backward, its n responses
+  # attending to its KV (rl.logprobs.shared_prefix_hidden): P + n T positions instead of n (P + T); same values.
+  c.rl.shared_prefix = True
   # Reward for a response the parser could not read (format error).
   c.rl.format_penalty = 0.0
   # Share of token F1 in the outcome reward (answer agent; the manager's through its frozen answerer):

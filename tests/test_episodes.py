@@ -220,3 +220,22 @@ def test_select_groups_keeps_whole_groups_whose_rewards_differ_first():
     assert informative == 3 and groups == sorted(groups) and len(groups) == 2 * max_groups
     assert all(groups.count(g) == 2 for g in set(groups))
     assert len(set(groups) & {1, 3, 4}) == differing
+
+
+def test_pack_experiences_orders_groups_prompt_major_and_rejects_a_group_of_two_prompts():
+  """Rows come group by group, prompts left-padded to the bucket; a group whose samples answer different prompts
+  raises a ValueError naming the group (the update runs one prompt per group)."""
+  from memr1_jax.episodes.batching import pack_experiences  # pylint: disable=g-import-not-at-top
+  sample = lambda prompt, response: Sample(text="", prompt_ids=prompt, response_ids=response,  # noqa: E731
+                                           logprobs=(-1.0,) * len(response))
+  exps = [runner.Experience(sample((5, 6, 7), (1,)), 1.0, 1, "answer", {}),
+          runner.Experience(sample((3,), (2, 2)), 0.0, 0, "answer", {}),
+          runner.Experience(sample((5, 6, 7), (3, 3)), 0.0, 1, "answer", {}),
+          runner.Experience(sample((3,), (4,)), 1.0, 0, "answer", {})]
+  packed = pack_experiences(exps, pad_id=0, group_size=2, rows_multiple=2, min_prompt_bucket=4,
+                            min_response_bucket=2)
+  assert packed["prompt_ids_bp"].tolist() == [[0, 0, 0, 3], [0, 0, 0, 3], [0, 5, 6, 7], [0, 5, 6, 7]]
+  assert packed["scores_b"].tolist() == [0.0, 1.0, 1.0, 0.0] and packed["real_rows"] == 4
+  exps[2] = runner.Experience(sample((5, 6, 8), (3, 3)), 0.0, 1, "answer", {})
+  with pytest.raises(ValueError, match="group 1's experiences answer different prompts"):
+    pack_experiences(exps, pad_id=0, group_size=2, rows_multiple=2, min_prompt_bucket=4, min_response_bucket=2)

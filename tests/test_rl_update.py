@@ -32,17 +32,18 @@ ADAM_EPS = 1e-3
 
 
 def _batch(seed=0, vocab=VOCAB, behaviour_logprobs=False) -> up.RolloutBatch:
-  """B rows: left-padded prompts, right-padded responses of lengths 1..T (one with a hole), 0/1 scores, and
-  optionally behaviour log-probs (else the step recomputes them)."""
+  """B rows in GRPO groups of G sharing a left-padded prompt (group 0's padded), right-padded responses of lengths
+  1..T (one with a hole), 0/1 scores, and optionally behaviour log-probs (else the step recomputes them)."""
   rng = np.random.default_rng(seed)
   prompt_mask = np.ones((B, P), bool)
-  prompt_mask[::3, :2] = False
+  prompt_mask[:G, :2] = False
   response_mask = np.arange(T)[None, :] < rng.integers(1, T + 1, B)[:, None]
   response_mask[1, 1] = False
   scores = rng.integers(0, 2, B).astype(np.float32)
   scores[:G] = [1.0, 0.0, 0.0, 1.0]
   batch = up.RolloutBatch(
-      prompt_ids_bp=rng.integers(0, vocab, (B, P)).astype(np.int32), prompt_mask_bp=prompt_mask,
+      prompt_ids_bp=np.repeat(rng.integers(0, vocab, (B, P))[::G], G, axis=0).astype(np.int32),
+      prompt_mask_bp=prompt_mask,
       response_ids_bt=rng.integers(0, vocab, (B, T)).astype(np.int32), response_mask_bt=response_mask,
       scores_b=scores)
   if behaviour_logprobs:
@@ -134,26 +135,76 @@ def test_chunked_logprob_gradient_matches_unchunked():
   _assert_trees_close(chunked, whole, rtol=1e-4, atol=1e-6)
 
 
+def _weighted_logprobs(graphdef, batch, seed, **kwargs):
+  """Jitted value_and_grad of params -> (sum(a * log-probs + b * entropies), (log-probs, entropies)) of `batch`'s
+  responses, random weights a, b on their tokens (from `seed`); kwargs go to `response_logprobs`."""
+  rng = np.random.default_rng(seed)
+  a_bt, b_bt = (rng.normal(size=(B, T)).astype(np.float32) * batch.response_mask_bt for _ in range(2))
+
+  def objective(params):
+    logprobs_bt, entropy_bt = logprobs_lib.response_logprobs(
+        nnx.merge(graphdef, params), batch.prompt_ids_bp, batch.prompt_mask_bp, batch.response_ids_bt,
+        batch.response_mask_bt, **kwargs)
+    return jnp.sum(a_bt * logprobs_bt + b_bt * entropy_bt), (logprobs_bt, entropy_bt)
+
+  return jax.jit(jax.value_and_grad(objective, has_aux=True))
+
+
 @pytest.mark.parametrize("chunk", [3, None])
 def test_fused_logprobs_values_and_gradients_equal_the_plain_path(chunk):
   """The custom-VJP fused log-softmax / gather / entropy gives the plain path's values and parameter gradients."""
-  model = Decoder(CFG, rngs=nnx.Rngs(2))
-  graphdef, params = nnx.split(model)
+  graphdef, params = nnx.split(Decoder(CFG, rngs=nnx.Rngs(2)))
   batch = _batch(2)
-  rng = np.random.default_rng(1)
-  a_bt, b_bt = (rng.normal(size=(B, T)).astype(np.float32) * batch.response_mask_bt for _ in range(2))
-
-  def objective(params, fused):
-    logprobs_bt, entropy_bt = logprobs_lib.response_logprobs(
-        nnx.merge(graphdef, params), batch.prompt_ids_bp, batch.prompt_mask_bp, batch.response_ids_bt,
-        batch.response_mask_bt, chunk_size=chunk, fused=fused)
-    return jnp.sum(a_bt * logprobs_bt + b_bt * entropy_bt), (logprobs_bt, entropy_bt)
-
-  (_, fused_out), fused_grad = jax.jit(jax.value_and_grad(lambda p: objective(p, True), has_aux=True))(params)
-  (_, plain_out), plain_grad = jax.jit(jax.value_and_grad(lambda p: objective(p, False), has_aux=True))(params)
+  (_, fused_out), fused_grad = _weighted_logprobs(graphdef, batch, 1, chunk_size=chunk, fused=True)(params)
+  (_, plain_out), plain_grad = _weighted_logprobs(graphdef, batch, 1, chunk_size=chunk, fused=False)(params)
   _assert_trees_close(fused_out, plain_out, rtol=1e-5, atol=1e-5)
   _assert_trees_close(fused_grad, plain_grad, rtol=1e-4, atol=1e-6)
   assert np.abs(np.asarray(fused_grad["embed_vd"])).max() > 1e-3  # the tied unembedding does get a gradient
+
+
+@pytest.mark.parametrize("fused,remat", [(False, False), (True, True)])
+def test_shared_prefix_logprobs_and_gradients_equal_the_per_row_path(fused, remat):
+  """Log-probs, entropies and parameter gradients with each group's prompt run once (group_size=G) equal those of
+  every row run whole (left-padded and unpadded prompts, ragged responses; layers rematerialised or not)."""
+  graphdef, params = nnx.split(Decoder(CFG.replace(num_layers=2, remat=remat), rngs=nnx.Rngs(4)))
+  batch = _batch(4)
+  hidden_grad = jax.grad(lambda p: jnp.sum(logprobs_lib.shared_prefix_hidden(
+      nnx.merge(graphdef, p), batch.prompt_ids_bp, batch.prompt_mask_bp, batch.response_ids_bt, G)))
+  assert ("remat" in str(jax.make_jaxpr(hidden_grad)(params))) == remat  # Layers rematerialised as configured.
+  (_, shared), shared_grad = _weighted_logprobs(graphdef, batch, 2, chunk_size=3, fused=fused, group_size=G)(params)
+  (_, rows), rows_grad = _weighted_logprobs(graphdef, batch, 2, chunk_size=3, fused=fused, group_size=1)(params)
+  valid = batch.response_mask_bt
+  for x, y in zip(shared, rows):
+    np.testing.assert_allclose(np.asarray(x)[valid], np.asarray(y)[valid], rtol=1e-5, atol=1e-5)
+  _assert_trees_close(shared_grad, rows_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["whole_groups", "half_groups_shuffled", "dead_groups_skipped", "mesh"])
+def test_grpo_update_with_shared_prefix_equals_the_per_row_update(kind):
+  """A GRPO step whose groups' prompts run once per micro-batch (whole groups, half-groups with shuffled rows, the
+  skip of equal-reward groups, a (2, 2, 2) mesh) gives the weights and metrics of the per-row step."""
+  batch = jax.tree.map(lambda a, b: np.concatenate([a, b]), _batch(5, behaviour_logprobs=True),
+                       _batch(6, behaviour_logprobs=True))
+  config = _config(micro_batch_size=G)
+  mesh = None
+  if kind == "half_groups_shuffled":
+    config = _config(micro_batch_size=2, shuffle=True)
+  elif kind == "dead_groups_skipped":
+    batch.scores_b[4:8] = 1.0  # Group 1 of 4 has equal rewards: its micro-batch is not run.
+    config = _config(micro_batch_size=G, kl_coef=0.0, entropy_coef=0.0, shuffle=True)
+  elif kind == "mesh":
+    mesh = sharding.make_mesh((2, 2, 2))
+    config = _config(micro_batch_size=2 * G, shuffle=True)
+  assert config.prefix_unit == min(config.micro_batch_size, G)
+  results = []
+  for shared in (True, False):
+    state, frozen, spec = _learner(mesh=mesh)
+    step = up.make_update_step(spec, dataclasses.replace(config, shared_prefix=shared))
+    state, metrics = step(state, frozen, batch, jax.random.key(1))
+    results.append((_host(state.policy), _host(metrics)))
+  _assert_trees_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-6)
+  for name in ("loss", "pg_loss", "grad_norm", "entropy"):
+    np.testing.assert_allclose(results[0][1][name], results[1][1][name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("master_dtype", ["float32", "bfloat16"])
@@ -243,11 +294,11 @@ def test_ppo_whiten_rewards_gives_every_response_token_its_rows_whitened_score_a
 def test_gradient_accumulation_equals_full_batch(aggregation):
   """Accumulating 4 micro-batches of 2 rows gives the gradient and metrics of one batch of 8 rows."""
   state, frozen, spec = _learner()
-  config = _config(aggregation=aggregation, micro_batch_size=B)
+  config = _config(aggregation=aggregation, micro_batch_size=2)  # Half-groups: each pair shares its prompt run.
   rows, _ = jax.jit(lambda s, f, b: up.prepare_rows(spec, config, s, f, b))(state, frozen, _batch())
   grads_fn = jax.jit(lambda r: up.minibatch_gradients(spec, config, (state.policy, None), frozen, r))
   full = grads_fn(jax.tree.map(lambda x: x[None], rows))
-  accumulated = grads_fn(up.split_rows(rows, 4))
+  accumulated = grads_fn(up.split_unit_rows(rows, config.prefix_unit, 4))
   _assert_trees_close(accumulated, full, rtol=1e-4, atol=1e-7)
 
 
@@ -529,8 +580,9 @@ def test_update_config_reads_default_config():
   defaults = pytest.importorskip("memr1_jax.defaults")
   c = defaults.default_config()
   config = up.UpdateConfig.from_config(c)
-  assert (config.algorithm, config.kl_coef, config.micro_batch_size, config.group_size, config.whiten_rewards) == (
-      c.algorithm, c.rl.kl_coef, c.rl.micro_batch_size, c.rollout.group_size, c.rl.whiten_rewards)
+  assert (config.algorithm, config.kl_coef, config.micro_batch_size, config.group_size, config.whiten_rewards,
+          config.shared_prefix) == (c.algorithm, c.rl.kl_coef, c.rl.micro_batch_size, c.rollout.group_size,
+                                    c.rl.whiten_rewards, c.rl.shared_prefix)
 
 
 def test_batch_not_divisible_by_micro_batches_is_rejected():

@@ -45,7 +45,7 @@ def pack_experiences(experiences: Sequence[Experience], *, pad_id: int, group_si
   """Packs experiences into the numpy fields of `rl.update.RolloutBatch`.
 
   Rows are ordered group by group (prompt-major, as GRPO expects); each group must hold exactly `group_size`
-  experiences. The row count is rounded up to `rows_multiple` * a power of two with whole padding groups; prompt
+  experiences of one prompt. The row count is rounded up to `rows_multiple` * a power of two with whole padding groups; prompt
   lengths to `generation.length_bucket(., min_prompt_bucket, prompt_bucket_multiple)`.
 
   Returns:
@@ -60,6 +60,9 @@ def pack_experiences(experiences: Sequence[Experience], *, pad_id: int, group_si
   for g, members in groups.items():
     if len(members) != group_size:
       raise ValueError(f"group {g} has {len(members)} experiences, expected group_size={group_size}")
+    if any(e.sample.prompt_ids != members[0].sample.prompt_ids for e in members[1:]):
+      raise ValueError(f"group {g}'s experiences answer different prompts: a GRPO group samples one prompt (the "
+                       "update runs it once per group, rl.shared_prefix)")
   rows = [e for g in sorted(groups) for e in groups[g]]
   unit = int(np.lcm(rows_multiple, group_size))
   b = unit * bucket_size(-(-max(len(rows), 1) // unit), 1)

@@ -151,7 +151,9 @@ class Attention(nnx.Module):
     new_cache = None
     if kv_cache is not None:
       k_cache, v_cache = kv_cache
-      new_cache = tuple(jax.lax.dynamic_update_slice(c, x.transpose(0, 2, 1, 3).astype(c.dtype), (0, 0, cache_end, 0))
+      zero = jnp.zeros_like(cache_end)  # Indices of one dtype (also under jax_enable_x64).
+      new_cache = tuple(jax.lax.dynamic_update_slice(c, x.transpose(0, 2, 1, 3).astype(c.dtype),
+                                                     (zero, zero, cache_end, zero))
                         for c, x in ((k_cache, k), (v_cache, v)))
     if prefix is not None:
       out = cascade_attention(q, prefix[0].astype(dt), prefix[1].astype(dt), prefix[2], new_cache[0].astype(dt),
@@ -238,7 +240,7 @@ class Decoder(nnx.Module):
                       preferred_element_type=jnp.float32)
 
   def forward_hidden(self, input_ids_bt, attention_mask_bt=None, positions_bt=None,
-                     cache: KVCache | CascadeCache | None = None):
+                     cache: KVCache | CascadeCache | None = None, remat: bool | None = None):
     """Runs the layers and the final norm. Returns (hidden_btd, updated cache or None).
 
     Without a cache the attention is causal over this chunk; with no attention_mask_bt either, it is plain causal
@@ -246,6 +248,8 @@ class Decoder(nnx.Module):
     With a cache, the chunk's keys / values are written at slots [cache.end, cache.end + T) and each query attends
     every valid slot at or before its own. With a `CascadeCache` the chunk goes into the suffix and each query also
     attends every valid slot of its prompt's shared prefix.
+    remat: rematerialise each layer in the backward pass; None: cfg.remat without a cache (a decode step's loop
+    cannot be traced through `nnx.remat`; a training forward through a fresh cache can, and passes cfg.remat).
     """
     cfg = self.cfg
     b, t = input_ids_bt.shape
@@ -269,13 +273,15 @@ class Decoder(nnx.Module):
       cache_end, valid_bs = None, None
     else:
       cache_end = cache.end
-      valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, attention_mask_bt, (0, cache_end))
+      valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, attention_mask_bt, (jnp.zeros_like(cache_end), cache_end))
       slot_s = jnp.arange(cache.max_len)
       query_slot_t = cache_end + jnp.arange(t)
       mask_bts = (slot_s[None, :] <= query_slot_t[:, None])[None] & valid_bs[:, None, :]
 
     layer_fn = DecoderLayer.__call__
-    if cfg.remat and cache is None:  # Only a gradient needs it; nnx.remat cannot trace a cached decode step's loop.
+    if remat is None:
+      remat = cfg.remat and cache is None
+    if remat:  # Only a gradient needs it.
       layer_fn = nnx.remat(layer_fn, prevent_cse=False)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from memr1_jax.models.decoder import Decoder
+from memr1_jax.models.decoder import CascadeCache, Decoder, KVCache, positions_from_mask
 
 
 def response_hidden(model: Decoder, prompt_ids_bp: jax.Array, prompt_mask_bp: jax.Array,
@@ -49,6 +49,43 @@ def response_hidden(model: Decoder, prompt_ids_bp: jax.Array, prompt_mask_bp: ja
   hidden_bsd, _ = model.forward_hidden(ids_bs)
   index_bt = jnp.clip(jnp.arange(p - 1, p + t - 1)[None, :] - pad_b[:, None], 0, s - 1)
   return jnp.take_along_axis(hidden_bsd, index_bt[..., None], axis=1)
+
+
+def shared_prefix_hidden(model: Decoder, prompt_ids_bp: jax.Array, prompt_mask_bp: jax.Array,
+                         response_ids_bt: jax.Array, group_size: int) -> jax.Array:
+  """`response_hidden` for rows in groups of `group_size` that share one prompt, running each prompt once.
+
+  Rows are prompt-major (row i * n + j is sample j of prompt i, every row of a group holding the same prompt). Each
+  group's prompt runs once into a KV cache ([B / n, K, P, H] per layer) and its n responses attend to it and to
+  themselves (`attention.cascade_attention`), so a group costs P + n * T positions instead of n * (P + T); the
+  gradient of the shared prompt sums its n responses'. The same values as `response_hidden` up to rounding.
+
+  Args:
+    prompt_ids_bp, prompt_mask_bp: [B, P] left-padded prompts (only row 0 of each group is read) and their mask.
+    response_ids_bt: [B, T] right-padded responses (right padding is harmless: causal attention).
+    group_size: n, rows per prompt (B divides by it).
+
+  Returns:
+    hidden_btd [B, T, D] in the model's compute dtype (garbage where the response is padding).
+  """
+  b, t = response_ids_bt.shape
+  n, p = group_size, prompt_ids_bp.shape[1]
+  if b % n:
+    raise ValueError(f"logprobs.py: {b} rows are not whole groups of {n}")
+  prompt_mask_gp = prompt_mask_bp[::n].astype(bool)
+  remat = model.cfg.remat
+  prompt_hidden_gpd, prefix = model.forward_hidden(prompt_ids_bp[::n], prompt_mask_gp,
+                                                   positions_from_mask(prompt_mask_gp),
+                                                   KVCache.init(model.cfg, b // n, p), remat=remat)
+  prompt_len_b = jnp.repeat(jnp.sum(prompt_mask_gp, axis=1, dtype=jnp.int32), n)
+  # The last response token predicts nothing: the suffix runs over T - 1 positions.
+  suffix = CascadeCache(prefix=prefix, suffix=KVCache.init(model.cfg, b, max(t - 1, 1)))
+  ids_bt = response_ids_bt[:, :max(t - 1, 1)]
+  response_hidden_btd, _ = model.forward_hidden(ids_bt, jnp.ones(ids_bt.shape, bool),
+                                                prompt_len_b[:, None] + jnp.arange(ids_bt.shape[1])[None], suffix,
+                                                remat=remat)
+  first_b1d = jnp.repeat(prompt_hidden_gpd[:, -1:], n, axis=0)  # The prompt's last token predicts response token 0.
+  return jnp.concatenate([first_b1d, response_hidden_btd[:, :t - 1]], axis=1)
 
 
 def unembedding(model: Decoder) -> jax.Array:
@@ -195,13 +232,18 @@ def token_logprobs(hidden_btd: jax.Array, w_dv: jax.Array, targets_bt: jax.Array
 def response_logprobs(model: Decoder, prompt_ids_bp: jax.Array, prompt_mask_bp: jax.Array,
                       response_ids_bt: jax.Array, response_mask_bt: jax.Array, *, chunk_size: int | None = None,
                       remat_chunks: bool = True, seq_len: int | None = None,
-                      fused: bool = False) -> tuple[jax.Array, jax.Array]:
+                      fused: bool = False, group_size: int = 1) -> tuple[jax.Array, jax.Array]:
   """Log-probs [B, T] of the response tokens given prompt + previous response tokens, and entropies [B, T].
 
   Arguments as in `response_hidden` and `token_logprobs`; `fused`: use `fused_token_logprobs` (remat_chunks is then
-  moot: the fused backward always recomputes). Values at padded response positions are finite garbage.
+  moot: the fused backward always recomputes); `group_size` > 1: rows come in prompt-major groups of that many
+  sharing one prompt, which runs once per group (`shared_prefix_hidden`; seq_len is then unused). Values at padded
+  response positions are finite garbage.
   """
-  hidden_btd = response_hidden(model, prompt_ids_bp, prompt_mask_bp, response_ids_bt, response_mask_bt, seq_len)
+  if group_size > 1:
+    hidden_btd = shared_prefix_hidden(model, prompt_ids_bp, prompt_mask_bp, response_ids_bt, group_size)
+  else:
+    hidden_btd = response_hidden(model, prompt_ids_bp, prompt_mask_bp, response_ids_bt, response_mask_bt, seq_len)
   if fused:
     return fused_token_logprobs(hidden_btd, unembedding(model), response_ids_bt, chunk_size=chunk_size)
   return token_logprobs(hidden_btd, unembedding(model), response_ids_bt, chunk_size=chunk_size,

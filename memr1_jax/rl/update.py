@@ -12,7 +12,9 @@ TrainState donated and every argument sharded by the mesh rules. Inside the prog
    `lax.scan`; each micro-batch's loss is scaled by its aggregation denominator over the minibatch's
    (`losses.aggregation_denominator`), so the accumulated gradient equals the full minibatch's. When rows of zero
    advantage carry no gradient (GRPO without KL / entropy terms, `skips_dead_rows`), the rows with one are put first
-   and only the micro-batches holding them run (a traced count: equal-reward groups cost no compute).
+   and only the micro-batches holding them run (a traced count: equal-reward groups cost no compute). Under GRPO
+   with `shared_prefix` rows move in runs of `UpdateConfig.prefix_unit` that share a prompt, which each
+   micro-batch's forward runs once (`logprobs.shared_prefix_hidden`).
 4. AdamW (global-norm clipping, warmup-then-constant schedule). An update whose loss or gradient norm is not
    finite is skipped: parameters and optimizer states keep their values and metrics["skipped"] is 1. Optimizer
    states kept in pinned host memory (`init_train_state(optimizer_memory="host")`) are copied to the device for each
@@ -28,6 +30,7 @@ the reference log-probs, so the update step holds no reference weights.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import flax
@@ -71,6 +74,7 @@ class UpdateConfig:
   logprob_chunk: int | None = 256  # response time steps per vocabulary-projection chunk (None: one chunk).
   remat_logits: bool = True  # recompute each chunk's logits in the backward pass (memory) or store them (speed).
   fused_logprobs: bool = False  # logprobs.fused_token_logprobs: one custom-VJP op per chunk (remat_logits moot).
+  shared_prefix: bool = True  # GRPO: a group's prompt runs once per micro-batch (`prefix_unit` rows share it).
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
@@ -82,6 +86,15 @@ class UpdateConfig:
     for name in ("epochs", "num_minibatches", "micro_batch_size", "group_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"update.py: {name}={getattr(self, name)} must be >= 1")
+
+  @property
+  def prefix_unit(self) -> int:
+    """Rows that share one prompt run in the forward pass: gcd(micro_batch_size, group_size) under GRPO with
+    shared_prefix (whole groups, or equal slices of one, per micro-batch), else 1. Rows are split, shuffled and
+    dropped in units of this many consecutive rows."""
+    if self.algorithm != "grpo" or not self.shared_prefix:
+      return 1
+    return math.gcd(self.micro_batch_size, self.group_size)
 
   @classmethod
   def from_config(cls, c) -> UpdateConfig:
@@ -95,7 +108,7 @@ class UpdateConfig:
         group_size=c.rollout.group_size if c.algorithm == "grpo" else 1, normalize_std=rl.normalize_std,
         gamma=rl.gamma, lam=rl.lam, value_clip=rl.value_clip,
         whiten_advantages=rl.whiten_advantages, whiten_rewards=rl.whiten_rewards, logprob_chunk=rl.logprob_chunk,
-        remat_logits=rl.remat_logits, fused_logprobs=rl.fused_logprobs)
+        remat_logits=rl.remat_logits, fused_logprobs=rl.fused_logprobs, shared_prefix=rl.shared_prefix)
 
 
 @flax.struct.dataclass
@@ -141,6 +154,29 @@ def merge_rows(rows):
   return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(-1, *x.shape[2:]), rows)
 
 
+def to_units(rows, unit: int):
+  """[B, ...] leaves -> [B / unit, unit, ...]: runs of `unit` consecutive rows (`UpdateConfig.prefix_unit`) that
+  splitting and shuffling keep together."""
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] // unit, unit, *x.shape[1:]), rows)
+
+
+def from_units(rows, axis: int):
+  """Merges axes `axis` and `axis + 1` of every leaf (units back into rows): the inverse of `to_units` at axis 0."""
+  return jax.tree.map(lambda x: x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2:]), rows)
+
+
+def split_unit_rows(rows, unit: int, *lead: int):
+  """`split_rows` over units of `unit` consecutive rows: [B, ...] -> [*lead, B / prod(lead), ...], each unit's rows
+  adjacent in one group."""
+  return from_units(split_rows(to_units(rows, unit), *lead), len(lead))
+
+
+def merge_unit_rows(rows, unit: int):
+  """Inverse of `split_unit_rows(rows, unit, g)`: [G, b, ...] -> [b * G, ...] in the original order."""
+  grouped = jax.tree.map(lambda x: x.reshape(x.shape[0], -1, unit, *x.shape[2:]), rows)
+  return from_units(merge_rows(grouped), 0)
+
+
 def _batch_spec(spec: StateSpec) -> P | None:
   mesh = spec.mesh
   if mesh is None:
@@ -169,14 +205,15 @@ def policy_logprobs(spec: StateSpec, config: UpdateConfig, params, frozen_policy
   model = nnx.merge(spec.policy_graphdef, params, frozen_policy)
   return logprobs_lib.response_logprobs(
       model, rows["prompt_ids_bp"], rows["prompt_mask_bp"], rows["response_ids_bt"], rows["response_mask_bt"],
-      chunk_size=config.logprob_chunk, remat_chunks=config.remat_logits, fused=config.fused_logprobs)
+      chunk_size=config.logprob_chunk, remat_chunks=config.remat_logits, fused=config.fused_logprobs,
+      group_size=config.prefix_unit)
 
 
 def _reference_logprobs(spec: StateSpec, config: UpdateConfig, frozen: FrozenParams, rows) -> jax.Array:
   logprobs_bt, _ = logprobs_lib.response_logprobs(
       reference_model(spec, frozen), rows["prompt_ids_bp"], rows["prompt_mask_bp"], rows["response_ids_bt"],
       rows["response_mask_bt"], chunk_size=config.logprob_chunk, remat_chunks=config.remat_logits,
-      fused=config.fused_logprobs)
+      fused=config.fused_logprobs, group_size=config.prefix_unit)
   return logprobs_bt
 
 
@@ -226,9 +263,9 @@ def prepare_rows(spec: StateSpec, config: UpdateConfig, state: TrainState, froze
 
   scored = {}
   if need_old or need_ref or is_ppo:
-    groups = b // config.micro_batch_size
-    _, scored = _scan(score, None, split_rows(rows, groups), groups)
-    scored = merge_rows(scored)
+    groups, unit = b // config.micro_batch_size, config.prefix_unit
+    _, scored = _scan(score, None, split_unit_rows(rows, unit, groups), groups)
+    scored = merge_unit_rows(scored, unit)
   old_logprobs_bt = scored["old_logprobs_bt"] if need_old else batch.old_logprobs_bt
   rows["old_logprobs_bt"] = jnp.where(mask_bt, old_logprobs_bt.astype(jnp.float32), 0.0)
   scores_b = batch.scores_b.astype(jnp.float32)
@@ -349,21 +386,23 @@ def minibatch_gradients(spec: StateSpec, config: UpdateConfig, trained, frozen: 
   return grads, metrics
 
 
-def live_rows_first(rows, num_minibatches: int, micro_batch_size: int) -> tuple[dict, jax.Array]:
-  """Splits `rows` into minibatches (as `split_rows`) whose rows with a nonzero advantage come first.
+def live_rows_first(rows, num_minibatches: int, micro_batch_size: int, unit: int = 1) -> tuple[dict, jax.Array]:
+  """Splits `rows` into minibatches (as `split_unit_rows`) whose units (runs of `unit` rows) with a nonzero
+  advantage come first.
 
   Returns:
-    (rows_mkb [M, K, micro, ...], num_live_m [M]: how many leading micro-batches of each minibatch hold its rows
+    (rows_mkb [M, K, micro, ...], num_live_m [M]: how many leading micro-batches of each minibatch hold its units
     with a nonzero advantage).
   """
-  b = rows["advantages_bt"].shape[0]
-  live_b = jnp.any(rows["advantages_bt"] != 0, axis=1)
-  index_mn = split_rows(jnp.arange(b), num_minibatches)
-  live_mn = live_b[index_mn]
+  rows_u = to_units(rows, unit)
+  num_units, micro_units = rows_u["advantages_bt"].shape[0], micro_batch_size // unit
+  live_u = jnp.any(rows_u["advantages_bt"] != 0, axis=(1, 2))
+  index_mn = split_rows(jnp.arange(num_units), num_minibatches)
+  live_mn = live_u[index_mn]
   index_mn = jnp.take_along_axis(index_mn, jnp.argsort(~live_mn, axis=1, stable=True), axis=1)
-  index_mkb = index_mn.reshape(num_minibatches, -1, micro_batch_size)
-  num_live_m = -(-live_mn.sum(axis=1) // micro_batch_size)
-  return jax.tree.map(lambda x: x[index_mkb], rows), num_live_m
+  index_mku = index_mn.reshape(num_minibatches, -1, micro_units)
+  num_live_m = -(-live_mn.sum(axis=1) // micro_units)
+  return from_units(jax.tree.map(lambda x: x[index_mku], rows_u), 2), num_live_m
 
 
 def apply_gradients(spec: StateSpec, config: UpdateConfig, state: TrainState, grads,
@@ -422,10 +461,10 @@ def make_reference_scorer(spec: StateSpec, config: UpdateConfig) -> Callable[[Fr
     if b % config.micro_batch_size:
       raise ValueError(f"update.py: a batch of {b} rows does not split into micro-batches of "
                        f"{config.micro_batch_size}")
-    groups = b // config.micro_batch_size
+    groups, unit = b // config.micro_batch_size, config.prefix_unit
     step = lambda _, rows_mb: (None, _reference_logprobs(spec, config, frozen, _constrain(spec, rows_mb)))  # noqa: E731
-    _, logprobs_gbt = _scan(step, None, split_rows(rows, groups), groups)
-    return merge_rows(logprobs_gbt).astype(jnp.float32)
+    _, logprobs_gbt = _scan(step, None, split_unit_rows(rows, unit, groups), groups)
+    return merge_unit_rows(logprobs_gbt, unit).astype(jnp.float32)
 
   if spec.mesh is None:
     return jax.jit(score)
@@ -479,15 +518,17 @@ def make_update_step(spec: StateSpec, config: UpdateConfig
       grads, metrics = minibatch_gradients(spec, config, (state.policy, state.value), frozen, rows_kb, num_live)
       return apply_gradients(spec, config, state, grads, metrics)
 
+    unit = config.prefix_unit
+
     def epoch(state, epoch_key):
       epoch_rows = rows
-      if config.shuffle:
-        order = jax.random.permutation(epoch_key, b)
-        epoch_rows = jax.tree.map(lambda x: x[order], rows)
+      if config.shuffle:  # Whole units: a shared prompt's rows stay together.
+        order = jax.random.permutation(epoch_key, b // unit)
+        epoch_rows = from_units(jax.tree.map(lambda x: x[order], to_units(rows, unit)), 0)
       if skip:
-        xs = live_rows_first(epoch_rows, config.num_minibatches, config.micro_batch_size)
+        xs = live_rows_first(epoch_rows, config.num_minibatches, config.micro_batch_size, unit)
       else:
-        xs = split_rows(epoch_rows, config.num_minibatches, num_micro)
+        xs = split_unit_rows(epoch_rows, unit, config.num_minibatches, num_micro)
       return _scan(minibatch, state, xs, config.num_minibatches)
 
     state, metrics = _scan(epoch, state, jax.random.split(key, config.epochs), config.epochs)
