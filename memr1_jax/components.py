@@ -405,6 +405,6 @@ def make_engine_policy(model, tokenizer, config, mesh, *, seed: int, max_new_tok
   engine = RolloutEngine(model, tokenizer, RolloutConfig(
       max_new_tokens=max_new_tokens, max_prompt_len=r.max_prompt_len, max_rows_per_batch=r.max_batch,
       min_prompt_bucket=r.min_prompt_bucket, prompt_bucket_multiple=r.prompt_bucket_multiple,
-      mesh=mesh if mesh is not None and mesh.size > 1 else None, seed=seed))
+      min_batch_bucket=r.min_batch_bucket, mesh=mesh if mesh is not None and mesh.size > 1 else None, seed=seed))
   return EnginePolicy(engine, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                       max_new_tokens=max_new_tokens, seed=seed)

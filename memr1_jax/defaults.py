@@ -149,6 +149,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.rollout.min_prompt_bucket = 64
   # > 0: prompt lengths are padded to multiples of this instead of powers of two (less padding, more shapes).
   c.rollout.prompt_bucket_multiple = 0
+  # Smallest batch bucket in rows (prompts x samples) of a generate call: fewer compilations, but a one-prompt call
+  # (a single conversation's walk, one turn at a time) prefills this many rows.
+  c.rollout.min_batch_bucket = 8
   # Smallest response-length bucket of the update (powers of two from here): each bucket compiles the update once;
   # max_new_tokens (a power of two) compiles it once only, at the cost of padding short responses.
   c.rollout.min_response_bucket = 16

@@ -24,17 +24,19 @@ REDUCED = {"rollout.batch_size": 4, "rollout.group_size": 2, "rollout.max_new_to
            "memory.extractor_max_tokens": 4, "memory.encoder": "hashing:64"}
 
 
-def rehearse(tmp_path, data: str) -> dict:
-  """Runs every stage in `tmp_path`; returns {"prepare": the tuples file's header, "manager" / "answer": their step's
-  metrics, "report": the eval report, "extractor_config": the extractor's config.json}."""
+def rehearse(tmp_path, data: str, **overrides) -> dict:
+  """Runs every stage in `tmp_path` (config overrides `overrides` on top of REDUCED); returns {"prepare": the tuples
+  file's header, "manager" / "answer": their step's metrics, "report": the eval report, "extractor_config": the
+  extractor's config.json}."""
   extractor = tmp_path / "extractor"
-  cfg = shipped_config("locomo_rehearsal", tmp_path / "manager", **REDUCED, **{"data.path": data})
+  overrides = {**REDUCED, **overrides, "data.path": data}
+  cfg = shipped_config("locomo_rehearsal", tmp_path / "manager", **overrides)
   assert write_random_checkpoint(str(extractor), preset="tiny", tokenizer_dir=cfg.model.tokenizer, seed=1)
   assert not write_random_checkpoint(str(extractor), preset="tiny", tokenizer_dir=cfg.model.tokenizer, seed=1)
 
-  def stage(workdir, mode, **overrides):
-    c = shipped_config("locomo_rehearsal", tmp_path / workdir, **REDUCED,
-                       **{"data.path": data, "memory.extractor": str(extractor), "mode": mode, **overrides})
+  def stage(workdir, mode, **fields):
+    c = shipped_config("locomo_rehearsal", tmp_path / workdir,
+                       **{**overrides, "memory.extractor": str(extractor), "mode": mode, **fields})
     main_lib.run(c, "configs/locomo_rehearsal.py")
 
   stage("manager", "prepare")
@@ -104,7 +106,9 @@ def test_rehearsal_on_the_locomo_fixture(tmp_path):
 
 @pytest.mark.skipif(not os.path.exists(REAL_LOCOMO), reason=f"{REAL_LOCOMO} is absent (the LoCoMo release file)")
 def test_rehearsal_on_real_locomo(tmp_path):
-  """On locomo10.json: conv-26 gives 113 tuples and 150 linked questions, and all 81 validation questions are scored."""
-  result = rehearse(tmp_path, REAL_LOCOMO)
+  """On locomo10.json: conv-26 gives 113 tuples and 150 linked questions, and all 81 validation questions are scored
+  (on one device: the fixture's rehearsal covers the 8-device mesh, where 8 shards of a tiny model on 2 cores only
+  cost time)."""
+  result = rehearse(tmp_path, REAL_LOCOMO, **{"mesh.num_devices": 1})
   check(result, REAL_LOCOMO)
   assert (result["prepare"]["counts"]["tuples"], result["prepare"]["counts"]["linked_questions"]) == (113, 150)
