@@ -20,6 +20,11 @@ fit=(--preset "$seven" --batch 8 --seq_len 1024 --dtype bfloat16 --remat --micro
   --adam_b2 0.995 --reference_memory host)
 mfu=(--preset "$small" --batch 8 --seq_len 1024 --dtype bfloat16 --attention_impl cudnn --steps 5 --warmup 2)
 [ "${SMOKE:-0}" = 1 ] && mfu=(--preset tiny --batch 8 --seq_len 128 --steps 2 --warmup 1)
+# The answer agent's update shape: 2 prompts x 8 samples, prompt 3,072 + 64 new, each row whole vs rl.shared_prefix.
+shared=(--preset "$small" --batch 16 --micro_batches 2 --group_size 8 --seq_len 3136 --prompt_len 3072 --dtype bfloat16
+  --remat --shared_prefix_compare --steps 3 --warmup 1)
+[ "${SMOKE:-0}" = 1 ] && shared=(--preset tiny --batch 16 --micro_batches 2 --group_size 8 --seq_len 160
+  --prompt_len 128 --shared_prefix_compare --steps 2 --warmup 1)
 
 job() {  # job NAME CAP command...: runs it under `timeout CAP` if the budget left allows, logs to $out/NAME.log.
   local name=$1 cap=$2; shift 2
@@ -46,4 +51,6 @@ job optimizer_update 60 python benchmarks/optimizer_update.py --preset "$small" 
 job fit_7b_host 150 python benchmarks/train_step.py "${fit[@]}" --fit_search --fit_presets "$seven" "${card[@]}"
 job fit_7b_offload 150 python benchmarks/train_step.py "${fit[@]}" --optimizer_memory host --fit_search \
   --fit_presets "$seven" --device_memory_gib 79
+# The GRPO update with each group's prompt run once (rl.shared_prefix) against every row whole, 1.5B.
+job update_shared_prefix 150 python benchmarks/train_step.py "${shared[@]}"
 echo "total $((SECONDS - start)) s" | tee -a "$out/summary.txt"
