@@ -45,8 +45,8 @@ def pack_experiences(experiences: Sequence[Experience], *, pad_id: int, group_si
   """Packs experiences into the numpy fields of `rl.update.RolloutBatch`.
 
   Rows are ordered group by group (prompt-major, as GRPO expects); each group must hold exactly `group_size`
-  experiences of one prompt. The row count is rounded up to `rows_multiple` * a power of two with whole padding groups; prompt
-  lengths to `generation.length_bucket(., min_prompt_bucket, prompt_bucket_multiple)`.
+  experiences of one prompt. The row count is rounded up to `rows_multiple` * a power of two with whole padding
+  groups; prompt lengths to `generation.length_bucket(., min_prompt_bucket, prompt_bucket_multiple)`.
 
   Returns:
     dict with prompt_ids_bp, prompt_mask_bp, response_ids_bt, response_mask_bt, scores_b, old_logprobs_bt, and
