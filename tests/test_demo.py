@@ -222,7 +222,8 @@ def test_rl_config_sizes_each_agents_batch_for_grpo_and_ppo(tmp_path):
   demo.ppo_prompts_per_group times as many (rollout.group_size when 0), one response each; each agent its steps."""
   config = demo_config(tmp_path, **{"rollout.batch_size": 8, "demo.manager_batch_size": 3, "rollout.group_size": 8,
                                     "demo.ppo_prompts_per_group": 4})
-  sizes = {(algo, agent): pipeline.rl_config(pipeline.stage_config(config, algorithm=algo), agent, "init").rollout.batch_size
+  sizes = {(algo, agent): pipeline.rl_config(pipeline.stage_config(config, algorithm=algo), agent,
+                                             "init").rollout.batch_size
            for algo in ("grpo", "ppo") for agent in ("answer", "manager")}
   assert sizes == {("grpo", "answer"): 8, ("grpo", "manager"): 3, ("ppo", "answer"): 32, ("ppo", "manager"): 12}
   default = pipeline.stage_config(config, **{"algorithm": "ppo", "demo.ppo_prompts_per_group": 0})
@@ -267,15 +268,13 @@ def test_rl_config_evaluates_after_the_last_step_and_every_demo_eval_every_steps
 
 
 def test_answer_agent_starts_from_the_base_or_the_sft_model_and_the_manager_from_the_sft_model(tmp_path):
-  """demo.answer_start = "base" starts the answer agent's RL from config.model.path and needs no SFT for it alone;
-  "sft" starts it from the SFT model; the manager always starts from the SFT model."""
+  """demo.answer_start = "base" starts the answer agent's RL from config.model.path; "sft" starts it from the SFT
+  model; the manager always starts from the SFT model."""
   config = demo_config(tmp_path, **{"demo.answer_start": "base"})
   assert pipeline.start_path(config, "answer", "sft_dir") == config.model.path == base.DEMO_BASE_DIR
   assert pipeline.start_path(config, "manager", "sft_dir") == "sft_dir"
-  assert not pipeline.needs_sft(config, ["answer"]) and pipeline.needs_sft(config, ["answer", "manager"])
   sft_start = pipeline.stage_config(config, **{"demo.answer_start": "sft"})
   assert pipeline.start_path(sft_start, "answer", "sft_dir") == "sft_dir"
-  assert pipeline.needs_sft(sft_start, ["answer"])
 
 
 def test_sft_data_are_parseable_replies_to_runner_prompts(tmp_path):
@@ -303,7 +302,8 @@ def test_shipped_base_encodes_each_agent_instruction_as_one_token():
 
 def test_agents_trained_at_once_in_processes_match_one_after_the_other(tmp_path):
   """demo.train_agents with parallel_agents (one spawned process per run) logs the same losses, rewards and held-out
-  scores as the same runs one after the other in this process."""
+  scores as the same runs one after the other in this process; the answer agent, which starts from the base, trains
+  while this process makes the manager's start (the SFT's place)."""
   config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "demo.train_conversations": 4,
                                     "demo.eval_conversations": 2, "demo.answer_steps": 1, "demo.manager_steps": 1,
                                     "rollout.batch_size": 2, "demo.manager_batch_size": 2,
@@ -312,14 +312,23 @@ def test_agents_trained_at_once_in_processes_match_one_after_the_other(tmp_path)
   # error rate 1.0 within 48 tokens), so all got the same penalty and no gradient; with one conversation per manager
   # step, all of its groups had equal rewards from the rehearsing base's SFT start (grad norm 0): two.
   init = pipeline.warm_start(pipeline.stage_config(config, **{"sft.num_steps": 40}))
-  logs = {}
+  logs, answer_began = {}, {}
   for parallel in (False, True):
     c = pipeline.stage_config(config, **{"demo.parallel_agents": parallel})
-    runs = [(c, agent, pipeline.start_path(c, agent, init), str(tmp_path / f"{agent}_{parallel}"))
-            for agent in ("answer", "manager")]  # Each from the demo's start: the answer agent from the base.
+    workdirs = {agent: str(tmp_path / f"{agent}_{parallel}") for agent in ("answer", "manager")}
+
+    def sft_stage(parallel=parallel, answer_metrics=os.path.join(workdirs["answer"], "metrics.jsonl")):
+      deadline = time.monotonic() + (300 if parallel else 0)  # Waits for the answer agent's first logged metrics.
+      while not os.path.exists(answer_metrics) and time.monotonic() < deadline:
+        time.sleep(0.5)
+      answer_began[parallel] = os.path.exists(answer_metrics)
+      return init
+
+    runs = [(c, agent, pipeline.start_path(c, agent, sft_stage), workdirs[agent]) for agent in ("answer", "manager")]
     for r in pipeline.train_agents(c, runs):
       records = [{k: v for k, v in rec.items() if not k.startswith("perf/")} for rec in read_jsonl(r.workdir)]
       logs[parallel, r.agent] = (r.before, r.after, records)
+  assert answer_began == {False: True, True: True}  # One after the other: the answer agent's run comes first.
   for agent in ("answer", "manager"):
     assert logs[True, agent] == logs[False, agent], agent
     assert any(rec.get("train/grad_norm", 0) > 0 for rec in logs[True, agent][2]), agent

@@ -19,10 +19,11 @@ prompts around 250 tokens on a CPU.
    questions over ADD-all banks; every (prompt, reply) pair becomes a line of `<workdir>/sft_data.jsonl`.
 2. SFT warm start (`mode=sft`): one model imitates both heuristics -> `<workdir>/sft/hf`, the manager's start.
 3. RL (`mode=train`) of each agent of `config.demo.agents` in `<workdir>/<agent>_<algorithm>/`: the manager from the
-   SFT model, the answer agent from the base itself (as the paper's answer agent starts from the instruct model) or,
-   with answer_start = "sft", from the SFT model (`start_path`). The manager's reward comes through a frozen answer
-   agent (config.train.manager_answerer; configs/demo.py: the heuristic answerer, so the reward measures the
-   manager's banks, not the small model's reading).
+   SFT model, the answer agent from the base itself (as the paper's answer agent starts from the instruct model;
+   it trains while stages 1-2 run, `train_agents`) or, with answer_start = "sft", from the SFT model
+   (`start_path`). The manager's reward comes through a frozen answer agent (config.train.manager_answerer;
+   configs/demo.py: the heuristic answerer, so the reward measures the manager's banks, not the small model's
+   reading).
    Held-out exact match / F1 (and, for the manager, the operation mix of the banks it builds and how often it
    UPDATEs / DELETEs at the turns that change / retract a fact) are measured with greedy decoding before the first
    RL step (the start) and after the last, beside the scripted heuristics (ADD-only, and an informed manager
@@ -103,15 +104,10 @@ def _starts_from_base(config, agent: str) -> bool:
   return agent == "answer" and config.demo.answer_start == "base"
 
 
-def start_path(config, agent: str, sft_path: str | None) -> str | None:
+def start_path(config, agent: str, sft_path):
   """The HF directory `agent`'s RL starts from: config.model.path (the base) where `_starts_from_base`, else
-  `sft_path` (the SFT model; None where no SFT ran)."""
+  `sft_path` (the SFT model, or the function that makes it for `train_agents`; None where no SFT ran)."""
   return config.model.path if _starts_from_base(config, agent) else sft_path
-
-
-def needs_sft(config, agents) -> bool:
-  """Whether any of `agents` starts its RL from the SFT model."""
-  return not all(_starts_from_base(config, agent) for agent in agents)
 
 
 def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
@@ -192,26 +188,63 @@ def agent_pool(config, num_runs: int) -> concurrent.futures.ProcessPoolExecutor 
   return pool
 
 
+def _lower_priority(niceness: int = 10) -> None:
+  """Lowers this process's CPU priority to `niceness` (each thread's on Linux, where the nice value is per thread:
+  the XLA CPU client's threads already run), so that it yields the cores to a process on the critical path."""
+  tasks_dir = "/proc/self/task"
+  threads = [int(t) for t in os.listdir(tasks_dir)] if os.path.isdir(tasks_dir) else [0]
+  for tid in threads:
+    try:
+      os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
+    except (AttributeError, OSError):  # No setpriority (Windows), or the thread has exited.
+      pass
+
+
+def _train_agent_beside(*args) -> AgentResult:
+  """`train_agent` at a lower CPU priority: a run that trains while the calling process makes another run's start."""
+  _lower_priority()
+  return train_agent(*args)
+
+
 def train_agents(config, runs: list[tuple], pool: concurrent.futures.ProcessPoolExecutor | None = None
                  ) -> list[AgentResult]:
-  """Stage 3 for several runs, each (run config, agent, HF directory it starts from, workdir or None) as for
-  `train_agent`. Returns their results in `runs` order.
+  """Stage 3 for several runs, each (run config, agent, start, workdir or None) as for `train_agent`, where start is
+  the HF directory the run starts from or a function of no arguments that makes it (the SFT warm start: called once
+  in this process, however many runs share it). Returns their results in `runs` order.
 
   The runs are independent; with a pool (`agent_pool(config, len(runs))` unless given) each runs in a process of its
-  own, all at once: the same programs on the same inputs, so the same numbers as one after the other, sooner (a small
-  model's steps leave much of a CPU idle: the demo's two RL stages on 2 cores). The pool is shut down at the end.
+  own: those with a directory at once, the others as soon as this process has made their start, so the answer agent
+  learns from the base while the SFT that the manager starts from runs here (the answer agent's process at a lower
+  CPU priority: the SFT and then the manager's RL are the longer path). The same programs on the same inputs,
+  so the same numbers as one after the other, sooner (a small model's steps leave much of a CPU idle: the demo's
+  stages on 2 cores). The pool is shut down at the end.
   """
+  made = {}
+
+  def start(init):
+    if not callable(init):
+      return init
+    if init not in made:
+      made[init] = init()
+    return made[init]
+
   pool = pool or agent_pool(config, len(runs))
   if pool is None:
-    return [train_agent(c, agent, init_path, workdir) for c, agent, init_path, workdir in runs]
-  # The workers' progress bars are drawn here, one line each, from the updates they send.
+    return [train_agent(c, agent, start(init), workdir) for c, agent, init, workdir in runs]
+  # The workers' progress bars are drawn here, one line each, from the updates they send; below the bar of a start
+  # made in this process.
+  offset = int(any(callable(init) for _, _, init, _ in runs))
   with pool, multiprocessing.get_context("spawn").Manager() as manager:
     queue = manager.Queue()
     renderer = console.BarRenderer(queue)
     try:
-      futures = [pool.submit(train_agent, c, agent, init_path, workdir, console.QueueBar(queue, position))
-                 for position, (c, agent, init_path, workdir) in enumerate(runs)]
-      return [f.result() for f in futures]
+      order = sorted(range(len(runs)), key=lambda i: callable(runs[i][2]))  # Runs with a ready start first.
+      futures = {}
+      for i in order:
+        c, agent, init, workdir = runs[i]
+        fn = _train_agent_beside if offset and not callable(init) else train_agent
+        futures[i] = pool.submit(fn, c, agent, start(init), workdir, console.QueueBar(queue, i + offset))
+      return [futures[i].result() for i in range(len(runs))]
     finally:
       renderer.stop()
 
@@ -247,28 +280,44 @@ def run(config) -> dict:
                         "`python -m memr1_jax.demo.base`")
     base.check_instruction_tokens(Tokenizer.from_pretrained(base.DEMO_BASE_DIR))
   timings = {}
-  # The RL stages' processes start (imports, JAX) while this one runs the SFT.
+  sft_path = None
+  # The heuristic baselines are scored by a thread of this process while the RL that comes last trains.
+  side = concurrent.futures.ThreadPoolExecutor(1)
+  baselines = []
+
+  def score_baselines() -> dict:
+    t = time.perf_counter()
+    scores = heuristic_scores(config)
+    timings["heuristic baselines"] = time.perf_counter() - t
+    return scores
+
+  def sft_stage() -> str:
+    nonlocal sft_path
+    t = time.perf_counter()
+    sft_path = warm_start(config)
+    timings["heuristic trajectories + SFT"] = time.perf_counter() - t
+    baselines.append(side.submit(score_baselines))
+    return sft_path
+
+  # The RL stages' processes start (imports, JAX) at once; the runs that start from the base train while this
+  # process runs the SFT.
   pool = agent_pool(config, len(agents))
+  runs = [(config, agent, start_path(config, agent, sft_stage), None) for agent in agents]
+  if not any(callable(init) for _, _, init, _ in runs):
+    baselines.append(side.submit(score_baselines))
+  t = time.perf_counter()
   try:
-    t = time.perf_counter()
-    sft_path = None
-    if needs_sft(config, agents):
-      sft_path = warm_start(config)
-      timings["heuristic trajectories + SFT"] = time.perf_counter() - t
-    t = time.perf_counter()
-    results = train_agents(config, [(config, agent, start_path(config, agent, sft_path), None) for agent in agents],
-                           pool)
+    results = train_agents(config, runs, pool)
+    heuristic = baselines[0].result()
   finally:
+    side.shutdown(cancel_futures=True)
     if pool is not None:
       pool.shutdown(cancel_futures=True)
   for result in results:
     timings[f"{result.agent} {config.algorithm.upper()} (with evaluations)"] = result.seconds
   if len(results) > 1:
-    timings["RL of " + " and ".join(agents) + (" at once" if pool else "")] = (
-        time.perf_counter() - t)
-  t = time.perf_counter()
-  heuristic = heuristic_scores(config)
-  timings["heuristic baselines"] = time.perf_counter() - t
+    stages = ("SFT and " if sft_path else "") + "RL of " + " and ".join(agents)
+    timings[stages + (" at once" if pool else "")] = time.perf_counter() - t
   table = report.results_table(heuristic, results, report.manager_reader(config))
   plot = report.plot_rewards(results, os.path.join(config.workdir, "reward.png"))
   timings["total"] = time.perf_counter() - start
