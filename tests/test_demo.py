@@ -373,6 +373,30 @@ def test_agent_pool_workers_stop_when_the_demo_process_is_killed(tmp_path):
   assert not any(map(alive, pids)), pids
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread nice values from /proc (Linux)")
+def test_lower_priority_lowers_every_thread_of_the_process_never_raises_one(tmp_path):
+  """demo's _lower_priority sets the nice value of every thread of its process, those started before it too, to 10,
+  and leaves a thread already nicer (15) as it is."""
+  script = tmp_path / "nice.py"
+  script.write_text(textwrap.dedent("""
+      import os, threading
+      from memr1_jax.demo import pipeline
+      stop = threading.Event()
+      workers = [threading.Thread(target=stop.wait) for _ in range(2)]
+      for w in workers:
+        w.start()
+      os.setpriority(os.PRIO_PROCESS, workers[1].native_id, 15)
+      pipeline._lower_priority()  # pylint: disable=protected-access
+      print(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
+            *(os.getpriority(os.PRIO_PROCESS, w.native_id) for w in workers),
+            min(os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")))
+      stop.set()
+  """))
+  out = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": REPO}, check=True)
+  assert out.stdout.split() == ["10", "10", "15", "10"], out.stdout + out.stderr
+
+
 # Held-out gains of the demo's RL that the test asserts (its run, algorithm): below the smallest over seeds 0-4 on the
 # two CPU models measured (docs/demo.md). GRPO on an AMD EPYC (family 23 model 1), 48 held-out conversations: the
 # manager +0.051 to +0.081 (seeds 0 / 1: +0.051 / +0.081), "replaced where needed" +0.73 to +0.84, the answer agent
