@@ -233,7 +233,8 @@ def train_agents(config, runs: list[tuple], pool: concurrent.futures.ProcessPool
     return [train_agent(c, agent, start(init), workdir) for c, agent, init, workdir in runs]
   # The workers' progress bars are drawn here, one line each, from the updates they send; below the bar of a start
   # made in this process.
-  offset = int(any(callable(init) for _, _, init, _ in runs))
+  makes_start = any(callable(init) for _, _, init, _ in runs)
+  offset = int(makes_start)
   with pool, multiprocessing.get_context("spawn").Manager() as manager:
     queue = manager.Queue()
     renderer = console.BarRenderer(queue)
@@ -242,7 +243,7 @@ def train_agents(config, runs: list[tuple], pool: concurrent.futures.ProcessPool
       futures = {}
       for i in order:
         c, agent, init, workdir = runs[i]
-        fn = _train_agent_beside if offset and not callable(init) else train_agent
+        fn = _train_agent_beside if makes_start and not callable(init) else train_agent
         futures[i] = pool.submit(fn, c, agent, start(init), workdir, console.QueueBar(queue, i + offset))
       return [futures[i].result() for i in range(len(runs))]
     finally:
