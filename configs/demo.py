@@ -99,7 +99,9 @@ def get_config():
   c.sft.warmup_steps = 20
   c.sft.batch_size = 16
   c.sft.micro_batch_size = 16
-  c.sft.num_steps = 300
+  # The SFT data hold the manager's records only, as the answer agent starts from the base (seed 1: 655; with the
+  # answerer's, 1,154): 170 steps show them about as often as 300 steps of both did (docs/demo.md).
+  c.sft.num_steps = 170
   # The lr decays to 0 at the last step: a sharper SFT start that copies facts more faithfully (each garbled memory
   # costs the manager 2-3 questions). SFT start's held-out EM, constant -> decayed lr (EPYC Milan, seeds 0 / 1):
   # manager 0.721 / 0.716 -> 0.776 / 0.751, answer agent 0.327 / 0.402 -> 0.412 / 0.408.
@@ -143,9 +145,8 @@ def get_config():
   # the turns needing them (seeds 0-2, EPYC Genoa); with a third, at 1-23%, and GRPO drove most of them to 0.
   c.demo.explore = 0.5
   c.demo.explore_with = "informed"
-  # The SFT model also imitates the heuristic answerer, a quarter of its answers from a random statement: the mix the
-  # manager's seed tables were measured on (its answer records left out in a scratch run, seed 0's manager ended below
-  # its SFT start, 0.836 -> 0.830, Intel Xeon; one seed).
+  # With answer_start = "sft" the SFT model also imitates the heuristic answerer, a quarter of its answers from a
+  # random statement.
   c.demo.answer_explore = 0.25
   c.demo.sft_manager_conversations = 48
   # PPO: 2 prompts (one response each) per GRPO group of 8, a quarter of GRPO's responses per step, in twice the

@@ -277,14 +277,18 @@ def test_answer_agent_starts_from_the_base_or_the_sft_model_and_the_manager_from
   assert pipeline.start_path(sft_start, "answer", "sft_dir") == "sft_dir"
 
 
-def test_sft_data_are_parseable_replies_to_runner_prompts(tmp_path):
-  """Every SFT record is a runner chat with a reply the parsers read without a format error."""
-  config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "demo.train_conversations": 2})
-  path = str(tmp_path / "sft.jsonl")
+def _sft_records(config, path):
   counts = pipeline.make_sft_data(config, path)
   with open(path, encoding="utf-8") as f:
-    records = [json.loads(line) for line in f]
-  assert len(records) == counts["manager"] + counts["answer"] > 0
+    return counts, [json.loads(line) for line in f]
+
+
+def test_sft_data_are_parseable_replies_to_runner_prompts(tmp_path):
+  """Every SFT record is a runner chat with a reply the parsers read without a format error."""
+  config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "demo.train_conversations": 2,
+                                    "demo.answer_start": "sft"})
+  counts, records = _sft_records(config, str(tmp_path / "sft.jsonl"))
+  assert len(records) == counts["manager"] + counts["answer"] and counts["manager"] > 0 and counts["answer"] > 0
   for r in records:
     system = r["messages"][0]["content"]
     if system == prompts.MANAGER_SYSTEM_PROMPT:
@@ -292,6 +296,22 @@ def test_sft_data_are_parseable_replies_to_runner_prompts(tmp_path):
     else:
       assert system == prompts.ANSWER_SYSTEM_PROMPT
       assert parsers.parse_answer_output(r["response"]).format_error is None
+
+
+def test_sft_data_hold_only_the_agents_that_start_from_the_sft_model(tmp_path):
+  """With the answer agent starting from the base the SFT data hold the manager's records only; without the manager
+  in demo.agents, only the answerer's (answer_start = "sft")."""
+  config = demo_config(tmp_path, **{"memory.encoder": "hashing:64", "demo.train_conversations": 2,
+                                    "demo.answer_start": "base"})
+  assert pipeline.sft_agents(config) == ["manager"]
+  counts, records = _sft_records(config, str(tmp_path / "base.jsonl"))
+  assert counts["answer"] == 0 and len(records) == counts["manager"] > 0
+  assert {r["messages"][0]["content"] for r in records} == {prompts.MANAGER_SYSTEM_PROMPT}
+  answer_only = pipeline.stage_config(config, **{"demo.agents": "answer", "demo.answer_start": "sft"})
+  assert pipeline.sft_agents(answer_only) == ["answer"]
+  counts, records = _sft_records(answer_only, str(tmp_path / "answer.jsonl"))
+  assert counts["manager"] == 0 and len(records) == counts["answer"] > 0
+  assert {r["messages"][0]["content"] for r in records} == {prompts.ANSWER_SYSTEM_PROMPT}
 
 
 def test_shipped_base_encodes_each_agent_instruction_as_one_token():

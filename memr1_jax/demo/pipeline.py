@@ -13,11 +13,12 @@ has seen the formats and answers from a statement of the asked attribute, but ha
 tokenizer is the demo tokenizer plus one token per agent instruction (`base.instruction_tokenizer`), which keeps
 prompts around 250 tokens on a CPU.
 
-1. Heuristic trajectories (`demo.policies`): the ADD-only heuristic manager walks the training conversations
-   through `episodes.runner.build_banks` (config.demo.explore of its replies, at the turns config.demo.explore_with
-   picks, are other operations, so the SFT model samples them), the first-match heuristic answerer answers their
-   questions over ADD-all banks; every (prompt, reply) pair becomes a line of `<workdir>/sft_data.jsonl`.
-2. SFT warm start (`mode=sft`): one model imitates both heuristics -> `<workdir>/sft/hf`, the manager's start.
+1. Heuristic trajectories (`demo.policies`) of the agents whose RL starts from the SFT model (`sft_agents`): the
+   ADD-only heuristic manager walks the training conversations through `episodes.runner.build_banks`
+   (config.demo.explore of its replies, at the turns config.demo.explore_with picks, are other operations, so the
+   SFT model samples them); with answer_start = "sft", the first-match heuristic answerer also answers their
+   questions over ADD-all banks. Every (prompt, reply) pair becomes a line of `<workdir>/sft_data.jsonl`.
+2. SFT warm start (`mode=sft`): the model imitates those heuristics -> `<workdir>/sft/hf`, the manager's start.
 3. RL (`mode=train`) of each agent of `config.demo.agents` in `<workdir>/<agent>_<algorithm>/`: the manager from the
    SFT model, the answer agent from the base itself (as the paper's answer agent starts from the instruct model;
    it trains while stages 1-2 run, `train_agents`) or, with answer_start = "sft", from the SFT model
@@ -71,19 +72,35 @@ def stage_config(config, **fields):
   return c
 
 
-def make_sft_data(config, path: str) -> dict:
-  """Writes the heuristic agents' trajectories on the training conversations to `path` (JSONL): the answerer's on
-  every training question, the manager's on every turn of the first `config.demo.sft_manager_conversations`.
+def demo_agents(config) -> list[str]:
+  """The agents of config.demo.agents, in order."""
+  return [a.strip() for a in config.demo.agents.split(",") if a.strip()]
 
-  Returns {"manager": records, "answer": records} counts.
+
+def sft_agents(config) -> list[str]:
+  """The agents of config.demo.agents whose RL starts from the SFT model (`_starts_from_base` is False): the SFT
+  imitates only their heuristic trajectories."""
+  return [a for a in demo_agents(config) if not _starts_from_base(config, a)]
+
+
+def make_sft_data(config, path: str) -> dict:
+  """Writes the heuristic agents' trajectories on the training conversations to `path` (JSONL), for the agents of
+  `sft_agents`: the manager's on every turn of the first `config.demo.sft_manager_conversations`, the answerer's on
+  every training question.
+
+  Returns {"manager": records, "answer": records} counts (0 for an agent not in `sft_agents`).
   """
   convs = tasks.load(config).splits()["train"]
   factory = components.bank_factory(config)
   rcfg = components.runner_config(config)
-  manager, _ = policies.manager_trajectories(convs[:config.demo.sft_manager_conversations or None], factory, rcfg,
-                                             explore=config.demo.explore, explore_with=config.demo.explore_with)
-  answer = policies.answer_trajectories(convs, runner.add_all_banks(convs, factory, rcfg), rcfg,
-                                       explore=config.demo.answer_explore, seed=config.seed)
+  agents = sft_agents(config)
+  manager, answer = [], []
+  if "manager" in agents:
+    manager, _ = policies.manager_trajectories(convs[:config.demo.sft_manager_conversations or None], factory, rcfg,
+                                               explore=config.demo.explore, explore_with=config.demo.explore_with)
+  if "answer" in agents:
+    answer = policies.answer_trajectories(convs, runner.add_all_banks(convs, factory, rcfg), rcfg,
+                                         explore=config.demo.answer_explore, seed=config.seed)
   policies.write_jsonl(manager + answer, path)
   return {"manager": len(manager), "answer": len(answer)}
 
@@ -274,7 +291,7 @@ def run(config) -> dict:
   """Entry point of mode=demo (see the module docstring). Returns the results dict also written to results.json."""
   start = time.perf_counter()
   os.makedirs(config.workdir, exist_ok=True)
-  agents = [a.strip() for a in config.demo.agents.split(",") if a.strip()]
+  agents = demo_agents(config)
   if config.model.path and os.path.abspath(config.model.path) == base.DEMO_BASE_DIR:
     if not os.path.exists(os.path.join(base.DEMO_BASE_DIR, "model.safetensors")):
       raise ConfigError(f"config.model.path: the demo base {base.DEMO_BASE_DIR} is missing; build it with "
