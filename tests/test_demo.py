@@ -238,12 +238,13 @@ def test_rl_config_applies_each_agents_ppo_settings_to_its_ppo_run_only(tmp_path
                                     "demo.ppo_manager.actor_lr": None, "demo.ppo_manager.steps": None,
                                     "demo.answer_actor_lr": 2e-4, "demo.answer_steps": 80, "demo.manager_steps": 12,
                                     "demo.ppo_answer.steps": 40, "demo.ppo_answer.actor_lr": 1e-4,
-                                    "demo.ppo_answer.lam": None})
+                                    "demo.ppo_answer.lam": None, "rl.format_penalty": 0.1,
+                                    "demo.ppo_manager.format_penalty": 0.5, "demo.ppo_answer.format_penalty": None})
   runs = {(algo, agent): pipeline.rl_config(pipeline.stage_config(config, algorithm=algo), agent, "init")
           for algo in ("grpo", "ppo") for agent in ("answer", "manager")}
-  got = {key: (c.train.num_steps, c.rl.actor_lr, c.rl.lam) for key, c in runs.items()}
-  assert got == {("ppo", "manager"): (12, 1e-3, 0.9), ("ppo", "answer"): (40, 1e-4, 1.0),
-                 ("grpo", "manager"): (12, 1e-3, 1.0), ("grpo", "answer"): (80, 2e-4, 1.0)}
+  got = {key: (c.train.num_steps, c.rl.actor_lr, c.rl.lam, c.rl.format_penalty) for key, c in runs.items()}
+  assert got == {("ppo", "manager"): (12, 1e-3, 0.9, 0.5), ("ppo", "answer"): (40, 1e-4, 1.0, 0.1),
+                 ("grpo", "manager"): (12, 1e-3, 1.0, 0.1), ("grpo", "answer"): (80, 2e-4, 1.0, 0.1)}
 
 
 def test_rl_config_samples_only_the_answer_agent_at_its_own_temperature(tmp_path):

@@ -67,11 +67,12 @@ def section_config() -> ml_collections.ConfigDict:
   c.manager_batch_size = 4
   # PPO (one response per prompt): prompts per step = this x the GRPO batch (0: rollout.group_size, GRPO's responses).
   c.ppo_prompts_per_group = 0
-  # Each agent's PPO run: its RL steps and rl.actor_lr / critic_lr / lam, where not None (None: the agent's steps,
-  # demo.answer_actor_lr for the answer agent, the rl.* settings).
+  # Each agent's PPO run: its RL steps and rl.actor_lr / critic_lr / lam / format_penalty, where not None (None: the
+  # agent's steps, demo.answer_actor_lr for the answer agent, the rl.* settings).
   for agent in AGENTS:  # Typed placeholders: None by default, and a command-line flag can set them.
     c[f"ppo_{agent}"] = ml_collections.ConfigDict({"steps": placeholder(int), "actor_lr": placeholder(float),
-                                                   "critic_lr": placeholder(float), "lam": placeholder(float)})
+                                                   "critic_lr": placeholder(float), "lam": placeholder(float),
+                                                   "format_penalty": placeholder(float)})
   # Share of exploratory replies among the heuristic manager's SFT records of a prompt that has them
   # (policies.manager_trajectories; [0, 1), 0: ADD only).
   c.explore = 0.2
@@ -79,7 +80,7 @@ def section_config() -> ml_collections.ConfigDict:
   # DELETE of the top related memory on every prompt that shows one).
   c.explore_with = "informed"
   # Where the answer agent's RL starts: base (config.model.path itself, as the paper's answer agent starts from the
-  # instruct model) | sft (the SFT model, which imitates both heuristics and is the manager's start).
+  # instruct model) | sft (the SFT model, the manager's start, then also imitating the heuristic answerer).
   c.answer_start = "base"
   # Share of questions the heuristic answerer answers from a random statement instead of the first shown (SFT data).
   c.answer_explore = 0.0
