@@ -331,8 +331,10 @@ def test_agents_trained_at_once_in_processes_match_one_after_the_other(tmp_path)
                                     "rollout.max_new_tokens": 48})  # An answer reply copies a memory: ~33 tokens.
   # A short SFT first: from the shipped base alone every manager sample of this tiny setting was malformed (format
   # error rate 1.0 within 48 tokens), so all got the same penalty and no gradient; with one conversation per manager
-  # step, all of its groups had equal rewards from the rehearsing base's SFT start (grad norm 0): two.
-  init = pipeline.warm_start(pipeline.stage_config(config, **{"sft.num_steps": 40}))
+  # step, all of its groups had equal rewards from the rehearsing base's SFT start (grad norm 0): two. The SFT imitates
+  # both agents (answer_start = "sft"): from 40 steps of the manager's records alone, the step's groups had equal
+  # rewards again.
+  init = pipeline.warm_start(pipeline.stage_config(config, **{"sft.num_steps": 40, "demo.answer_start": "sft"}))
   logs, answer_began = {}, {}
   for parallel in (False, True):
     c = pipeline.stage_config(config, **{"demo.parallel_agents": parallel})
