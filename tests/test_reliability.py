@@ -273,6 +273,8 @@ def _main(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProc
     ("--config.demo.answer_temperature=-1.0", "configs/smoke.py: config.demo.answer_temperature=-1.0 is out of range"),
     ("--config.demo.eval_every=-5", "configs/smoke.py: config.demo.eval_every=-5 is out of range"),
     ("--config.demo.ppo_answer.steps=0", "configs/smoke.py: config.demo.ppo_answer.steps=0 is out of range"),
+    ("--config.demo.ppo_manager.format_penalty=-0.5",
+     "configs/smoke.py: config.demo.ppo_manager.format_penalty=-0.5 is out of range"),
     ("--config.rl.adam_nu_dtype=bfloat16", "config.rl.adam_nu_dtype='bfloat16' with config.rl.adam_b2=0.999"),
     ("--config.rl.adam_mu_dtype=fp8", "configs/smoke.py: config.rl.adam_mu_dtype='fp8' is not one of"),
     ("--config.rl.reference_memory=disk", "configs/smoke.py: config.rl.reference_memory='disk' is not one of"),

@@ -112,6 +112,10 @@ def validate(config, source: str) -> None:
     if steps is not None and steps < 1:
       raise ConfigError(f"{source}: config.demo.ppo_{agent}.steps={steps!r} is out of range: None (the agent's "
                         "steps) or at least 1")
+    penalty = d[f"ppo_{agent}"].format_penalty
+    if penalty is not None and penalty < 0:
+      raise ConfigError(f"{source}: config.demo.ppo_{agent}.format_penalty={penalty!r} is out of range: None "
+                        "(rl.format_penalty) or 0 or more")
   if d.eval_every < 0:
     raise ConfigError(f"{source}: config.demo.eval_every={d.eval_every!r} is out of range: 0 (after the last step "
                       "only) or more")
