@@ -89,6 +89,11 @@ def section_config() -> ml_collections.ConfigDict:
   return c
 
 
+def agent_names(demo) -> list[str]:
+  """The agents named by `demo.agents` (config.demo), in order."""
+  return [a.strip() for a in demo.agents.split(",") if a.strip()]
+
+
 def validate(config, source: str) -> None:
   """Checks config.demo; raises ConfigError naming `source` and the field."""
   d = config.demo
@@ -121,6 +126,6 @@ def validate(config, source: str) -> None:
                       "only) or more")
   if not 0.0 <= d.explore < 1.0:
     raise ConfigError(f"{source}: config.demo.explore={d.explore!r} is out of range: in [0, 1)")
-  for agent in (a.strip() for a in d.agents.split(",") if a.strip()):
+  for agent in agent_names(d):
     if agent not in AGENTS:
       raise ConfigError(f"{source}: config.demo.agents: {agent!r} is not one of {', '.join(AGENTS)}")

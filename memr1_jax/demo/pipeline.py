@@ -50,6 +50,7 @@ import tensorboardX  # noqa: F401  pylint: disable=unused-import  # Imported by 
 
 from memr1_jax import components, console, sft, tasks, train
 from memr1_jax.demo import base, policies, report
+from memr1_jax.demo import config as demo_config
 from memr1_jax.demo.report import AgentResult
 from memr1_jax.episodes import runner
 from memr1_jax.episodes.policy import ScriptedPolicy
@@ -72,15 +73,10 @@ def stage_config(config, **fields):
   return c
 
 
-def demo_agents(config) -> list[str]:
-  """The agents of config.demo.agents, in order."""
-  return [a.strip() for a in config.demo.agents.split(",") if a.strip()]
-
-
 def sft_agents(config) -> list[str]:
   """The agents of config.demo.agents whose RL starts from the SFT model (`_starts_from_base` is False): the SFT
   imitates only their heuristic trajectories."""
-  return [a for a in demo_agents(config) if not _starts_from_base(config, a)]
+  return [a for a in demo_config.agent_names(config.demo) if not _starts_from_base(config, a)]
 
 
 def make_sft_data(config, path: str) -> dict:
@@ -291,7 +287,7 @@ def run(config) -> dict:
   """Entry point of mode=demo (see the module docstring). Returns the results dict also written to results.json."""
   start = time.perf_counter()
   os.makedirs(config.workdir, exist_ok=True)
-  agents = demo_agents(config)
+  agents = demo_config.agent_names(config.demo)
   if config.model.path and os.path.abspath(config.model.path) == base.DEMO_BASE_DIR:
     if not os.path.exists(os.path.join(base.DEMO_BASE_DIR, "model.safetensors")):
       raise ConfigError(f"config.model.path: the demo base {base.DEMO_BASE_DIR} is missing; build it with "
