@@ -239,22 +239,28 @@ def test_rl_config_applies_each_agents_ppo_settings_to_its_ppo_run_only(tmp_path
                                     "demo.answer_actor_lr": 2e-4, "demo.answer_steps": 80, "demo.manager_steps": 12,
                                     "demo.ppo_answer.steps": 40, "demo.ppo_answer.actor_lr": 1e-4,
                                     "demo.ppo_answer.lam": None, "rl.format_penalty": 0.1,
-                                    "demo.ppo_manager.format_penalty": 0.5, "demo.ppo_answer.format_penalty": None})
+                                    "demo.ppo_manager.format_penalty": 0.5, "demo.ppo_answer.format_penalty": None,
+                                    "rl.critic_warmup_steps": 0, "demo.ppo_manager.critic_warmup_steps": 4,
+                                    "demo.ppo_answer.critic_warmup_steps": None})
   runs = {(algo, agent): pipeline.rl_config(pipeline.stage_config(config, algorithm=algo), agent, "init")
           for algo in ("grpo", "ppo") for agent in ("answer", "manager")}
-  got = {key: (c.train.num_steps, c.rl.actor_lr, c.rl.lam, c.rl.format_penalty) for key, c in runs.items()}
-  assert got == {("ppo", "manager"): (12, 1e-3, 0.9, 0.5), ("ppo", "answer"): (40, 1e-4, 1.0, 0.1),
-                 ("grpo", "manager"): (12, 1e-3, 1.0, 0.1), ("grpo", "answer"): (80, 2e-4, 1.0, 0.1)}
+  got = {key: (c.train.num_steps, c.rl.actor_lr, c.rl.lam, c.rl.format_penalty, c.rl.critic_warmup_steps)
+         for key, c in runs.items()}
+  assert got == {("ppo", "manager"): (12, 1e-3, 0.9, 0.5, 4), ("ppo", "answer"): (40, 1e-4, 1.0, 0.1, 0),
+                 ("grpo", "manager"): (12, 1e-3, 1.0, 0.1, 0), ("grpo", "answer"): (80, 2e-4, 1.0, 0.1, 0)}
 
 
-def test_rl_config_samples_only_the_answer_agent_at_its_own_temperature(tmp_path):
-  """demo.answer_temperature sets the answer agent's rollout temperature (GRPO and PPO), not the manager's; 0 keeps
-  rollout.temperature."""
-  config = demo_config(tmp_path, **{"rollout.temperature": 1.0, "demo.answer_temperature": 1.5})
-  for algo in ("grpo", "ppo"):
-    staged = pipeline.stage_config(config, algorithm=algo)
-    assert pipeline.rl_config(staged, "answer", "init").rollout.temperature == 1.5
-    assert pipeline.rl_config(staged, "manager", "init").rollout.temperature == 1.0
+def test_rl_config_samples_each_agent_at_its_own_temperature(tmp_path):
+  """demo.answer_temperature sets the answer agent's rollout temperature (GRPO and PPO), demo.ppo_<agent>.temperature
+  that agent's in its PPO run only; 0 / None keep rollout.temperature."""
+  config = demo_config(tmp_path, **{"rollout.temperature": 1.0, "demo.answer_temperature": 1.5,
+                                    "demo.ppo_manager.temperature": 1.3, "demo.ppo_answer.temperature": None})
+  got = {(algo, agent): pipeline.rl_config(pipeline.stage_config(config, algorithm=algo), agent,
+                                           "init").rollout.temperature
+         for algo in ("grpo", "ppo") for agent in ("answer", "manager")}
+  assert got == {("grpo", "answer"): 1.5, ("grpo", "manager"): 1.0, ("ppo", "answer"): 1.5, ("ppo", "manager"): 1.3}
+  answer_ppo = pipeline.stage_config(config, **{"algorithm": "ppo", "demo.ppo_answer.temperature": 0.7})
+  assert pipeline.rl_config(answer_ppo, "answer", "init").rollout.temperature == 0.7
   unset = pipeline.stage_config(config, **{"demo.answer_temperature": 0.0})
   assert pipeline.rl_config(unset, "answer", "init").rollout.temperature == 1.0
 

@@ -67,12 +67,15 @@ def section_config() -> ml_collections.ConfigDict:
   c.manager_batch_size = 4
   # PPO (one response per prompt): prompts per step = this x the GRPO batch (0: rollout.group_size, GRPO's responses).
   c.ppo_prompts_per_group = 0
-  # Each agent's PPO run: its RL steps and rl.actor_lr / critic_lr / lam / format_penalty, where not None (None: the
-  # agent's steps, demo.answer_actor_lr for the answer agent, the rl.* settings).
+  # Each agent's PPO run: its RL steps, rl.actor_lr / critic_lr / critic_warmup_steps / lam / format_penalty and its
+  # rollouts' sampling temperature, where not None (None: the agent's steps, demo.answer_actor_lr / answer_temperature
+  # for the answer agent, the rl.* / rollout.temperature settings).
   for agent in AGENTS:  # Typed placeholders: None by default, and a command-line flag can set them.
     c[f"ppo_{agent}"] = ml_collections.ConfigDict({"steps": placeholder(int), "actor_lr": placeholder(float),
                                                    "critic_lr": placeholder(float), "lam": placeholder(float),
-                                                   "format_penalty": placeholder(float)})
+                                                   "critic_warmup_steps": placeholder(int),
+                                                   "format_penalty": placeholder(float),
+                                                   "temperature": placeholder(float)})
   # Share of exploratory replies among the heuristic manager's SFT records of a prompt that has them
   # (policies.manager_trajectories; [0, 1), 0: ADD only).
   c.explore = 0.2
@@ -87,6 +90,15 @@ def section_config() -> ml_collections.ConfigDict:
   # Training conversations whose heuristic manager trajectories join the SFT data (0: all; answers use all).
   c.sft_manager_conversations = 0
   return c
+
+
+# Allowed values of the demo.ppo_<agent> fields that have a range: (what is allowed, its test, what None means).
+_PPO_RANGES = {
+    "steps": ("at least 1", lambda v: v >= 1, "the agent's steps"),
+    "critic_warmup_steps": ("0 or more", lambda v: v >= 0, "rl.critic_warmup_steps"),
+    "format_penalty": ("0 or more", lambda v: v >= 0, "rl.format_penalty"),
+    "temperature": ("above 0", lambda v: v > 0, "the rollout temperature"),
+}
 
 
 def agent_names(demo) -> list[str]:
@@ -113,14 +125,11 @@ def validate(config, source: str) -> None:
       raise ConfigError(f"{source}: config.demo.{name}={d[name]!r} is out of range: 0 (the rl / rollout setting) or "
                         "more")
   for agent in AGENTS:
-    steps = d[f"ppo_{agent}"].steps
-    if steps is not None and steps < 1:
-      raise ConfigError(f"{source}: config.demo.ppo_{agent}.steps={steps!r} is out of range: None (the agent's "
-                        "steps) or at least 1")
-    penalty = d[f"ppo_{agent}"].format_penalty
-    if penalty is not None and penalty < 0:
-      raise ConfigError(f"{source}: config.demo.ppo_{agent}.format_penalty={penalty!r} is out of range: None "
-                        "(rl.format_penalty) or 0 or more")
+    for field, (allowed, in_range, unset) in _PPO_RANGES.items():
+      value = d[f"ppo_{agent}"][field]
+      if value is not None and not in_range(value):
+        raise ConfigError(f"{source}: config.demo.ppo_{agent}.{field}={value!r} is out of range: None ({unset}) or "
+                          f"{allowed}")
   if d.eval_every < 0:
     raise ConfigError(f"{source}: config.demo.eval_every={d.eval_every!r} is out of range: 0 (after the last step "
                       "only) or more")

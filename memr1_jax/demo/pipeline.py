@@ -136,6 +136,8 @@ def rl_config(config, agent: str, init_path: str, workdir: str | None = None):
     fields["rl.actor_lr"] = config.demo.answer_actor_lr
   if agent == "answer" and config.demo.answer_temperature:
     fields["rollout.temperature"] = config.demo.answer_temperature
+  if "temperature" in ppo:
+    fields["rollout.temperature"] = ppo.pop("temperature")
   fields.update({f"rl.{k}": v for k, v in ppo.items()})
   batch = config.rollout.batch_size if agent == "answer" else config.demo.manager_batch_size
   # PPO samples one response per prompt: as many prompts as GRPO has responses keep the update's size
