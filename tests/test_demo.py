@@ -217,14 +217,18 @@ def test_random_replies_are_well_formed_and_answer_the_asked_attribute():
   assert answers == {"Where does Anna live now?": {"Porto", "Lyon"}, "Does Anna own a bike now?": {"yes", "no"}}
 
 
+def _rl_configs(config) -> dict:
+  """{(algorithm, agent): the mode=train config of that agent's run} for GRPO and PPO and both agents."""
+  return {(algo, agent): pipeline.rl_config(pipeline.stage_config(config, algorithm=algo), agent, "init")
+          for algo in ("grpo", "ppo") for agent in ("answer", "manager")}
+
+
 def test_rl_config_sizes_each_agents_batch_for_grpo_and_ppo(tmp_path):
   """GRPO steps take rollout.batch_size questions / demo.manager_batch_size conversations; PPO takes
   demo.ppo_prompts_per_group times as many (rollout.group_size when 0), one response each; each agent its steps."""
   config = demo_config(tmp_path, **{"rollout.batch_size": 8, "demo.manager_batch_size": 3, "rollout.group_size": 8,
                                     "demo.ppo_prompts_per_group": 4})
-  sizes = {(algo, agent): pipeline.rl_config(pipeline.stage_config(config, algorithm=algo), agent,
-                                             "init").rollout.batch_size
-           for algo in ("grpo", "ppo") for agent in ("answer", "manager")}
+  sizes = {key: c.rollout.batch_size for key, c in _rl_configs(config).items()}
   assert sizes == {("grpo", "answer"): 8, ("grpo", "manager"): 3, ("ppo", "answer"): 32, ("ppo", "manager"): 12}
   default = pipeline.stage_config(config, **{"algorithm": "ppo", "demo.ppo_prompts_per_group": 0})
   assert pipeline.rl_config(default, "manager", "init").rollout.batch_size == 24
@@ -242,10 +246,8 @@ def test_rl_config_applies_each_agents_ppo_settings_to_its_ppo_run_only(tmp_path
                                     "demo.ppo_manager.format_penalty": 0.5, "demo.ppo_answer.format_penalty": None,
                                     "rl.critic_warmup_steps": 0, "demo.ppo_manager.critic_warmup_steps": 4,
                                     "demo.ppo_answer.critic_warmup_steps": None})
-  runs = {(algo, agent): pipeline.rl_config(pipeline.stage_config(config, algorithm=algo), agent, "init")
-          for algo in ("grpo", "ppo") for agent in ("answer", "manager")}
   got = {key: (c.train.num_steps, c.rl.actor_lr, c.rl.lam, c.rl.format_penalty, c.rl.critic_warmup_steps)
-         for key, c in runs.items()}
+         for key, c in _rl_configs(config).items()}
   assert got == {("ppo", "manager"): (12, 1e-3, 0.9, 0.5, 4), ("ppo", "answer"): (40, 1e-4, 1.0, 0.1, 0),
                  ("grpo", "manager"): (12, 1e-3, 1.0, 0.1, 0), ("grpo", "answer"): (80, 2e-4, 1.0, 0.1, 0)}
 
@@ -255,9 +257,7 @@ def test_rl_config_samples_each_agent_at_its_own_temperature(tmp_path):
   that agent's in its PPO run only; 0 / None keep rollout.temperature."""
   config = demo_config(tmp_path, **{"rollout.temperature": 1.0, "demo.answer_temperature": 1.5,
                                     "demo.ppo_manager.temperature": 1.3, "demo.ppo_answer.temperature": None})
-  got = {(algo, agent): pipeline.rl_config(pipeline.stage_config(config, algorithm=algo), agent,
-                                           "init").rollout.temperature
-         for algo in ("grpo", "ppo") for agent in ("answer", "manager")}
+  got = {key: c.rollout.temperature for key, c in _rl_configs(config).items()}
   assert got == {("grpo", "answer"): 1.5, ("grpo", "manager"): 1.0, ("ppo", "answer"): 1.5, ("ppo", "manager"): 1.3}
   answer_ppo = pipeline.stage_config(config, **{"algorithm": "ppo", "demo.ppo_answer.temperature": 0.7})
   assert pipeline.rl_config(answer_ppo, "answer", "init").rollout.temperature == 0.7
